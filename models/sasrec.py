@@ -68,7 +68,9 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
         self.emb_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(CausalSelfAttentionBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(
+            CausalSelfAttentionBlock(config) for _ in range(config.n_layers)
+        )
         self.ln_out = nn.LayerNorm(config.hidden)
         self.apply(self._init_weights)
 
@@ -87,7 +89,9 @@ class SASRec(nn.Module):
         length = seq.shape[1]
         # Positions count back from the most recent item, so a batch whose left padding
         # was trimmed (T < max_len) gets the same position ids as the untrimmed one.
-        positions = torch.arange(self.config.max_len - length, self.config.max_len, device=seq.device)
+        positions = torch.arange(
+            self.config.max_len - length, self.config.max_len, device=seq.device
+        )
         x = self.item_emb(seq) * self.config.hidden**0.5 + self.pos_emb(positions)[None]
         x = self.emb_dropout(x)
         causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()

@@ -33,7 +33,9 @@ def history_mask_indices(history: Sequences) -> tuple[np.ndarray, np.ndarray]:
     return history.row_ids(), history.items
 
 
-def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, history: Sequences) -> np.ndarray:
+def ranks_from_scores(
+    scores: torch.Tensor, targets: torch.Tensor, history: Sequences
+) -> np.ndarray:
     """0-based rank of each target in its row of `scores`, history items excluded.
 
     scores: (B, N + 1) float, column 0 is padding and never ranked.
@@ -48,7 +50,9 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, history: Sequ
     scores[torch.as_tensor(rows), torch.as_tensor(items)] = -math.inf
     target_scores = scores.gather(1, targets[:, None])  # (B, 1)
     ids = torch.arange(scores.shape[1], device=scores.device)
-    ahead = (scores > target_scores) | ((scores == target_scores) & (ids[None, :] < targets[:, None]))
+    ahead = (scores > target_scores) | (
+        (scores == target_scores) & (ids[None, :] < targets[:, None])
+    )
     ranks = ahead.sum(dim=1).cpu().numpy().astype(np.int64)
     ranks[np.isneginf(target_scores[:, 0].cpu().numpy())] = MISS
     return ranks
@@ -64,7 +68,7 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray, history: Sequences) -
     Returns (B,) int64; MISS where the target is not in the (filtered) list.
     """
     topk = np.asarray(topk, dtype=np.int64)
-    batch, width = topk.shape
+    batch = topk.shape[0]
     excluded = topk <= 0
     if len(history.items):
         # Membership test without a per-user loop: encode (row, item) pairs as one key.

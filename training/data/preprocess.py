@@ -285,7 +285,7 @@ def _cold_holdout(
 ) -> np.ndarray:
     """The newest `fraction` of items by first interaction time ([0] is never held out)."""
     cold = np.zeros(n_ids, dtype=bool)
-    n_cold = int(round(fraction * (n_ids - 1)))
+    n_cold = round(fraction * (n_ids - 1))
     if n_cold == 0:
         return cold
     first_seen = np.full(n_ids, np.iinfo(np.int64).max, dtype=np.int64)

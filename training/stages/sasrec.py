@@ -181,7 +181,10 @@ def save_sasrec(result: SASRecResult, train_config: SASRecTrainConfig, run_dir: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = result.model
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, run_dir / "sasrec.safetensors")
+    save_file(
+        {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
+        run_dir / "sasrec.safetensors",
+    )
     np.save(run_dir / "cf_embeddings.npy", model.item_embeddings().float().cpu().numpy())
     meta = {
         "model_config": model.config.to_dict(),

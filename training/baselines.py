@@ -1,0 +1,62 @@
+"""Baselines FlexCode is measured against: `runner(dataset, seed, context) -> EvalResult`.
+
+The benchmark looks models up by name in MODEL_RUNNERS; later stages register the
+generative variants the same way, so one benchmark run compares them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.sasrec import SASRecConfig
+from training.data.preprocess import ProcessedDataset, Sequences
+from training.evaluate import EvalResult, ScoreFn, evaluate_scores
+from training.stages.sasrec import SASRecTrainConfig, evaluate_sasrec, save_sasrec, train_sasrec
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every model runner gets besides the data and the seed."""
+
+    device: torch.device
+    sasrec: SASRecTrainConfig = field(default_factory=SASRecTrainConfig)
+    sasrec_model: dict = field(default_factory=dict)  # SASRecConfig overrides, e.g. max_len
+    run_dir: Path | None = None  # where runners save artifacts (None: keep nothing)
+    progress: bool = True
+
+
+Runner = Callable[[ProcessedDataset, int, RunContext], EvalResult]
+
+
+def popularity_score_fn(counts: np.ndarray) -> ScoreFn:
+    """Every user gets the catalog ranked by training count."""
+    scores = torch.as_tensor(counts, dtype=torch.float32)
+
+    def score(users: np.ndarray, history: Sequences) -> torch.Tensor:
+        return scores.expand(len(users), -1)
+
+    return score
+
+
+def run_popularity(dataset: ProcessedDataset, seed: int, context: RunContext) -> EvalResult:
+    del seed, context  # deterministic and trained on nothing but counts
+    return evaluate_scores(
+        popularity_score_fn(dataset.train_counts()), dataset.test(), dataset.item_groups()
+    )
+
+
+def run_sasrec(dataset: ProcessedDataset, seed: int, context: RunContext) -> EvalResult:
+    model_config = SASRecConfig(n_items=dataset.n_items, **context.sasrec_model)
+    train_config = replace(context.sasrec, seed=seed)
+    result = train_sasrec(dataset, model_config, train_config, context.device, context.progress)
+    if context.run_dir is not None:
+        save_sasrec(result, train_config, Path(context.run_dir) / f"sasrec-seed{seed}")
+    return evaluate_sasrec(result.model, dataset, context.device)
+
+
+MODEL_RUNNERS: dict[str, Runner] = {"pop": run_popularity, "sasrec": run_sasrec}

@@ -1,0 +1,342 @@
+"""`flexcode`: the one command-line entry point (data, train, evaluate, tune, benchmark).
+
+Each command parses its options into the config dataclasses and hands them to the
+stage that does the work; nothing here trains or scores by itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.data import DEFAULT_CACHE_DIR, PreprocessConfig, SyntheticConfig, load_dataset
+from training.data.preprocess import ProcessedDataset
+from training.data.schema import DataFormatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+train_app = typer.Typer(no_args_is_help=True, help="Train one stage of the pipeline.")
+tune_app = typer.Typer(no_args_is_help=True, help="Hyperparameter searches.")
+app.add_typer(train_app, name="train")
+app.add_typer(tune_app, name="tune")
+logger = logging.getLogger("flexcode")
+
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="ml-100k, synthetic, or a path to RecBole atomic files / Amazon JSON lines",
+    ),
+]
+KCoreOpt = Annotated[int, typer.Option(help="k-core filter on users and items")]
+ColdOpt = Annotated[
+    float, typer.Option(help="fraction of newest items held out of training (cold-start eval)")
+]
+SynItemsOpt = Annotated[int, typer.Option(help="synthetic: catalog size")]
+SynInterOpt = Annotated[int, typer.Option(help="synthetic: number of interactions")]
+SynSeedOpt = Annotated[int, typer.Option(help="synthetic: generator seed")]
+CacheOpt = Annotated[Path, typer.Option(help="processed-data cache directory")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
+
+
+def _load(
+    dataset: str,
+    k_core: int,
+    cold_fraction: float,
+    synthetic_items: int,
+    synthetic_interactions: int,
+    synthetic_seed: int,
+    cache_dir: Path,
+) -> ProcessedDataset:
+    try:
+        return load_dataset(
+            dataset,
+            PreprocessConfig(k_core=k_core, cold_item_fraction=cold_fraction),
+            SyntheticConfig(
+                n_items=synthetic_items,
+                n_interactions=synthetic_interactions,
+                seed=synthetic_seed,
+            ),
+            cache_dir,
+        )
+    except (DataFormatError, ValueError, RuntimeError, FileNotFoundError) as error:
+        # Data problems are the user's to fix: say what, without a traceback.
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command with every option spelled out (defaults included), so the figures a
+    run writes can be reproduced from the results file alone."""
+    words = ["flexcode", *ctx.command_path.split()[1:]]
+    for name, value in ctx.params.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif value is not None:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def data(
+    dataset: DatasetOpt = "ml-100k",
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+) -> None:
+    """Read, filter and split a dataset (cached), then print its summary."""
+    ds = _load(
+        dataset,
+        k_core,
+        cold_fraction,
+        synthetic_items,
+        synthetic_interactions,
+        synthetic_seed,
+        cache_dir,
+    )
+    typer.echo(json.dumps(ds.summary(), indent=2))
+
+
+@train_app.command("sasrec")
+def train_sasrec_cmd(
+    run_dir: Annotated[Path, typer.Option(help="where the model and CF embeddings go")] = Path(
+        "runs/ml-100k"
+    ),
+    dataset: DatasetOpt = "ml-100k",
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+    seed: int = 0,
+    max_len: int = 200,
+    hidden: int = 64,
+    layers: int = 2,
+    dropout: float = 0.2,
+    lr: float = 2e-3,
+    max_epochs: int = 200,
+) -> None:
+    """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR."""
+    from models.sasrec import SASRecConfig
+    from training.device import resolve_device
+    from training.stages.sasrec import (
+        SASRecTrainConfig,
+        evaluate_sasrec,
+        save_sasrec,
+        train_sasrec,
+    )
+
+    ds = _load(
+        dataset,
+        k_core,
+        cold_fraction,
+        synthetic_items,
+        synthetic_interactions,
+        synthetic_seed,
+        cache_dir,
+    )
+    model_config = SASRecConfig(
+        n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
+    )
+    train_config = SASRecTrainConfig(lr=lr, max_epochs=max_epochs, seed=seed)
+    torch_device = resolve_device(device)
+    result = train_sasrec(ds, model_config, train_config, torch_device)
+    save_sasrec(result, train_config, run_dir)
+    test = evaluate_sasrec(result.model, ds, torch_device)
+    (run_dir / "sasrec_test.json").write_text(json.dumps(test.metrics, indent=2))
+    typer.echo(json.dumps({"valid": result.best_valid["all"], "test": test.metrics["all"]}))
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a directory written by `train sasrec`")],
+    dataset: DatasetOpt = "ml-100k",
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Evaluate a trained model on the test split (full ranking, by group)."""
+    from training.device import resolve_device
+    from training.stages.sasrec import evaluate_sasrec, load_sasrec
+
+    ds = _load(
+        dataset,
+        k_core,
+        cold_fraction,
+        synthetic_items,
+        synthetic_interactions,
+        synthetic_seed,
+        cache_dir,
+    )
+    torch_device = resolve_device(device)
+    model = load_sasrec(run_dir, torch_device)
+    if model.config.n_items != ds.n_items:
+        typer.secho(
+            f"error: {run_dir} was trained on {model.config.n_items} items, the dataset has "
+            f"{ds.n_items}; pass the same --dataset and filters as for training",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    result = evaluate_sasrec(model, ds, torch_device)
+    typer.echo(json.dumps({"metrics": result.metrics, "users": result.counts}, indent=2))
+
+
+@app.command()
+def benchmark(
+    ctx: typer.Context,
+    dataset: DatasetOpt = "ml-100k",
+    models: Annotated[str, typer.Option(help="comma-separated model names")] = "pop,sasrec",
+    seeds: Annotated[int, typer.Option(help="number of seeds (0..n-1)")] = 3,
+    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+    save_models: Annotated[bool, typer.Option(help="keep trained models under OUT")] = False,
+    sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 200,
+    sasrec_max_len: Annotated[int, typer.Option(help="SASRec history window")] = 200,
+) -> None:
+    """Train and evaluate MODELS over SEEDS; write results.json and results.md to OUT."""
+    from training.baselines import RunContext
+    from training.benchmark import BenchmarkPlan, results_markdown, run_benchmark, write_results
+    from training.device import resolve_device
+    from training.stages.sasrec import SASRecTrainConfig
+
+    try:
+        plan = BenchmarkPlan(
+            models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            seeds=tuple(range(seeds)),
+        )
+    except ValueError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    ds = _load(
+        dataset,
+        k_core,
+        cold_fraction,
+        synthetic_items,
+        synthetic_interactions,
+        synthetic_seed,
+        cache_dir,
+    )
+    out = out or Path("reports") / f"benchmark-{ds.name}"
+    context = RunContext(
+        device=resolve_device(device),
+        sasrec=SASRecTrainConfig(max_epochs=sasrec_max_epochs),
+        sasrec_model={"max_len": sasrec_max_len},
+        run_dir=out / "models" if save_models else None,
+    )
+    results = run_benchmark(ds, plan, context, _command_line(ctx))
+    json_path, md_path = write_results(results, out)
+    typer.echo(results_markdown(results))
+    typer.echo(f"wrote {json_path} and {md_path}")
+
+
+@tune_app.command("sasrec")
+def tune_sasrec(
+    ctx: typer.Context,
+    dataset: DatasetOpt = "ml-100k",
+    max_len: Annotated[str, typer.Option(help="comma-separated grid")] = "50,200",
+    dropout: Annotated[str, typer.Option(help="comma-separated grid")] = "0.2,0.5",
+    lr: Annotated[str, typer.Option(help="comma-separated grid")] = "1e-3,2e-3",
+    hidden: Annotated[str, typer.Option(help="comma-separated grid")] = "64",
+    out: Annotated[Path, typer.Option(help="results file")] = Path("reports/tune-sasrec.json"),
+    k_core: KCoreOpt = 5,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+    seed: int = 0,
+) -> None:
+    """Grid search over SASRec's main hyperparameters, chosen on VALIDATION NDCG@10."""
+    from models.sasrec import SASRecConfig
+    from training.device import resolve_device
+    from training.stages.sasrec import SASRecTrainConfig, train_sasrec
+
+    ds = _load(dataset, k_core, 0.0, 10_000, 200_000, 0, cache_dir)
+    torch_device = resolve_device(device)
+    grid = list(
+        itertools.product(
+            [int(v) for v in max_len.split(",")],
+            [float(v) for v in dropout.split(",")],
+            [float(v) for v in lr.split(",")],
+            [int(v) for v in hidden.split(",")],
+        )
+    )
+    rows = []
+    for length, drop, rate, size in grid:
+        model_config = SASRecConfig(n_items=ds.n_items, max_len=length, dropout=drop, hidden=size)
+        train_config = SASRecTrainConfig(lr=rate, seed=seed)
+        result = train_sasrec(ds, model_config, train_config, torch_device)
+        rows.append(
+            {
+                "model": asdict(model_config),
+                "train": asdict(train_config),
+                "valid_ndcg@10": result.best_valid["all"]["ndcg@10"],
+                "valid_recall@10": result.best_valid["all"]["recall@10"],
+                "best_epoch": result.best_epoch,
+            }
+        )
+        typer.echo(json.dumps(rows[-1]))
+    rows.sort(key=lambda r: -r["valid_ndcg@10"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"command": _command_line(), "dataset": ds.name, "runs": rows}, indent=2)
+    )
+    typer.echo(f"best: {json.dumps(rows[0])}\nwrote {out}")
+
+
+def _not_yet(what: str, issue: str) -> None:
+    typer.secho(
+        f"`flexcode {what}` is not available in this version: it arrives with {issue}.",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+    raise typer.Exit(code=3)
+
+
+@app.command()
+def export() -> None:
+    """Export a trained run as a serving bundle (not available yet)."""
+    _not_yet("export", "the bundle and serving work")
+
+
+@app.command()
+def serve() -> None:
+    """Serve a bundle over HTTP (not available yet)."""
+    _not_yet("serve", "the bundle and serving work")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
