@@ -35,7 +35,7 @@ format: setup
 	$(BIN)/ruff format .
 
 bench-synthetic: setup
-	$(BIN)/python scripts/bench_synthetic.py --items 1000000 --interactions 10000000
+	$(BIN)/python scripts/bench_synthetic.py --items 1000000 --interactions 10000000 --preprocess
 
 clean:
 	rm -rf $(VENV) artifacts reports .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Benchmark the synthetic generator: wall time and peak memory at a given scale.
 
     python scripts/bench_synthetic.py --items 1000000 --interactions 10000000 \
-        [--out reports/synthetic_scale.json]
+        [--preprocess] [--out reports/synthetic_scale.json]
 
 Runs `generate_synthetic` in-process, prints wall time and peak RSS (ru_maxrss, also as
 the increase over the baseline taken after imports) and writes those figures, the config,
@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from training.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from training.data.synthetic import (  # noqa: E402
     GENERATOR_VERSION,
     SyntheticConfig,
@@ -46,6 +47,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--interactions", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("reports/synthetic_scale.json"))
+    parser.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="also time the 5-core filter, chronological sort and split on the output",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,6 +65,19 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = generate_synthetic(config)
     wall = time.perf_counter() - started
     peak = _peak_rss_mib()
+
+    preprocess_report = None
+    if args.preprocess:
+        started = time.perf_counter()
+        processed = preprocess(dataset, PreprocessConfig())
+        test_users = len(processed.test().users)
+        preprocess_report = {
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            "peak_rss_mib_after": round(_peak_rss_mib(), 1),
+            **processed.summary(),
+            "test_users": test_users,
+        }
+        print(f"preprocess: {preprocess_report}")
 
     counts = np.bincount(dataset.interactions["item_id"].to_numpy(), minlength=config.n_items)
     ranked = np.sort(counts)[::-1]
@@ -86,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             "items_memory_mib": round(dataset.items.memory_usage(deep=True).sum() / 2**20, 1),
         },
+        "preprocess": preprocess_report,
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),

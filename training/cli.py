@@ -130,14 +130,14 @@ def train_sasrec_cmd(
     cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
     device: DeviceOpt = "auto",
     seed: int = 0,
-    max_len: int = 200,
+    max_len: int = 100,
     hidden: int = 64,
     layers: int = 2,
     dropout: float = 0.2,
     lr: float = 2e-3,
     max_epochs: int = 200,
 ) -> None:
-    """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR."""
+    """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec."""
     from models.sasrec import SASRecConfig
     from training.device import resolve_device
     from training.stages.sasrec import (
@@ -162,15 +162,77 @@ def train_sasrec_cmd(
     train_config = SASRecTrainConfig(lr=lr, max_epochs=max_epochs, seed=seed)
     torch_device = resolve_device(device)
     result = train_sasrec(ds, model_config, train_config, torch_device)
-    save_sasrec(result, train_config, run_dir)
+    save_sasrec(result, train_config, run_dir / "sasrec")
     test = evaluate_sasrec(result.model, ds, torch_device)
-    (run_dir / "sasrec_test.json").write_text(json.dumps(test.metrics, indent=2))
+    (run_dir / "sasrec" / "test_metrics.json").write_text(json.dumps(test.metrics, indent=2))
     typer.echo(json.dumps({"valid": result.best_valid["all"], "test": test.metrics["all"]}))
+
+
+@train_app.command("tokenizer")
+def train_tokenizer_cmd(
+    run_dir: Annotated[Path, typer.Option(help="run directory (reuses its SASRec stage)")] = Path(
+        "runs/ml-100k"
+    ),
+    dataset: DatasetOpt = "ml-100k",
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+    seed: int = 0,
+    codebook_size: Annotated[
+        int, typer.Option(help="K codes per level; 0 = sized to the catalog")
+    ] = 0,
+    levels: Annotated[int, typer.Option(help="L_max levels per codebook")] = 6,
+    latent_dim: Annotated[int, typer.Option(help="RQ-VAE latent size d")] = 32,
+    lambda_cca: Annotated[float, typer.Option(help="alignment weight; 0 = no-align")] = 0.1,
+    epochs: int = 300,
+    compare_no_align: Annotated[
+        bool, typer.Option(help="also train the lambda_CCA = 0 twin for the report")
+    ] = True,
+) -> None:
+    """Stages A-C: SASRec (reused if the run has it), text embeddings (cached), then the
+    dual-codebook tokenizer; writes RUN_DIR/tokenizer/ with codes and report.{json,md}."""
+    from training.device import resolve_device
+    from training.pipeline import run_tokenizer_stage
+    from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
+
+    ds = _load(
+        dataset,
+        k_core,
+        cold_fraction,
+        synthetic_items,
+        synthetic_interactions,
+        synthetic_seed,
+        cache_dir,
+    )
+    spec = TokenizerSpec(
+        latent_dim=latent_dim,
+        n_levels=levels,
+        codebook_size=codebook_size or None,
+        lambda_cca=lambda_cca,
+    )
+    try:
+        run_tokenizer_stage(
+            ds,
+            run_dir,
+            resolve_device(device),
+            spec,
+            TokenizerTrainConfig(epochs=epochs, seed=seed),
+            compare_no_align=compare_no_align,
+            cache_dir=cache_dir,
+        )
+    except ValueError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo((run_dir / "tokenizer" / "report.md").read_text())
 
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="a directory written by `train sasrec`")],
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `train sasrec`")],
     dataset: DatasetOpt = "ml-100k",
     k_core: KCoreOpt = 5,
     cold_fraction: ColdOpt = 0.0,
@@ -194,7 +256,7 @@ def evaluate(
         cache_dir,
     )
     torch_device = resolve_device(device)
-    model = load_sasrec(run_dir, torch_device)
+    model = load_sasrec(run_dir / "sasrec", torch_device)
     if model.config.n_items != ds.n_items:
         typer.secho(
             f"error: {run_dir} was trained on {model.config.n_items} items, the dataset has "
@@ -223,7 +285,7 @@ def benchmark(
     device: DeviceOpt = "auto",
     save_models: Annotated[bool, typer.Option(help="keep trained models under OUT")] = False,
     sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 200,
-    sasrec_max_len: Annotated[int, typer.Option(help="SASRec history window")] = 200,
+    sasrec_max_len: Annotated[int, typer.Option(help="SASRec history window")] = 100,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json and results.md to OUT."""
     from training.baselines import RunContext
@@ -269,6 +331,7 @@ def tune_sasrec(
     dropout: Annotated[str, typer.Option(help="comma-separated grid")] = "0.2,0.5",
     lr: Annotated[str, typer.Option(help="comma-separated grid")] = "1e-3,2e-3",
     hidden: Annotated[str, typer.Option(help="comma-separated grid")] = "64",
+    max_epochs: Annotated[int, typer.Option(help="epoch cap per configuration")] = 200,
     out: Annotated[Path, typer.Option(help="results file")] = Path("reports/tune-sasrec.json"),
     k_core: KCoreOpt = 5,
     cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
@@ -291,9 +354,10 @@ def tune_sasrec(
         )
     )
     rows = []
+    out.parent.mkdir(parents=True, exist_ok=True)
     for length, drop, rate, size in grid:
         model_config = SASRecConfig(n_items=ds.n_items, max_len=length, dropout=drop, hidden=size)
-        train_config = SASRecTrainConfig(lr=rate, seed=seed)
+        train_config = SASRecTrainConfig(lr=rate, seed=seed, max_epochs=max_epochs)
         result = train_sasrec(ds, model_config, train_config, torch_device)
         rows.append(
             {
@@ -305,12 +369,11 @@ def tune_sasrec(
             }
         )
         typer.echo(json.dumps(rows[-1]))
-    rows.sort(key=lambda r: -r["valid_ndcg@10"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"command": _command_line(), "dataset": ds.name, "runs": rows}, indent=2)
-    )
-    typer.echo(f"best: {json.dumps(rows[0])}\nwrote {out}")
+        # Rewritten after every configuration, so an interrupted search keeps its results.
+        ranked = sorted(rows, key=lambda r: -r["valid_ndcg@10"])
+        report = {"command": _command_line(ctx), "dataset": ds.name, "runs": ranked}
+        out.write_text(json.dumps(report, indent=2))
+    typer.echo(f"best: {json.dumps(ranked[0])}\nwrote {out}")
 
 
 def _not_yet(what: str, issue: str) -> None:

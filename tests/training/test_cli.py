@@ -69,3 +69,63 @@ def test_data_command_prints_summary(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
     assert summary["items"] > 0 and summary["users"] > 0
+
+
+def write_recbole(directory, n_items=200, n_interactions=5000):
+    """A small dataset in RecBole atomic format, as a user would bring it."""
+    from training.data.synthetic import SyntheticConfig, generate_synthetic
+
+    raw = generate_synthetic(SyntheticConfig(n_items=n_items, n_interactions=n_interactions))
+    directory.mkdir()
+    inter = raw.interactions.rename(
+        columns={
+            "user_id": "user_id:token",
+            "item_id": "item_id:token",
+            "timestamp": "timestamp:float",
+        }
+    )
+    inter.to_csv(directory / "mine.inter", sep="\t", index=False)
+    items = raw.items[["item_id", "title", "categories"]].rename(
+        columns={
+            "item_id": "item_id:token",
+            "title": "title:token_seq",
+            "categories": "categories:token",
+        }
+    )
+    items.to_csv(directory / "mine.item", sep="\t", index=False)
+    return directory
+
+
+@pytest.mark.slow
+def test_tune_on_user_data_writes_ranked_results(tmp_path):
+    data_dir = write_recbole(tmp_path / "mine")
+    out = tmp_path / "tune.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "sasrec",
+            "--dataset",
+            str(data_dir),
+            "--max-len",
+            "20",
+            "--dropout",
+            "0.2,0.5",
+            "--lr",
+            "2e-3",
+            "--max-epochs",
+            "2",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["dataset"] == "mine"
+    assert "--dropout 0.2,0.5" in report["command"]
+    scores = [run["valid_ndcg@10"] for run in report["runs"]]
+    assert len(scores) == 2 and scores == sorted(scores, reverse=True)

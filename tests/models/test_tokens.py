@@ -1,0 +1,207 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.tokens import (
+    BOS,
+    CF,
+    EOS,
+    N_SPECIAL,
+    PAD,
+    SEM,
+    TokenLayout,
+    assign_dedup,
+    code_sequences,
+    collision_rate,
+    collision_rates_by_split,
+    item_tokens,
+    max_dedup_needed,
+)
+
+
+def reference_dedup(rows: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... per group of identical rows, lowest row first (a plain loop)."""
+    seen: Counter = Counter()
+    out = []
+    for row in map(tuple, rows):
+        out.append(seen[row])
+        seen[row] += 1
+    return np.array(out, dtype=np.int64)
+
+
+@st.composite
+def catalogues(draw):
+    """Small code arrays with many duplicates (K <= 3), a budget and a router split."""
+    n_levels = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 3))
+    n_items = draw(st.integers(0, 25))
+    codes = st.lists(
+        st.lists(st.integers(0, k - 1), min_size=n_levels, max_size=n_levels),
+        min_size=n_items,
+        max_size=n_items,
+    )
+    cf = np.array(draw(codes), dtype=np.int64).reshape(n_items, n_levels)
+    sem = np.array(draw(codes), dtype=np.int64).reshape(n_items, n_levels)
+    budget = draw(st.integers(1, n_levels))
+    if draw(st.booleans()):
+        n_cf = np.array(
+            draw(st.lists(st.integers(0, budget), min_size=n_items, max_size=n_items)),
+            dtype=np.int64,
+        )
+    else:  # the same split for every item
+        n_cf = draw(st.integers(0, budget))
+    layout = TokenLayout(codebook_size=k, n_levels=n_levels, dedup_size=max(n_items, 1))
+    return cf, sem, n_cf, budget, layout
+
+
+@settings(max_examples=150, deadline=None)
+@given(catalogues())
+def test_item_tokens_are_unique_and_decode_to_their_codes(case):
+    cf, sem, n_cf, budget, layout = case
+    n_items = cf.shape[0]
+    tokens = item_tokens(cf, sem, n_cf, budget, layout)
+    assert tokens.shape == (n_items, budget + 1)  # every item has exactly L + 1 tokens
+    assert np.unique(tokens, axis=0).shape[0] == n_items
+    assert ((tokens >= N_SPECIAL) & (tokens < layout.vocab_size)).all()
+
+    info = layout.describe(tokens)
+    n_cf_items = np.broadcast_to(n_cf, (n_items,))[:, None]  # (N, 1)
+    pos = np.arange(budget)[None, :]  # (1, L)
+    from_cf = pos < n_cf_items
+    assert (info["kind"][:, :budget] == 1).all()
+    assert (info["codebook"][:, :budget] == np.where(from_cf, CF, SEM)).all()
+    level = np.where(from_cf, pos, pos - n_cf_items)
+    assert (info["level"][:, :budget] == level).all()
+    rows = np.arange(n_items)[:, None]
+    expected_code = np.where(from_cf, cf[rows, pos], sem[rows, np.maximum(level, 0)])
+    assert (info["code"][:, :budget] == expected_code).all()
+    assert (info["dedup"][:, :budget] == -1).all()
+    # the last token is the dedup token, numbered as TIGER does
+    assert (info["kind"][:, budget] == 2).all()
+    assert (info["codebook"][:, budget] == -1).all() and (info["code"][:, budget] == -1).all()
+    assert (info["dedup"][:, budget] == reference_dedup(tokens[:, :budget])).all()
+
+    prefixes = code_sequences(cf, sem, n_cf, budget, layout)
+    assert (prefixes == tokens[:, :budget]).all()
+    assert max_dedup_needed(prefixes) == (info["dedup"][:, budget].max() + 1 if n_items else 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 2), min_size=2, max_size=2), max_size=30),
+    st.data(),
+)
+def test_assign_dedup_with_existing_continues_numbering(rows, data):
+    rows = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    split = data.draw(st.integers(0, rows.shape[0]))
+    full = assign_dedup(rows)
+    assert (full == reference_dedup(rows)).all()
+    old = rows[:split]
+    continued = assign_dedup(rows[split:], existing=(old, assign_dedup(old)))
+    assert (continued == full[split:]).all()
+
+
+def test_assign_dedup_continues_after_the_largest_taken_id():
+    existing = (np.array([[1, 2], [1, 2], [7, 7]]), np.array([0, 3, 0]))
+    new = np.array([[1, 2], [5, 5], [1, 2], [7, 7]])
+    # gaps are not refilled: an id once given out may still sit in a cache
+    assert assign_dedup(new, existing=existing).tolist() == [4, 0, 5, 1]
+    with pytest.raises(ValueError, match="same \\(row, dedup id\\) twice"):
+        assign_dedup(new, existing=(np.array([[1, 2], [1, 2]]), np.array([0, 0])))
+    with pytest.raises(ValueError, match="tokens"):
+        assign_dedup(new, existing=(np.array([[1, 2, 3]]), np.array([0])))
+
+
+def test_vocab_blocks_do_not_overlap_and_cover_the_vocabulary():
+    layout = TokenLayout(codebook_size=5, n_levels=3, dedup_size=4)
+    codebook, level, code = np.meshgrid([CF, SEM], range(3), range(5), indexing="ij")
+    code_ids = layout.code_token(codebook, level, code).ravel()
+    dedup_ids = layout.dedup_token(np.arange(4))
+    all_ids = np.concatenate([[PAD, BOS, EOS], code_ids, dedup_ids])
+    assert sorted(all_ids.tolist()) == list(range(layout.vocab_size))
+    assert layout.vocab_size == N_SPECIAL + 2 * 3 * 5 + 4
+    assert layout.dedup_offset == N_SPECIAL + 30
+    # CF level 0 first, then CF levels, then SEM levels
+    assert layout.code_token(CF, 0, 0) == N_SPECIAL
+    assert layout.code_token(SEM, 0, 0) == N_SPECIAL + 15
+    info = layout.describe(code_ids)
+    assert (info["kind"] == 1).all()
+    assert (info["codebook"] == codebook.ravel()).all()
+    assert (info["level"] == level.ravel()).all()
+    assert (info["code"] == code.ravel()).all()
+    special = layout.describe([PAD, BOS, EOS])
+    assert (special["kind"] == 0).all() and (special["level"] == -1).all()
+
+
+def test_hand_built_sequences():
+    layout = TokenLayout(codebook_size=4, n_levels=3, dedup_size=2)
+    cf = np.array([[0, 1, 2], [0, 1, 2], [3, 3, 3]])
+    sem = np.array([[1, 1, 1], [1, 1, 1], [2, 2, 2]])
+    # CF level l code c -> 3 + 4 l + c; SEM level l code c -> 15 + 4 l + c
+    assert code_sequences(cf, sem, np.array([1, 2, 0]), 3, layout).tolist() == [
+        [3, 16, 20],  # CF level 0, then SEM levels 0 and 1
+        [3, 8, 16],
+        [17, 21, 25],
+    ]
+    dedup0 = layout.dedup_offset
+    assert item_tokens(cf, sem, 2, 2, layout).tolist() == [
+        [3, 8, dedup0],
+        [3, 8, dedup0 + 1],
+        [6, 10, dedup0],
+    ]
+
+
+def test_dedup_overflow_says_how_large_dedup_size_must_be():
+    layout = TokenLayout(codebook_size=4, n_levels=2, dedup_size=2)
+    cf = np.zeros((5, 2), dtype=np.int64)
+    sem = np.zeros((5, 2), dtype=np.int64)
+    sem[4] = 1  # 4 colliding items, 1 alone
+    with pytest.raises(ValueError, match="dedup_size must be at least 4"):
+        item_tokens(cf, sem, 0, 2, layout)
+    assert max_dedup_needed(code_sequences(cf, sem, 0, 2, layout)) == 4
+    assert item_tokens(cf, sem, 0, 2, TokenLayout(4, 2, dedup_size=4)).shape == (5, 3)
+    with pytest.raises(ValueError, match="at least 3"):
+        layout.dedup_token(2)
+
+
+def test_collision_rate_hand_case():
+    rows = np.array([[1, 2], [3, 4], [1, 2], [5, 6], [5, 6], [5, 6], [7, 8], [2, 1]])
+    assert collision_rate(rows) == pytest.approx(5 / 8)
+    assert collision_rate(np.zeros((0, 3), dtype=np.int64)) == 0.0
+    assert max_dedup_needed(rows) == 3
+
+    layout = TokenLayout(codebook_size=4, n_levels=2, dedup_size=4)
+    cf = np.array([[0, 0], [0, 0], [1, 0], [2, 0]])  # items 0 and 1 share CF codes
+    sem = np.array([[0, 1], [1, 1], [0, 1], [0, 1]])  # items 0, 2, 3 share SEM codes
+    assert collision_rates_by_split(cf, sem, 2, layout) == pytest.approx(
+        {0: 3 / 4, 1: 0.0, 2: 2 / 4}
+    )
+
+
+def test_invalid_inputs_raise_helpful_errors():
+    layout = TokenLayout(codebook_size=4, n_levels=2, dedup_size=2)
+    cf = np.zeros((3, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match="budget must lie in"):
+        code_sequences(cf, cf, 0, 3, layout)
+    with pytest.raises(ValueError, match="n_cf must lie in"):
+        code_sequences(cf, cf, np.array([0, 1, 3]), 2, layout)
+    with pytest.raises(ValueError, match="integers"):
+        code_sequences(cf, cf, np.array([0.0, 1.0, 1.0]), 2, layout)
+    with pytest.raises(ValueError, match="code must lie in"):
+        code_sequences(cf + 4, cf, 2, 2, layout)
+    with pytest.raises(ValueError, match="same N"):
+        code_sequences(cf, cf[:2], 0, 2, layout)
+    with pytest.raises(ValueError, match="vocab_size"):
+        layout.describe([layout.vocab_size])
+    with pytest.raises(ValueError, match="positive int"):
+        TokenLayout(codebook_size=0, n_levels=2, dedup_size=2)
+
+
+def test_layout_round_trips_through_a_dict():
+    layout = TokenLayout(codebook_size=512, n_levels=5, dedup_size=16)
+    assert TokenLayout.from_dict(layout.to_dict()) == layout
+    with pytest.raises(ValueError, match="missing keys"):
+        TokenLayout.from_dict({"codebook_size": 512})

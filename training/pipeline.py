@@ -1,0 +1,119 @@
+"""The training pipeline as stages over one run directory.
+
+    data -> A: SASRec (CF embeddings) -> B: text encoder (semantic embeddings)
+         -> C: dual tokenizer (codes) -> ... (router, generator, bundle: later stages)
+
+Each `ensure_*` reuses what an earlier run left in the run directory (or the cache) and
+computes only what is missing, so a pipeline run is resumable stage by stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.sasrec import SASRecConfig
+from models.text_encoder import TextEncoder, TextEncoderConfig
+from training.data import DEFAULT_CACHE_DIR
+from training.data.preprocess import ProcessedDataset
+from training.stages.sasrec import SASRecTrainConfig, save_sasrec, train_sasrec
+from training.stages.semantic_embeddings import semantic_embeddings
+from training.stages.tokenizer import (
+    TokenizerSpec,
+    TokenizerTrainConfig,
+    build_config,
+    report_markdown,
+    save_tokenizer,
+    tokenizer_report,
+    train_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _run_info_ok(run_dir: Path, dataset: ProcessedDataset) -> None:
+    """Refuse to mix artifacts of different datasets in one run directory."""
+    info_path = run_dir / "run.json"
+    info = {"dataset": dataset.name, "fingerprint": dataset.fingerprint, "items": dataset.n_items}
+    info["preprocess"] = dataset.config.to_dict()
+    if info_path.exists():
+        seen = json.loads(info_path.read_text())
+        if seen != info:
+            raise ValueError(
+                f"{run_dir} holds a run on {seen.get('dataset')} ({seen}); this dataset is "
+                f"{info}. Use another --run-dir."
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info_path.write_text(json.dumps(info, indent=2))
+
+
+def ensure_cf_embeddings(
+    dataset: ProcessedDataset,
+    run_dir: Path,
+    device: torch.device,
+    model_config: SASRecConfig | None = None,
+    train_config: SASRecTrainConfig | None = None,
+) -> np.ndarray:
+    """Stage A: (N + 1, hidden) SASRec item table, trained unless the run has it."""
+    run_dir = Path(run_dir)
+    _run_info_ok(run_dir, dataset)
+    path = run_dir / "sasrec" / "cf_embeddings.npy"
+    if path.exists():
+        logger.info("stage A: reusing %s", path)
+        return np.load(path)
+    model_config = model_config or SASRecConfig(n_items=dataset.n_items)
+    train_config = train_config or SASRecTrainConfig()
+    result = train_sasrec(dataset, model_config, train_config, device)
+    save_sasrec(result, train_config, run_dir / "sasrec")
+    return np.load(path)
+
+
+def ensure_semantic_embeddings(
+    dataset: ProcessedDataset, device: torch.device, cache_dir: Path | None = DEFAULT_CACHE_DIR
+) -> np.ndarray:
+    """Stage B: (N + 1, 384) text embeddings, from the cache when the texts are unchanged."""
+    encoder = TextEncoder(TextEncoderConfig(), device=device)
+    return semantic_embeddings(dataset.items, encoder, cache_dir)
+
+
+def run_tokenizer_stage(
+    dataset: ProcessedDataset,
+    run_dir: Path,
+    device: torch.device,
+    spec: TokenizerSpec,
+    train_config: TokenizerTrainConfig,
+    compare_no_align: bool = True,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+) -> dict:
+    """Stage C, plus the no-align twin for the report when asked. Returns the report."""
+    run_dir = Path(run_dir)
+    cf_emb = ensure_cf_embeddings(dataset, run_dir, device)
+    sem_emb = ensure_semantic_embeddings(dataset, device, cache_dir)
+    warm = dataset.train_counts() > 0
+    config = build_config(spec, sem_emb.shape[1], cf_emb.shape[1], dataset.n_items)
+
+    result = train_tokenizer(sem_emb, cf_emb, warm, config, train_config, device)
+    report = tokenizer_report(result, sem_emb, cf_emb, train_config)
+    save_tokenizer(result, train_config, run_dir / "tokenizer", report)
+
+    baseline = None
+    if compare_no_align and spec.lambda_cca > 0:
+        twin_config = build_config(
+            replace(spec, lambda_cca=0.0), sem_emb.shape[1], cf_emb.shape[1], dataset.n_items
+        )
+        twin = train_tokenizer(sem_emb, cf_emb, warm, twin_config, train_config, device)
+        baseline = tokenizer_report(twin, sem_emb, cf_emb, train_config)
+        save_tokenizer(twin, train_config, run_dir / "tokenizer-no-align", baseline)
+
+    markdown = report_markdown(report, baseline)
+    (run_dir / "tokenizer" / "report.md").write_text(markdown + "\n")
+    if baseline is not None:
+        report = {**report, "no_align": baseline}
+        (run_dir / "tokenizer" / "report.json").write_text(json.dumps(report, indent=2))
+    return report
