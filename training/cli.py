@@ -46,25 +46,22 @@ CacheOpt = Annotated[Path, typer.Option(help="processed-data cache directory")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
 
 
-def _load(
-    dataset: str,
-    k_core: int,
-    cold_fraction: float,
-    synthetic_items: int,
-    synthetic_interactions: int,
-    synthetic_seed: int,
-    cache_dir: Path,
-) -> ProcessedDataset:
+def _load(ctx: typer.Context) -> ProcessedDataset:
+    """The dataset named by the command's shared data options (see DatasetOpt & co.)."""
+    params = ctx.params
     try:
         return load_dataset(
-            dataset,
-            PreprocessConfig(k_core=k_core, cold_item_fraction=cold_fraction),
-            SyntheticConfig(
-                n_items=synthetic_items,
-                n_interactions=synthetic_interactions,
-                seed=synthetic_seed,
+            params["dataset"],
+            PreprocessConfig(
+                k_core=params.get("k_core", 5),
+                cold_item_fraction=params.get("cold_fraction", 0.0),
             ),
-            cache_dir,
+            SyntheticConfig(
+                n_items=params.get("synthetic_items", 10_000),
+                n_interactions=params.get("synthetic_interactions", 200_000),
+                seed=params.get("synthetic_seed", 0),
+            ),
+            params.get("cache_dir", DEFAULT_CACHE_DIR),
         )
     except (DataFormatError, ValueError, RuntimeError, FileNotFoundError) as error:
         # Data problems are the user's to fix: say what, without a traceback.
@@ -95,6 +92,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 @app.command()
 def data(
+    ctx: typer.Context,
     dataset: DatasetOpt = "ml-100k",
     k_core: KCoreOpt = 5,
     cold_fraction: ColdOpt = 0.0,
@@ -104,20 +102,13 @@ def data(
     cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
 ) -> None:
     """Read, filter and split a dataset (cached), then print its summary."""
-    ds = _load(
-        dataset,
-        k_core,
-        cold_fraction,
-        synthetic_items,
-        synthetic_interactions,
-        synthetic_seed,
-        cache_dir,
-    )
+    ds = _load(ctx)
     typer.echo(json.dumps(ds.summary(), indent=2))
 
 
 @train_app.command("sasrec")
 def train_sasrec_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="where the model and CF embeddings go")] = Path(
         "runs/ml-100k"
     ),
@@ -147,15 +138,7 @@ def train_sasrec_cmd(
         train_sasrec,
     )
 
-    ds = _load(
-        dataset,
-        k_core,
-        cold_fraction,
-        synthetic_items,
-        synthetic_interactions,
-        synthetic_seed,
-        cache_dir,
-    )
+    ds = _load(ctx)
     model_config = SASRecConfig(
         n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
     )
@@ -170,6 +153,7 @@ def train_sasrec_cmd(
 
 @train_app.command("tokenizer")
 def train_tokenizer_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory (reuses its SASRec stage)")] = Path(
         "runs/ml-100k"
     ),
@@ -199,15 +183,7 @@ def train_tokenizer_cmd(
     from training.pipeline import run_tokenizer_stage
     from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
-    ds = _load(
-        dataset,
-        k_core,
-        cold_fraction,
-        synthetic_items,
-        synthetic_interactions,
-        synthetic_seed,
-        cache_dir,
-    )
+    ds = _load(ctx)
     spec = TokenizerSpec(
         latent_dim=latent_dim,
         n_levels=levels,
@@ -232,6 +208,7 @@ def train_tokenizer_cmd(
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `train sasrec`")],
     dataset: DatasetOpt = "ml-100k",
     k_core: KCoreOpt = 5,
@@ -246,15 +223,7 @@ def evaluate(
     from training.device import resolve_device
     from training.stages.sasrec import evaluate_sasrec, load_sasrec
 
-    ds = _load(
-        dataset,
-        k_core,
-        cold_fraction,
-        synthetic_items,
-        synthetic_interactions,
-        synthetic_seed,
-        cache_dir,
-    )
+    ds = _load(ctx)
     torch_device = resolve_device(device)
     model = load_sasrec(run_dir / "sasrec", torch_device)
     if model.config.n_items != ds.n_items:
@@ -301,15 +270,7 @@ def benchmark(
     except ValueError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
-    ds = _load(
-        dataset,
-        k_core,
-        cold_fraction,
-        synthetic_items,
-        synthetic_interactions,
-        synthetic_seed,
-        cache_dir,
-    )
+    ds = _load(ctx)
     out = out or Path("reports") / f"benchmark-{ds.name}"
     context = RunContext(
         device=resolve_device(device),
@@ -343,7 +304,7 @@ def tune_sasrec(
     from training.device import resolve_device
     from training.stages.sasrec import SASRecTrainConfig, train_sasrec
 
-    ds = _load(dataset, k_core, 0.0, 10_000, 200_000, 0, cache_dir)
+    ds = _load(ctx)
     torch_device = resolve_device(device)
     grid = list(
         itertools.product(

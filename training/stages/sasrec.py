@@ -34,7 +34,7 @@ class SASRecTrainConfig:
     weight_decay: float = 0.0  # dropout regularises enough at this size
     batch_size: int = 64  # small batches: ML-100K has only ~1k training windows
     max_epochs: int = 200  # an upper bound; early stopping ends runs far sooner
-    patience: int = 6  # evaluations without a validation NDCG@10 gain before stopping
+    patience: int = 10  # evaluations without a validation NDCG@10 gain before stopping
     eval_every: int = 2  # epochs between validation passes
     grad_clip: float = 1.0
     seed: int = 0
