@@ -14,7 +14,7 @@ length are misses. Everything is vectorised over users.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,11 +126,22 @@ TopKFn = Callable[[np.ndarray, Sequences], np.ndarray]
 """(users (B,), histories of those users) -> ranked item ids (B, K')."""
 
 
-def _batches(eval_set: EvalSet, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(positions in eval_set, user ids) of consecutive batches."""
-    for start in range(0, len(eval_set.users), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(eval_set.users)))
-        yield idx, eval_set.users[idx]
+RankBatchFn = Callable[[np.ndarray, Sequences, np.ndarray], np.ndarray]
+"""(users (B,), their histories, their targets (B,)) -> ranks (B,)."""
+
+
+def _evaluate(
+    rank_batch: RankBatchFn, eval_set: EvalSet, item_groups: np.ndarray, batch_size: int, desc: str
+) -> EvalResult:
+    """Rank every user's target batch by batch and summarise by the target's group."""
+    n_users = len(eval_set.users)
+    ranks = np.empty(n_users, dtype=np.int64)
+    starts = range(0, n_users, batch_size)
+    for start in tqdm(starts, total=len(starts), desc=desc, leave=False):
+        idx = np.arange(start, min(start + batch_size, n_users))
+        history = eval_set.history.select(idx)
+        ranks[idx] = rank_batch(eval_set.users[idx], history, eval_set.targets[idx])
+    return summarise(ranks, item_groups[eval_set.targets])
 
 
 def evaluate_scores(
@@ -141,19 +152,13 @@ def evaluate_scores(
     desc: str = "evaluate",
 ) -> EvalResult:
     """Rank the full catalog with `score_fn` for every user of `eval_set`, in batches."""
-    ranks = np.empty(len(eval_set.users), dtype=np.int64)
-    for idx, users in tqdm(
-        _batches(eval_set, batch_size),
-        total=math.ceil(len(eval_set.users) / batch_size),
-        desc=desc,
-        leave=False,
-    ):
-        history = eval_set.history.select(idx)
+
+    def rank_batch(users: np.ndarray, history: Sequences, targets: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             scores = score_fn(users, history)
-        targets = torch.as_tensor(eval_set.targets[idx], device=scores.device)
-        ranks[idx] = ranks_from_scores(scores, targets, history)
-    return summarise(ranks, item_groups[eval_set.targets])
+        return ranks_from_scores(scores, torch.as_tensor(targets, device=scores.device), history)
+
+    return _evaluate(rank_batch, eval_set, item_groups, batch_size, desc)
 
 
 def evaluate_topk(
@@ -164,13 +169,8 @@ def evaluate_topk(
     desc: str = "evaluate",
 ) -> EvalResult:
     """Like evaluate_scores, for models that return ranked lists instead of scores."""
-    ranks = np.empty(len(eval_set.users), dtype=np.int64)
-    for idx, users in tqdm(
-        _batches(eval_set, batch_size),
-        total=math.ceil(len(eval_set.users) / batch_size),
-        desc=desc,
-        leave=False,
-    ):
-        history = eval_set.history.select(idx)
-        ranks[idx] = ranks_from_topk(topk_fn(users, history), eval_set.targets[idx], history)
-    return summarise(ranks, item_groups[eval_set.targets])
+
+    def rank_batch(users: np.ndarray, history: Sequences, targets: np.ndarray) -> np.ndarray:
+        return ranks_from_topk(topk_fn(users, history), targets, history)
+
+    return _evaluate(rank_batch, eval_set, item_groups, batch_size, desc)

@@ -6,14 +6,6 @@ from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
 from models.rqvae import RQVAEConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(weight=0.1):
     return DualTokenizerConfig(
         sem=RQVAEConfig(input_dim=12, latent_dim=4, hidden_dims=(16,), n_levels=3, codebook_size=8),

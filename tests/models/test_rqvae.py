@@ -4,15 +4,6 @@ import torch
 from models.rqvae import RQVAE, ResidualQuantizer, RQVAEConfig, suggest_codebook_size
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: a second thread only adds sync cost (10x on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _small_config(**overrides) -> RQVAEConfig:
     kwargs = dict(input_dim=12, latent_dim=4, hidden_dims=(16,), n_levels=3, codebook_size=8)
     kwargs.update(overrides)

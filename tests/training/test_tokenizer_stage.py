@@ -18,14 +18,6 @@ from training.stages.tokenizer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clustered(n, dim, clusters, rng):
     centres = rng.normal(size=(clusters, dim)) * 3
     labels = rng.integers(0, clusters, n)
