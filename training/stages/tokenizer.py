@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from models.alignment import AlignmentConfig, CrossCodebookAlignment, alignment_ranks
-from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
+from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig, DualTokenizerLoss
 from models.rqvae import RQVAEConfig, suggest_codebook_size
 from models.tokens import (
     TokenLayout,
@@ -148,7 +148,7 @@ def train_tokenizer(
     epochs = tqdm(range(1, train_config.epochs + 1), desc="tokenizer", disable=not progress)
     for epoch in epochs:
         model.train()
-        sums = np.zeros(6)
+        sums = np.zeros(len(DualTokenizerLoss._fields))
         order = torch.randperm(n_warm, generator=generator).to(device)
         batches = order.split(train_config.batch_size)
         for batch in batches:
@@ -168,7 +168,7 @@ def train_tokenizer(
         else:
             restarted = 0
         if epoch % 10 == 0 or epoch == train_config.epochs:
-            names = ("total", "sem_recon", "sem_quant", "cf_recon", "cf_quant", "align")
+            names = DualTokenizerLoss._fields
             curve.append({"epoch": epoch, **dict(zip(names, map(float, means), strict=True))})
             curve[-1]["restarted_codes"] = restarted
             epochs.set_postfix(loss=f"{means[0]:.3f}", align=f"{means[5]:.3f}")
