@@ -1,0 +1,250 @@
+"""The constrained beam-search kernel against a plain per-beam trie search (the reference).
+
+The reference is how constrained decoding is usually written with HF
+`prefix_allowed_tokens_fn`: a dict trie, and standard beam search one request and one beam
+at a time, calling the model on each beam alone. Its tie rule is the kernel's documented
+one: at the last step (score desc, item id asc); before it (score desc, parent beam rank,
+token asc). Scores are summed in float32 like the kernel's, so they match bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.beam_search import constrained_beam_search
+from models.prefix_index import OverlayIndex, build_prefix_index
+from tests.models.test_prefix_index import random_catalog
+
+BOS = 1
+
+
+def make_table_model(seed: int, depth: int, vocab: int, quantise: bool = False):
+    """A fixed random "model": log-probs depend on (position, last token) only.
+
+    Returns step_fn(tokens (B, W, 1 + t), state) -> ((B, W, V) float32 log-probs, state).
+    quantise: logits on a coarse integer grid, so many candidates tie exactly.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(depth, vocab, vocab, generator=gen) * 2
+    if quantise:
+        logits = (logits > 1).float() * 3  # two logit values: ties everywhere
+    table = torch.log_softmax(logits, dim=-1)  # (depth, V, V)
+
+    def step_fn(tokens: torch.Tensor, state):
+        t = tokens.shape[-1] - 1
+        return table[t][tokens[..., -1]], state
+
+    return step_fn
+
+
+def reference_beam_search(step_fn, rows, ids, batch_size, beam_width, top_k, exclude=None):
+    """Per-request, per-beam constrained beam search over a dict trie.
+
+    Returns, per request, a list of (item id, float32 score, tokens tuple), best first.
+    """
+    trie: dict = {}
+    for row, item in zip(rows.tolist(), ids.tolist(), strict=True):
+        node = trie
+        for tok in row[:-1]:
+            node = node.setdefault(tok, {})
+        node[row[-1]] = item
+    depth = rows.shape[1]
+
+    def prefix_allowed_tokens_fn(prefix):
+        node = trie
+        for tok in prefix:
+            node = node[tok]
+        return sorted(node)
+
+    def leaf(prefix):
+        node = trie
+        for tok in prefix:
+            node = node[tok]
+        return node
+
+    results = []
+    for b in range(batch_size):
+        banned = set() if exclude is None else set(exclude[b].tolist()) - {-1}
+        beams = [(np.float32(0.0), [])]  # (score, generated tokens), best first
+        for t in range(depth):
+            cands = []
+            for rank, (score, prefix) in enumerate(beams):
+                tokens = torch.tensor([[[BOS, *prefix]]])
+                logp = step_fn(tokens, None)[0][0, 0]
+                for tok in prefix_allowed_tokens_fn(prefix):
+                    s = np.float32(score + np.float32(logp[tok].item()))
+                    if s == -np.inf:
+                        continue
+                    new = [*prefix, tok]
+                    if t == depth - 1:
+                        item = leaf(new)
+                        if item in banned:
+                            continue
+                        cands.append(((-s, item), s, new, item))
+                    else:
+                        cands.append(((-s, rank, tok), s, new, None))
+            cands.sort(key=lambda c: c[0])
+            beams = [(c[1], c[2]) for c in cands[:beam_width]]
+            if t == depth - 1:
+                results.append([(c[3], c[1], tuple(c[2])) for c in cands[:top_k]])
+    return results
+
+
+def assert_matches_reference(got, want, rows, ids):
+    items, scores, tokens = got
+    row_of = {int(i): tuple(r) for r, i in zip(rows.tolist(), ids.tolist(), strict=True)}
+    for b, ref in enumerate(want):
+        n = len(ref)
+        assert items[b, :n].tolist() == [r[0] for r in ref]
+        np.testing.assert_allclose(scores[b, :n].numpy(), [r[1] for r in ref], rtol=0, atol=0)
+        assert [tuple(x) for x in tokens[b, :n].tolist()] == [r[2] for r in ref]
+        for item, toks in zip(items[b, :n].tolist(), tokens[b, :n].tolist(), strict=True):
+            assert row_of[item] == tuple(toks)  # a real item, with its own tokens
+        assert (items[b, n:] == -1).all() and (tokens[b, n:] == -1).all()
+        assert torch.isneginf(scores[b, n:]).all()
+        assert (scores[b, 1:n] <= scores[b, : n - 1]).all()
+
+
+@pytest.mark.parametrize(
+    ("seed", "beam_width", "top_k", "quantise"),
+    [(0, 5, 5, False), (1, 8, 3, False), (2, 12, 10, True), (3, 4, 4, True), (4, 20, 7, False)],
+)
+def test_matches_reference(seed, beam_width, top_k, quantise):
+    rows, ids, vocab = random_catalog(seed, n=50 + 50 * seed)
+    index = build_prefix_index(rows, ids, vocab)
+    step_fn = make_table_model(seed, rows.shape[1], vocab, quantise)
+    got = constrained_beam_search(step_fn, index.to_tensors(), 3, beam_width, top_k)
+    want = reference_beam_search(step_fn, rows, ids, 3, beam_width, top_k)
+    assert_matches_reference(got, want, rows, ids)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_reference_with_exclusions(seed):
+    rows, ids, vocab = random_catalog(seed + 10, n=150)
+    index = build_prefix_index(rows, ids, vocab)
+    step_fn = make_table_model(seed, rows.shape[1], vocab)
+    batch, beam_width, top_k = 4, 10, 5
+    # Exclude some of each request's unconstrained top items, plus -1 padding.
+    plain = constrained_beam_search(step_fn, index.to_tensors(), batch, beam_width, top_k)[0]
+    rng = np.random.default_rng(seed)
+    exclude = torch.full((batch, 6), -1, dtype=torch.int64)
+    exclude[:, :2] = plain[:, :2]
+    exclude[:, 2:4] = torch.from_numpy(rng.choice(ids, (batch, 2)))
+    exclude[1] = -1  # a request with nothing to exclude
+    got = constrained_beam_search(step_fn, index.to_tensors(), batch, beam_width, top_k, exclude)
+    want = reference_beam_search(step_fn, rows, ids, batch, beam_width, top_k, exclude)
+    assert_matches_reference(got, want, rows, ids)
+    for b in range(batch):
+        assert not set(got[0][b].tolist()) & (set(exclude[b].tolist()) - {-1})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_overlay_and_merged_match_reference(seed):
+    rows, ids, vocab = random_catalog(seed + 20, n=200)
+    n_base = rows.shape[0] - 25
+    ov = OverlayIndex(build_prefix_index(rows[:n_base], ids[:n_base], vocab))
+    ov.add(rows[n_base : n_base + 5], ids[n_base : n_base + 5])
+    ov.add(rows[n_base + 5 :], ids[n_base + 5 :])
+    step_fn = make_table_model(seed, rows.shape[1], vocab)
+    want = reference_beam_search(step_fn, rows, ids, 2, 15, 15)
+    got_overlay = constrained_beam_search(step_fn, ov.to_tensors(), 2, 15, 15)
+    got_merged = constrained_beam_search(step_fn, ov.merged().to_tensors(), 2, 15, 15)
+    assert_matches_reference(got_overlay, want, rows, ids)
+    assert_matches_reference(got_merged, want, rows, ids)
+
+
+def test_new_item_is_recommended_at_once():
+    """An overlay-only item the model loves comes first, under a new and a shared prefix."""
+    rows, ids, vocab = random_catalog(30, n=100)
+    base = build_prefix_index(rows, ids, vocab)
+    new_rows = np.array([[vocab - 1] * 4, [*rows[0, :3], vocab - 1]])
+    ov = OverlayIndex(base)
+    ov.add(new_rows, [10**6, 10**6 + 1])
+    logits = torch.zeros(4, vocab)
+    logits[:, vocab - 1] = 30.0  # the last token is by far the likeliest everywhere
+    logp = torch.log_softmax(logits, -1)
+
+    def step_fn(tokens, state):
+        return logp[tokens.shape[-1] - 1].expand(*tokens.shape[:2], vocab), state
+
+    items, _, tokens = constrained_beam_search(step_fn, ov.to_tensors(), 1, 4, 2)
+    assert items[0].tolist() == [10**6, 10**6 + 1]
+    assert tokens[0].tolist() == new_rows.tolist()
+    assert base.lookup(new_rows).tolist() == [-1, -1]
+
+
+def test_exhaustive_small_catalog_and_forbidden_tokens():
+    """More beams than items: every item comes back, sorted; -inf tokens drop items."""
+    rows, ids, vocab = random_catalog(40, n=12)
+    index = build_prefix_index(rows, ids, vocab)
+    step_fn = make_table_model(40, rows.shape[1], vocab)
+    n = rows.shape[0]
+    items, scores, _ = constrained_beam_search(step_fn, index.to_tensors(), 2, n + 5, n + 3)
+    assert sorted(items[0, :n].tolist()) == sorted(ids.tolist())
+    assert (items[:, n:] == -1).all() and torch.isneginf(scores[:, n:]).all()
+    banned = int(rows[0, 1])
+
+    def forbidding(tokens, state):
+        logp, state = step_fn(tokens, state)
+        return logp.index_fill(2, torch.tensor([banned]), float("-inf")), state
+
+    items = constrained_beam_search(forbidding, index.to_tensors(), 1, n + 5, n + 3)[0]
+    kept = ids[rows[:, 1] != banned]
+    assert sorted(items[0, : kept.size].tolist()) == sorted(kept.tolist())
+    assert (items[0, kept.size :] == -1).all()
+    want = reference_beam_search(forbidding, rows, ids, 1, n + 5, n + 3)
+    assert items[0, : kept.size].tolist() == [r[0] for r in want[0]]
+
+
+def test_reorder_state_follows_the_beams():
+    """A state holding each beam's token history must equal the tokens step_fn receives,
+    and after the last reorder, the returned beams' tokens."""
+    rows, ids, vocab = random_catalog(50, n=200)
+    index = build_prefix_index(rows, ids, vocab)
+    model = make_table_model(50, rows.shape[1], vocab)
+    calls = []
+
+    def step_fn(tokens, state):
+        if state is not None:
+            assert torch.equal(state, tokens[..., :-1])  # the cache followed the parents
+        return model(tokens, None)[0], tokens.clone()
+
+    def reorder_state(state, parent):
+        calls.append(parent.clone())
+        assert parent.shape == (3, 6) and parent.dtype == torch.int64
+        assert ((parent >= 0) & (parent < 6)).all()
+        return torch.stack([state[b, parent[b]] for b in range(state.shape[0])])
+
+    final = {}
+
+    def recording_reorder(state, parent):
+        final["state"] = reorder_state(state, parent)
+        return final["state"]
+
+    items, _, tokens = constrained_beam_search(
+        step_fn, index.to_tensors(), 3, 6, 4, reorder_state=recording_reorder
+    )
+    assert len(calls) == rows.shape[1]
+    assert (calls[0] == 0).all()  # the first step expands the single BOS beam
+    assert (items >= 0).all()
+    hist = final["state"][:, :4]  # (B, top_k, depth): BOS + the first depth - 1 tokens
+    assert (hist[..., 0] == BOS).all()
+    assert torch.equal(hist[..., 1:], tokens[..., :-1])
+
+
+def test_argument_checks():
+    rows, ids, vocab = random_catalog(60, n=50)
+    dev = build_prefix_index(rows, ids, vocab).to_tensors()
+    step_fn = make_table_model(60, rows.shape[1], vocab)
+    with pytest.raises(ValueError, match="top_k"):
+        constrained_beam_search(step_fn, dev, 2, 3, 4)
+    with pytest.raises(ValueError, match="beam_width"):
+        constrained_beam_search(step_fn, dev, 2, 0, 1)
+    with pytest.raises(ValueError, match="index_tensors"):
+        constrained_beam_search(step_fn, object(), 2, 3, 1)
+    with pytest.raises(ValueError, match="exclude"):
+        constrained_beam_search(step_fn, dev, 2, 3, 1, exclude=torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="log_probs"):
+        constrained_beam_search(lambda t, s: (torch.zeros(2, 3, vocab + 1), s), dev, 2, 3, 1)

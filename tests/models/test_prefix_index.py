@@ -1,0 +1,157 @@
+"""Tests of the prefix index builder, its device tables and the overlay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.prefix_index import OverlayIndex, PrefixIndex, build_prefix_index
+from models.tokens import TokenLayout, item_tokens
+
+
+def random_catalog(seed: int, n: int = 200, depth: int = 4, vocab: int = 40):
+    """(rows (N', depth), ids (N',), vocab): unique random rows with shared prefixes (few
+    tokens per position), shuffled, with random distinct item ids."""
+    rng = np.random.default_rng(seed)
+    span = (vocab - 3) // depth
+    rows = 3 + span * np.arange(depth) + rng.integers(0, rng.integers(2, span + 1), (n, depth))
+    rows = rng.permutation(np.unique(rows, axis=0))
+    ids = rng.permutation(10 * n)[: rows.shape[0]]
+    return rows, ids, vocab
+
+
+def walk(index: PrefixIndex, row: np.ndarray) -> int:
+    """Item id of one row by a plain CSR walk (-1 if absent)."""
+    node = 0
+    for k, token in enumerate(row):
+        lo, hi = index.row_ptr[node], index.row_ptr[node + 1]
+        hit = np.flatnonzero(index.child_token[lo:hi] == token)
+        if hit.size == 0:
+            return -1
+        node = int(index.child_node[lo + hit[0]])
+        if k == index.depth - 1:
+            return node
+    return -1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_item_reachable_and_structure(seed):
+    rows, ids, vocab = random_catalog(seed)
+    index = build_prefix_index(rows, ids, vocab)
+    assert [walk(index, r) for r in rows] == ids.tolist()
+    np.testing.assert_array_equal(index.lookup(rows), ids)
+    assert index.n_items == rows.shape[0]
+    # Tokens sorted within each node, node numbering depth by depth.
+    for n in range(index.n_nodes):
+        toks = index.child_token[index.row_ptr[n] : index.row_ptr[n + 1]]
+        assert np.all(np.diff(toks) > 0)
+    branch = np.diff(index.row_ptr)
+    for k in range(index.depth):
+        assert branch[index.level_ptr[k] : index.level_ptr[k + 1]].max() == index.max_branch[k]
+    np.testing.assert_array_equal(np.flatnonzero(index.root_mask), np.unique(rows[:, 0]))
+    # items() gives back the catalogue.
+    back_rows, back_ids = index.items()
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(back_rows[np.argsort(back_ids)], rows[order])
+
+
+def test_absent_rows_are_not_found():
+    rows, ids, vocab = random_catalog(7)
+    index = build_prefix_index(rows[1:], ids[1:], vocab)
+    assert index.lookup(rows[:1])[0] == -1 and walk(index, rows[0]) == -1
+    assert index.lookup(np.array([[-5, 0, 0, 0], [vocab, 0, 0, 0]])).tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shuffled_input_builds_the_same_index(seed):
+    rows, ids, vocab = random_catalog(seed)
+    a = build_prefix_index(rows, ids, vocab)
+    perm = np.random.default_rng(seed + 100).permutation(rows.shape[0])
+    b = build_prefix_index(rows[perm], ids[perm], vocab)
+    for field in ("row_ptr", "child_token", "child_node", "max_branch", "root_mask", "level_ptr"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_rejects_bad_input():
+    rows, ids, vocab = random_catalog(1)
+    with pytest.raises(ValueError, match="duplicate item rows"):
+        build_prefix_index(np.concatenate([rows, rows[:1]]), np.arange(rows.shape[0] + 1), vocab)
+    with pytest.raises(ValueError, match="item_tokens must lie"):
+        build_prefix_index(rows, ids, int(rows.max()))
+    with pytest.raises(ValueError, match="item_tokens must be"):
+        build_prefix_index(rows[:, 0], ids, vocab)
+    with pytest.raises(ValueError, match="item_ids must be"):
+        build_prefix_index(rows, ids[:-1], vocab)
+    with pytest.raises(ValueError, match="unique"):
+        build_prefix_index(rows[:2], np.array([3, 3]), vocab)
+    with pytest.raises(ValueError, match="integers"):
+        build_prefix_index(rows.astype(float), ids, vocab)
+
+
+def test_device_tables_match_csr():
+    rows, ids, vocab = random_catalog(3)
+    index = build_prefix_index(rows, ids, vocab)
+    dev = index.to_tensors("cpu")
+    assert torch.equal(dev.root_mask, torch.from_numpy(index.root_mask))
+    assert len(dev.tokens) == index.depth - 1
+    for k in range(1, index.depth):
+        tok, kid = dev.tokens[k - 1], dev.children[k - 1]
+        n_k = index.level_ptr[k + 1] - index.level_ptr[k]
+        assert tok.shape == (n_k + 1, index.max_branch[k])  # per-depth width + padding row
+        assert (tok[-1] == -1).all() and (kid[-1] == -1).all()
+    # Walking the tables reproduces every item.
+    for row, item in zip(rows, ids, strict=True):
+        node = int(dev.root_child[row[0]])
+        for k in range(1, index.depth):
+            slot = (dev.tokens[k - 1][node] == int(row[k])).nonzero()
+            node = int(dev.children[k - 1][node, slot[0, 0]])
+        assert node == item
+
+
+def test_empty_index_and_real_token_rows():
+    empty = build_prefix_index(np.zeros((0, 6), dtype=np.int64), np.zeros(0, np.int64), 50)
+    assert empty.n_items == 0 and not empty.root_mask.any()
+    assert empty.lookup(np.ones((2, 6), dtype=np.int64)).tolist() == [-1, -1]
+    layout = TokenLayout(codebook_size=4, n_levels=3, dedup_size=40)
+    rng = np.random.default_rng(0)
+    cf, sem = rng.integers(0, 4, (300, 3)), rng.integers(0, 4, (300, 3))
+    toks = item_tokens(cf, sem, rng.integers(0, 4, 300), 3, layout)
+    index = build_prefix_index(toks, np.arange(300), layout.vocab_size)
+    np.testing.assert_array_equal(index.lookup(toks), np.arange(300))
+
+
+def test_overlay_add_lookup_merge():
+    rows, ids, vocab = random_catalog(5)
+    n_base = rows.shape[0] - 10
+    base = build_prefix_index(rows[:n_base], ids[:n_base], vocab)
+    ov = OverlayIndex(base)
+    ov.add(rows[n_base : n_base + 4], ids[n_base : n_base + 4])
+    ov.add(rows[n_base + 4 :], ids[n_base + 4 :])
+    assert ov.n_added == 10
+    np.testing.assert_array_equal(ov.lookup(rows), ids)
+    np.testing.assert_array_equal(ov.overlay.lookup(rows[n_base:]), ids[n_base:])
+    merged = ov.merged()
+    full = build_prefix_index(rows, ids, vocab)
+    for field in ("row_ptr", "child_token", "child_node", "max_branch", "root_mask"):
+        np.testing.assert_array_equal(getattr(merged, field), getattr(full, field))
+    base_t, over_t = ov.to_tensors("cpu")
+    assert base_t.depth == over_t.depth == base.depth
+
+
+def test_overlay_rejects_existing_sequences_and_ids():
+    rows, ids, vocab = random_catalog(6)
+    base = build_prefix_index(rows[:-3], ids[:-3], vocab)
+    ov = OverlayIndex(base)
+    with pytest.raises(ValueError, match="base index"):
+        ov.add(rows[:1], [10**6])
+    ov.add(rows[-3:-2], ids[-3:-2])
+    with pytest.raises(ValueError, match="overlay index"):
+        ov.add(rows[-3:-2], [10**6])
+    with pytest.raises(ValueError, match="already in the index"):
+        ov.add(rows[-2:-1], ids[:1])
+    with pytest.raises(ValueError, match="duplicate"):
+        ov.add(np.concatenate([rows[-1:], rows[-1:]]), [10**6, 10**6 + 1])
+    with pytest.raises(ValueError, match="tokens per item"):
+        ov.add(rows[-1:, :2], [10**6])
+    assert ov.n_added == 1  # failed adds change nothing
