@@ -16,6 +16,7 @@ import torch
 from models.sasrec import SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences
 from training.evaluate import EvalResult, ScoreFn, evaluate_scores
+from training.stages.generator import VARIANTS, flexcode_runner
 from training.stages.sasrec import SASRecTrainConfig, evaluate_sasrec, save_sasrec, train_sasrec
 
 
@@ -27,6 +28,7 @@ class RunContext:
     sasrec: SASRecTrainConfig = field(default_factory=SASRecTrainConfig)
     sasrec_model: dict = field(default_factory=dict)  # SASRecConfig overrides, e.g. max_len
     run_dir: Path | None = None  # where runners save artifacts (None: keep nothing)
+    pipeline_dir: Path | None = None  # a `train tokenizer` run: FlexCode variants read it
     progress: bool = True
 
 
@@ -59,4 +61,8 @@ def run_sasrec(dataset: ProcessedDataset, seed: int, context: RunContext) -> Eva
     return evaluate_sasrec(result.model, dataset, context.device)
 
 
-MODEL_RUNNERS: dict[str, Runner] = {"pop": run_popularity, "sasrec": run_sasrec}
+MODEL_RUNNERS: dict[str, Runner] = {
+    "pop": run_popularity,
+    "sasrec": run_sasrec,
+    **{variant: flexcode_runner(variant) for variant in VARIANTS},
+}

@@ -255,6 +255,9 @@ def benchmark(
     save_models: Annotated[bool, typer.Option(help="keep trained models under OUT")] = False,
     sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 200,
     sasrec_max_len: Annotated[int, typer.Option(help="SASRec history window")] = 100,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="a `train tokenizer` run, needed by the FlexCode variants")
+    ] = None,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json and results.md to OUT."""
     from training.baselines import RunContext
@@ -277,6 +280,7 @@ def benchmark(
         sasrec=SASRecTrainConfig(max_epochs=sasrec_max_epochs),
         sasrec_model={"max_len": sasrec_max_len},
         run_dir=out / "models" if save_models else None,
+        pipeline_dir=run_dir,
     )
     results = run_benchmark(ds, plan, context, _command_line(ctx))
     json_path, md_path = write_results(results, out)

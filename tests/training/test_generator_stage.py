@@ -5,6 +5,7 @@ import torch
 from models.generator import GeneratorConfig
 from models.router import RouterConfig
 from models.tokens import CF, KIND_CODE, KIND_DEDUP, SEM
+from training.baselines import RunContext
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
 from training.stages.generator import (
     GeneratorTrainConfig,
@@ -86,13 +87,9 @@ def test_flexcode_runner_rejects_unknown_variant_and_missing_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="variant"):
         flexcode_runner("nope")
 
-    class Context:
-        run_dir = tmp_path
-        device = CPU
-        progress = False
-
+    context = RunContext(device=CPU, pipeline_dir=tmp_path, progress=False)
     with pytest.raises(FileNotFoundError, match="flexcode train tokenizer"):
-        flexcode_runner("full")(None, 0, Context())
+        flexcode_runner("full")(None, 0, context)
 
 
 @pytest.mark.slow

@@ -587,8 +587,8 @@ def flexcode_runner(variant: str, budget: int = 5):
     """A benchmark Runner (training.baselines.Runner) for one FlexCode variant:
     "full" (learned router), "fix" (alpha 0.5), "sid-only" (0), "cf-only" (1).
 
-    Needs context.run_dir with a trained tokenizer in run_dir / "tokenizer" (and uses
-    run_dir / "sasrec" / "cf_embeddings.npy" for the uncertainty feature when present).
+    Needs context.pipeline_dir with a trained tokenizer in <pipeline_dir>/tokenizer (and
+    uses <pipeline_dir>/sasrec/cf_embeddings.npy for the uncertainty feature when present).
     The budget is capped at the tokenizer's levels.
     """
     if variant not in VARIANTS:
@@ -597,11 +597,11 @@ def flexcode_runner(variant: str, budget: int = 5):
     def run(dataset: ProcessedDataset, seed: int, context) -> EvalResult:
         from training.stages.tokenizer import load_tokenizer
 
-        run_dir = None if context.run_dir is None else Path(context.run_dir)
+        run_dir = None if context.pipeline_dir is None else Path(context.pipeline_dir)
         if run_dir is None or not (run_dir / "tokenizer" / "tokenizer.json").exists():
             raise FileNotFoundError(
-                f"FlexCode ({variant}) needs a trained tokenizer in <run_dir>/tokenizer "
-                f"(run_dir={run_dir}); run `flexcode train tokenizer` first"
+                f"FlexCode ({variant}) needs a trained tokenizer in <run-dir>/tokenizer "
+                f"(run-dir={run_dir}); run `flexcode train tokenizer --run-dir ...` first"
             )
         tokenizer, codes = load_tokenizer(run_dir / "tokenizer", context.device)
         cf_path = run_dir / "sasrec" / "cf_embeddings.npy"
