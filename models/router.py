@@ -93,6 +93,13 @@ class RouterConfig:
         return cls(**data)
 
 
+def _check_counts_values(counts: np.ndarray) -> None:
+    if not np.issubdtype(counts.dtype, np.number) or not np.all(np.isfinite(counts)):
+        raise ValueError("train_counts must be finite numbers")
+    if np.any(counts < 0):
+        raise ValueError("train_counts must be >= 0")
+
+
 def router_features(
     train_counts: np.ndarray,
     first_seen: np.ndarray | None,
@@ -127,10 +134,7 @@ def router_features(
     counts = np.asarray(train_counts)
     if counts.ndim != 1 or counts.shape[0] < 1:
         raise ValueError(f"train_counts must be a non-empty (N+1,) array, got {counts.shape}")
-    if not np.issubdtype(counts.dtype, np.number) or not np.all(np.isfinite(counts)):
-        raise ValueError("train_counts must be finite numbers")
-    if np.any(counts < 0):
-        raise ValueError("train_counts must be >= 0")
+    _check_counts_values(counts)
     if isinstance(n_users, bool) or int(n_users) != n_users or n_users < 1:
         raise ValueError(f"n_users must be a positive int, got {n_users!r}")
     counts = counts.astype(np.float64)
@@ -178,10 +182,7 @@ def popularity_bands(train_counts: np.ndarray, n_bands: int) -> np.ndarray:
     counts = np.asarray(train_counts)
     if counts.ndim != 1 or counts.shape[0] < 2:
         raise ValueError(f"train_counts must be (N+1,) with N >= 1, got {counts.shape}")
-    if not np.issubdtype(counts.dtype, np.number) or not np.all(np.isfinite(counts)):
-        raise ValueError("train_counts must be finite numbers")
-    if np.any(counts < 0):
-        raise ValueError("train_counts must be >= 0")
+    _check_counts_values(counts)
     if isinstance(n_bands, bool) or not isinstance(n_bands, int) or n_bands < 1:
         raise ValueError(f"n_bands must be a positive int, got {n_bands!r}")
     log_c = np.log1p(counts.astype(np.float64))

@@ -40,6 +40,7 @@ from models.router import Router, RouterConfig, popularity_bands, router_feature
 from models.tokens import CF, SEM, TokenLayout, code_sequences, item_tokens, max_dedup_needed
 from training.data.preprocess import EvalSet, ProcessedDataset, Sequences
 from training.device import autocast, seed_everything
+from training.early_stopping import EarlyStopping
 from training.evaluate import EvalResult, TopKFn, evaluate_topk
 from training.stages.sasrec import length_bucketed_batches, training_windows
 
@@ -495,14 +496,13 @@ def train_generator(
         )
 
     curve: list[dict] = []
-    best: dict = {"ndcg": -1.0}
 
     # Phase 1: router + generator, soft masks on the history side.
     params = list(generator.parameters())
     if router.mlp is not None:
         params += list(router.parameters())
     optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=0.0)
-    without_gain = 0
+    phase1 = EarlyStopping(train_config.patience)
     for epoch in range(1, train_config.max_epochs + 1):
         router.train()
         n_cf, hard_tokens, _ = current_layout()
@@ -524,20 +524,17 @@ def train_generator(
             }
         )
         logger.info("generator phase 1 epoch %d: loss %.4f valid NDCG@10 %.4f", epoch, loss, ndcg)
-        if ndcg > best["ndcg"]:
-            best = {
-                "ndcg": ndcg,
+        if phase1.update(ndcg):
+            phase1.best = {
                 "valid": result.metrics,
                 "generator": copy.deepcopy(generator.state_dict()),
                 "router": copy.deepcopy(router.state_dict()),
             }
-            without_gain = 0
-        else:
-            without_gain += 1
-            if without_gain >= train_config.patience:
-                break
+        if phase1.should_stop:
+            break
 
     # Phase 2: frozen router, fixed hard layout, hard masks.
+    best = phase1.best  # the last epoch always evaluates, so phase 1 has a best
     generator.load_state_dict(best["generator"])
     router.load_state_dict(best["router"])
     router.eval()
@@ -547,7 +544,8 @@ def train_generator(
     masks = table.hard_masks(n_cf)
     params = list(generator.parameters())
     optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=0.0)
-    without_gain = 0
+    # Phase 2 must beat phase 1's best to replace the generator kept from it.
+    phase2 = EarlyStopping(train_config.patience, best_score=phase1.best_score)
     for epoch in range(1, train_config.finetune_epochs + 1):
         loss = run_epoch(params, optimizer, hard_tokens, masks)
         if epoch % train_config.eval_every and epoch != train_config.finetune_epochs:
@@ -556,14 +554,14 @@ def train_generator(
         ndcg = result.metrics["all"]["ndcg@10"]
         curve.append({"phase": 2, "epoch": epoch, "loss": loss, "valid_ndcg@10": ndcg})
         logger.info("generator phase 2 epoch %d: loss %.4f valid NDCG@10 %.4f", epoch, loss, ndcg)
-        if ndcg > best["ndcg"]:
-            best.update(ndcg=ndcg, valid=result.metrics)
-            best["generator"] = copy.deepcopy(generator.state_dict())
-            without_gain = 0
-        else:
-            without_gain += 1
-            if without_gain >= train_config.patience:
-                break
+        if phase2.update(ndcg):
+            phase2.best = {
+                "valid": result.metrics,
+                "generator": copy.deepcopy(generator.state_dict()),
+            }
+        if phase2.should_stop:
+            break
+    best = phase2.best or best
     generator.load_state_dict(best["generator"])
     generator.eval()
     return GeneratorResult(

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from models.sasrec import SASRec, SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences
 from training.device import autocast, seed_everything
+from training.early_stopping import EarlyStopping
 from training.evaluate import EvalResult, ScoreFn, evaluate_scores
 
 logger = logging.getLogger(__name__)
@@ -131,9 +132,8 @@ def train_sasrec(
     validation = dataset.validation()
     groups = dataset.item_groups()
 
-    best_ndcg, best_state, best_epoch, best_valid = -1.0, None, 0, {}
+    stopper = EarlyStopping(train_config.patience)
     curve: list[dict[str, float]] = []
-    evals_without_gain = 0
     epochs = tqdm(range(1, train_config.max_epochs + 1), desc="sasrec", disable=not progress)
     epoch = 0
     for epoch in epochs:
@@ -158,19 +158,21 @@ def train_sasrec(
         ndcg = result.metrics["all"]["ndcg@10"]
         curve.append({"epoch": epoch, "loss": total / n_batches, "valid_ndcg@10": ndcg})
         epochs.set_postfix(loss=f"{total / n_batches:.3f}", ndcg10=f"{ndcg:.4f}")
-        if ndcg > best_ndcg:
-            best_ndcg, best_epoch, best_valid = ndcg, epoch, result.metrics
-            best_state = copy.deepcopy(model.state_dict())
-            evals_without_gain = 0
-        else:
-            evals_without_gain += 1
-            if evals_without_gain >= train_config.patience:
-                break
-    assert best_state is not None  # at least one evaluation always runs
-    model.load_state_dict(best_state)
+        if stopper.update(ndcg):
+            state = copy.deepcopy(model.state_dict())
+            stopper.best = {"epoch": epoch, "valid": result.metrics, "state": state}
+        if stopper.should_stop:
+            break
+    best = stopper.best  # at least one evaluation always runs (the last epoch evaluates)
+    model.load_state_dict(best["state"])
     model.eval()
-    logger.info("sasrec: best valid NDCG@10 %.4f at epoch %d of %d", best_ndcg, best_epoch, epoch)
-    return SASRecResult(model, best_valid, best_epoch, epoch, curve)
+    logger.info(
+        "sasrec: best valid NDCG@10 %.4f at epoch %d of %d",
+        stopper.best_score,
+        best["epoch"],
+        epoch,
+    )
+    return SASRecResult(model, best["valid"], best["epoch"], epoch, curve)
 
 
 def evaluate_sasrec(model: SASRec, dataset: ProcessedDataset, device: torch.device) -> EvalResult:
