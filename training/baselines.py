@@ -16,7 +16,7 @@ import torch
 from models.sasrec import SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences
 from training.evaluate import EvalResult, ScoreFn, evaluate_scores
-from training.stages.generator import VARIANTS, flexcode_runner
+from training.stages.generator import VARIANTS, GeneratorTrainConfig, flexcode_runner
 from training.stages.sasrec import SASRecTrainConfig, evaluate_sasrec, save_sasrec, train_sasrec
 
 
@@ -29,6 +29,7 @@ class RunContext:
     sasrec_model: dict = field(default_factory=dict)  # SASRecConfig overrides, e.g. max_len
     run_dir: Path | None = None  # where runners save artifacts (None: keep nothing)
     pipeline_dir: Path | None = None  # a `train tokenizer` run: FlexCode variants read it
+    generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
     progress: bool = True
 
 

@@ -24,20 +24,25 @@ the tokenizer's aligned space before any layout is built.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from models.beam_search import constrained_beam_search
+from models.cold_start import aligned_cf_vectors, build_imputation_index, nearest_warm
+from models.decoding import recommend_top_k
 from models.dual_tokenizer import DualTokenizer
 from models.generator import Generator, GeneratorConfig, HistoryItems
+from models.item_table import ItemTable
 from models.prefix_index import DeviceIndex, build_prefix_index
 from models.router import Router, RouterConfig, popularity_bands, router_features
-from models.tokens import CF, SEM, TokenLayout, code_sequences, item_tokens, max_dedup_needed
+from models.tokens import TokenLayout, code_sequences, max_dedup_needed
 from training.data.preprocess import EvalSet, ProcessedDataset, Sequences
 from training.device import autocast, seed_everything
 from training.early_stopping import EarlyStopping
@@ -46,7 +51,24 @@ from training.stages.sasrec import length_bucketed_batches, training_windows
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {"full": None, "fix": 0.5, "sid-only": 0.0, "cf-only": 1.0}
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation table: each field is one switch of the method."""
+
+    fixed_alpha: float | None = None  # None = learned router; 0.5 fix, 0 sid-only, 1 cf-only
+    tokenizer_dir: str = "tokenizer"  # "tokenizer-no-align": the lambda_CCA = 0 twin
+    budget: int = 5  # L, tokens per item (+1 dedup)
+
+
+VARIANTS: dict[str, Variant] = {
+    "full": Variant(),
+    "fix": Variant(fixed_alpha=0.5),
+    "sid-only": Variant(fixed_alpha=0.0),
+    "cf-only": Variant(fixed_alpha=1.0),
+    "no-align": Variant(tokenizer_dir="tokenizer-no-align"),
+    **{f"full-L{budget}": Variant(budget=budget) for budget in (3, 4, 6)},
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,8 @@ class GeneratorResult:
     curve: list[dict] = field(default_factory=list)
     table: ItemTable | None = None  # codes (with cold CF codes imputed) as tokens
     beam_width: int = 30  # what validation decoded with; evaluate_generator reuses it
+    features: np.ndarray | None = None  # (N + 1, 4) raw router features (row 0: no interactions)
+    seconds: float = 0.0  # training wall time
 
 
 # --- item features and codes -------------------------------------------------------------
@@ -139,50 +163,35 @@ def item_features(
     )
 
 
-@torch.no_grad()
 def impute_cold_cf_codes(
     tokenizer: DualTokenizer,
     sem_codes: np.ndarray,
     cf_codes: np.ndarray,
     warm: np.ndarray,
-    chunk: int = 4096,
 ) -> np.ndarray:
     """CF codes for every item, cold ones imputed from their nearest warm neighbour.
 
     An item with no training interaction has an untrained CF embedding, so its own CF
-    codes carry no collaborative signal. For each cold item c (not `warm`, row 0 = padding
-    excluded) we take the warm item w maximising the cosine similarity between c's aligned
-    semantic projection `project_sem_codes(sem_codes[c])` and w's aligned CF projection
-    `project_cf_codes(cf_codes[w])` (the CCA space: where text meets co-consumption), and
-    copy w's CF codes. Brute force in chunks of `chunk` cold items (O(cold x warm)); a
-    FAISS index replaces this at serving scale. Warm rows and row 0 come back unchanged.
+    codes carry no collaborative signal. Each cold item (not `warm`, row 0 = padding
+    excluded) copies the CF codes of the warm item nearest to it in the tokenizer's
+    aligned space (`models.cold_start.nearest_warm`, a FAISS index): exactly what a newly
+    added item gets at serving time. Warm rows and row 0 come back unchanged.
 
     sem_codes, cf_codes: (N + 1, L_max) int; warm: (N + 1,) bool. Returns a new array.
     """
-    sem_codes = np.asarray(sem_codes)
     cf_codes = np.asarray(cf_codes)
     warm = np.asarray(warm, dtype=bool).copy()
     warm[0] = False
     out = cf_codes.copy()
     cold = np.flatnonzero(~warm)
     cold = cold[cold > 0]
-    warm_ids = np.flatnonzero(warm)
     if len(cold) == 0:
         return out
+    warm_ids = np.flatnonzero(warm)
     if len(warm_ids) == 0:
         raise ValueError("cannot impute CF codes: there is no warm item")
-    device = next(tokenizer.parameters()).device
-    was_training = tokenizer.training
-    tokenizer.eval()
-    cf_points = tokenizer.project_cf_codes(torch.as_tensor(cf_codes[warm_ids], device=device))
-    cf_points = torch.nn.functional.normalize(cf_points.float(), dim=1)  # (W, P)
-    for start in range(0, len(cold), chunk):
-        ids = cold[start : start + chunk]
-        sem_points = tokenizer.project_sem_codes(torch.as_tensor(sem_codes[ids], device=device))
-        sem_points = torch.nn.functional.normalize(sem_points.float(), dim=1)  # (C, P)
-        nearest = (sem_points @ cf_points.T).argmax(dim=1).cpu().numpy()  # (C,)
-        out[ids] = cf_codes[warm_ids[nearest]]
-    tokenizer.train(was_training)
+    index = build_imputation_index(aligned_cf_vectors(tokenizer, cf_codes[warm_ids]))
+    out[cold] = cf_codes[nearest_warm(tokenizer, np.asarray(sem_codes)[cold], index, warm_ids)]
     return out
 
 
@@ -202,74 +211,6 @@ def layout_for(
         for n_cf in range(budget + 1)
     )
     return TokenLayout(codebook_size, n_levels, max(needed, 1) + slack)
-
-
-class ItemTable:
-    """Per-item code tokens of the first L levels of both codebooks, on one device.
-
-    cf_codes, sem_codes: (N + 1, L_max) codes (row 0 = padding, any value); budget L.
-    cf_tokens, sem_tokens: (N + 1, L) int64 tensors via layout.code_token, row 0 = PAD.
-    """
-
-    def __init__(
-        self,
-        cf_codes: np.ndarray,
-        sem_codes: np.ndarray,
-        budget: int,
-        layout: TokenLayout,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.cf_codes = np.asarray(cf_codes, dtype=np.int64).copy()
-        self.sem_codes = np.asarray(sem_codes, dtype=np.int64).copy()
-        self.cf_codes[0] = 0
-        self.sem_codes[0] = 0
-        self.budget = budget
-        self.layout = layout
-        self.device = torch.device(device)
-        levels = np.arange(budget)[None, :]
-        cf_tok = layout.code_token(CF, levels, self.cf_codes[:, :budget])
-        sem_tok = layout.code_token(SEM, levels, self.sem_codes[:, :budget])
-        cf_tok[0] = sem_tok[0] = 0
-        self.cf_tokens = torch.as_tensor(cf_tok, device=self.device)
-        self.sem_tokens = torch.as_tensor(sem_tok, device=self.device)
-
-    @property
-    def n_rows(self) -> int:
-        return self.cf_codes.shape[0]
-
-    def hard_tokens(self, n_cf: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N + 1,) n_cf -> (N + 1, L + 1) int64 item tokens with dedup (row 0 = zeros)."""
-        n_cf = np.asarray(n_cf.cpu() if isinstance(n_cf, torch.Tensor) else n_cf, dtype=np.int64)
-        out = np.zeros((self.n_rows, self.budget + 1), dtype=np.int64)
-        out[1:] = item_tokens(
-            self.cf_codes[1:], self.sem_codes[1:], n_cf[1:], self.budget, self.layout
-        )
-        return out
-
-    def hard_masks(self, n_cf: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N + 1,) n_cf -> (cf_mask, sem_mask) (N + 1, L) float 0/1 (Router.hard_masks)."""
-        n_cf = torch.as_tensor(np.asarray(n_cf), device=self.device)[:, None]
-        k = torch.arange(1, self.budget + 1, device=self.device)
-        return (k <= n_cf).float(), (k <= self.budget - n_cf).float()
-
-    def history(
-        self,
-        items: torch.Tensor,
-        cf_mask: torch.Tensor,
-        sem_mask: torch.Tensor,
-        dedup_tokens: torch.Tensor,
-    ) -> HistoryItems:
-        """items: (B, T) item ids (0 = padding); cf_mask, sem_mask: (B, T, L) masks of those
-        items; dedup_tokens: (N + 1,) each item's dedup token under the current layout.
-        Padding positions get zero masks and token 0."""
-        valid = (items != 0)[..., None].to(cf_mask.dtype)
-        return HistoryItems(
-            cf_tokens=self.cf_tokens[items],
-            sem_tokens=self.sem_tokens[items],
-            cf_mask=cf_mask * valid,
-            sem_mask=sem_mask * valid,
-            dedup_tokens=dedup_tokens[items],
-        )
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -323,15 +264,10 @@ def generator_topk_fn(
         hist = HistoryItems(*(x.to(device) for x in hist))
         generator.eval()
         with torch.no_grad(), autocast(device):
-            states = generator.user_state(hist)
-
-            def step(tokens: torch.Tensor, state):
-                return generator.next_token_log_probs(states, tokens[:, :, 1:]), state
-
-            items, _, _ = constrained_beam_search(
-                step,
+            items, _ = recommend_top_k(
+                generator,
+                hist,
                 index_tensors,
-                batch_size=len(seq),
                 beam_width=beam_width,
                 top_k=top_k,
                 exclude=_padded_exclude(history, device),
@@ -405,6 +341,7 @@ def train_generator(
     vocab_size and router_config.budget. cf_embeddings: optional SASRec table for the
     router's uncertainty feature."""
     del progress  # logging only; kept for the runner interface
+    started = time.perf_counter()
     seed_everything(train_config.seed)
     budget = router_config.budget
     warm = dataset.train_counts() > 0
@@ -564,6 +501,7 @@ def train_generator(
     best = phase2.best or best
     generator.load_state_dict(best["generator"])
     generator.eval()
+    logger.info("stage D trained in %.0f s", time.perf_counter() - started)
     return GeneratorResult(
         generator=generator,
         router=router,
@@ -575,48 +513,163 @@ def train_generator(
         curve=curve,
         table=table,
         beam_width=train_config.beam_width,
+        features=features_np,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --- artifacts ---------------------------------------------------------------------------
+
+
+def save_generator(
+    result: GeneratorResult,
+    dataset: ProcessedDataset,
+    train_config: GeneratorTrainConfig,
+    out_dir: Path,
+    extra: dict | None = None,
+) -> None:
+    """Write stage D's outputs to out_dir (what `training.export` turns into a bundle):
+
+    generator.safetensors, router.safetensors   weights
+    generator.json   configs (generator, router, layout), train config, curve, best
+                     validation metrics, `extra` (e.g. the variant and test metrics)
+    items.npz        (N + 1)-row arrays, row 0 = padding: external_ids (str),
+                     item_tokens (N + 1, L + 1), n_cf, alpha, cf_codes (cold ones
+                     imputed), sem_codes (N + 1, L_max), features (N + 1, 4) raw router
+                     features, popularity (training counts), warm (bool)
+    """
+    if result.table is None or result.features is None:
+        raise ValueError("save_generator needs a GeneratorResult from train_generator")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+    save_file(weights(result.generator), out_dir / "generator.safetensors")
+    save_file(weights(result.router), out_dir / "router.safetensors")
+    counts = dataset.train_counts()
+    warm = counts > 0
+    warm[0] = False
+    np.savez(
+        out_dir / "items.npz",
+        external_ids=np.asarray(dataset.item_ids, dtype=str),
+        item_tokens=result.item_tokens,
+        n_cf=result.n_cf,
+        alpha=result.alpha,
+        cf_codes=result.table.cf_codes,
+        sem_codes=result.table.sem_codes,
+        features=result.features,
+        popularity=counts.astype(np.int64),
+        warm=warm,
+    )
+    meta = {
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint},
+        "generator_config": result.generator.config.to_dict(),
+        "router_config": result.router.config.to_dict(),
+        "layout": result.layout.to_dict(),
+        "budget": result.router.config.budget,
+        "beam_width": result.beam_width,
+        "train_config": asdict(train_config),
+        "best_valid": result.best_valid,
+        "curve": result.curve,
+        "train_seconds": result.seconds,
+        **(extra or {}),
+    }
+    (out_dir / "generator.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_generator(out_dir: Path, device: torch.device) -> GeneratorResult:
+    """The GeneratorResult `save_generator` wrote (modules in eval mode on `device`)."""
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / "generator.json").read_text())
+    arrays = dict(np.load(out_dir / "items.npz", allow_pickle=False))
+    generator = Generator(GeneratorConfig(**meta["generator_config"]))
+    generator.load_state_dict(load_file(out_dir / "generator.safetensors"))
+    router = Router(RouterConfig.from_dict(meta["router_config"]))
+    router.load_state_dict(load_file(out_dir / "router.safetensors"))
+    layout = TokenLayout.from_dict(meta["layout"])
+    table = ItemTable(arrays["cf_codes"], arrays["sem_codes"], meta["budget"], layout, device)
+    return GeneratorResult(
+        generator=generator.to(device).eval(),
+        router=router.to(device).eval(),
+        item_tokens=arrays["item_tokens"],
+        n_cf=arrays["n_cf"],
+        alpha=arrays["alpha"],
+        layout=layout,
+        best_valid=meta["best_valid"],
+        curve=meta["curve"],
+        table=table,
+        beam_width=meta["beam_width"],
+        features=arrays["features"],
+        seconds=meta.get("train_seconds", 0.0),
     )
 
 
 # --- benchmark runners -------------------------------------------------------------------
 
 
-def flexcode_runner(variant: str, budget: int = 5):
-    """A benchmark Runner (training.baselines.Runner) for one FlexCode variant:
-    "full" (learned router), "fix" (alpha 0.5), "sid-only" (0), "cf-only" (1).
+def train_variant(
+    dataset: ProcessedDataset,
+    pipeline_dir: Path,
+    variant: str,
+    device: torch.device,
+    train_config: GeneratorTrainConfig | None = None,
+    generator_config: GeneratorConfig | None = None,
+) -> GeneratorResult:
+    """Stage D for one named variant (VARIANTS) on a run directory holding stages A-C:
+    <pipeline_dir>/tokenizer (or tokenizer-no-align) and, for the router's uncertainty
+    feature, <pipeline_dir>/sasrec/cf_embeddings.npy. The budget is capped at the
+    tokenizer's levels."""
+    from training.stages.tokenizer import load_tokenizer  # stage C's artifacts
 
-    Needs context.pipeline_dir with a trained tokenizer in <pipeline_dir>/tokenizer (and
-    uses <pipeline_dir>/sasrec/cf_embeddings.npy for the uncertainty feature when present).
-    The budget is capped at the tokenizer's levels.
-    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown FlexCode variant {variant!r}; choose from {list(VARIANTS)}")
+    spec = VARIANTS[variant]
+    tokenizer_dir = Path(pipeline_dir) / spec.tokenizer_dir
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"FlexCode ({variant}) needs a trained tokenizer in {tokenizer_dir}; run "
+            f"`flexcode train tokenizer --run-dir {pipeline_dir}` first"
+        )
+    tokenizer, codes = load_tokenizer(tokenizer_dir, device)
+    cf_path = Path(pipeline_dir) / "sasrec" / "cf_embeddings.npy"
+    cf_emb = np.load(cf_path) if cf_path.exists() else None
+    levels = int(np.asarray(codes["sem_codes"]).shape[1])
+    router_config = RouterConfig(budget=min(spec.budget, levels), fixed_alpha=spec.fixed_alpha)
+    generator_config = replace(
+        generator_config or GeneratorConfig(vocab_size=1, budget=1),
+        budget=router_config.budget,
+    )
+    return train_generator(
+        dataset,
+        tokenizer,
+        codes,
+        router_config,
+        generator_config,
+        train_config or GeneratorTrainConfig(),
+        device,
+        cf_embeddings=cf_emb,
+    )
+
+
+def flexcode_runner(variant: str):
+    """A benchmark Runner (training.baselines.Runner) for one FlexCode variant (VARIANTS);
+    reads stages A-C from context.pipeline_dir (`flexcode train tokenizer --run-dir`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown FlexCode variant {variant!r}; choose from {list(VARIANTS)}")
 
     def run(dataset: ProcessedDataset, seed: int, context) -> EvalResult:
-        from training.stages.tokenizer import load_tokenizer
-
-        run_dir = None if context.pipeline_dir is None else Path(context.pipeline_dir)
-        if run_dir is None or not (run_dir / "tokenizer" / "tokenizer.json").exists():
+        if context.pipeline_dir is None:
             raise FileNotFoundError(
-                f"FlexCode ({variant}) needs a trained tokenizer in <run-dir>/tokenizer "
-                f"(run-dir={run_dir}); run `flexcode train tokenizer --run-dir ...` first"
+                f"FlexCode ({variant}) needs --run-dir: a run of `flexcode train tokenizer`"
             )
-        tokenizer, codes = load_tokenizer(run_dir / "tokenizer", context.device)
-        cf_path = run_dir / "sasrec" / "cf_embeddings.npy"
-        cf_emb = np.load(cf_path) if cf_path.exists() else None
-        levels = int(np.asarray(codes["sem_codes"]).shape[1])
-        router_config = RouterConfig(budget=min(budget, levels), fixed_alpha=VARIANTS[variant])
-        generator_config = GeneratorConfig(vocab_size=1, budget=router_config.budget)
-        result = train_generator(
+        result = train_variant(
             dataset,
-            tokenizer,
-            codes,
-            router_config,
-            generator_config,
-            GeneratorTrainConfig(seed=seed),
+            Path(context.pipeline_dir),
+            variant,
             context.device,
-            context.progress,
-            cf_embeddings=cf_emb,
+            replace(context.generator, seed=seed),
         )
         return evaluate_generator(result, dataset, context.device, "test")
 

@@ -1,0 +1,126 @@
+"""Cold-start tokenization: codes for an item no user has interacted with yet.
+
+The same path serves the cold-holdout evaluation (training) and POST /items (serving):
+
+  text embedding -> semantic RQ-VAE -> semantic codes
+  router features of an item with no interactions -> alpha -> n_cf = round(alpha * L)
+  semantic codes -> aligned (CCA) space -> nearest warm item's CF projection -> its CF codes
+
+A cold item's own CF embedding was never trained, so its collaborative codes have to be
+borrowed; the aligned space is where text meets co-consumption, which is what the
+InfoNCE loss trained it for. The dedup token is NOT assigned here: it depends on the
+other items sharing the prefix, which only the catalog (training table, or the serving
+store's atomic counter) knows.
+
+The FAISS index builder is separate from the lookup so the index can be built once at
+export and loaded by the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from models.dual_tokenizer import DualTokenizer
+from models.router import Router
+from models.tokens import TokenLayout, code_sequences
+
+
+def build_imputation_index(vectors: np.ndarray) -> faiss.Index:
+    """Exact inner-product index over (W, P) L2-normalised vectors (cosine = inner product).
+
+    Exact (flat) search: W is the warm catalog, at most ~1M rows of P = 64 floats, and an
+    approximate index would change which item a cold item copies between rebuilds.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"vectors must be a non-empty (W, P) array, got {vectors.shape}")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+@torch.no_grad()
+def aligned_cf_vectors(tokenizer: DualTokenizer, cf_codes: np.ndarray) -> np.ndarray:
+    """(W, L_max) CF codes -> (W, P) float32 L2-normalised aligned CF projections."""
+    device = next(tokenizer.parameters()).device
+    points = tokenizer.project_cf_codes(torch.as_tensor(np.asarray(cf_codes), device=device))
+    return torch.nn.functional.normalize(points.float(), dim=1).cpu().numpy()
+
+
+@torch.no_grad()
+def aligned_sem_vectors(tokenizer: DualTokenizer, sem_codes: np.ndarray) -> np.ndarray:
+    """(M, L_max) semantic codes -> (M, P) float32 L2-normalised aligned projections."""
+    device = next(tokenizer.parameters()).device
+    points = tokenizer.project_sem_codes(torch.as_tensor(np.asarray(sem_codes), device=device))
+    return torch.nn.functional.normalize(points.float(), dim=1).cpu().numpy()
+
+
+def nearest_warm(
+    tokenizer: DualTokenizer,
+    sem_codes: np.ndarray,
+    index: faiss.Index,
+    index_ids: np.ndarray,
+) -> np.ndarray:
+    """(M, L_max) semantic codes -> (M,) int64 id of the warm item whose aligned CF
+    projection is nearest (cosine) to each item's aligned semantic projection."""
+    if len(sem_codes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, rows = index.search(aligned_sem_vectors(tokenizer, sem_codes), 1)
+    return np.asarray(index_ids, dtype=np.int64)[rows[:, 0]]
+
+
+@dataclass(frozen=True)
+class NewItemCodes:
+    """Codes of M new items. prefixes: (M, L) int64 code tokens in the order the item is
+    written (CF levels first, then semantic), without the dedup token."""
+
+    sem_codes: np.ndarray  # (M, L_max) int64
+    cf_codes: np.ndarray  # (M, L_max) int64, borrowed from `neighbours`
+    neighbours: np.ndarray  # (M,) int64 the warm item each one borrowed from
+    alpha: np.ndarray  # (M,) float32 CF share
+    n_cf: np.ndarray  # (M,) int64 CF tokens of the L
+    prefixes: np.ndarray  # (M, L) int64 (`models.tokens.code_sequences`)
+
+
+@torch.no_grad()
+def tokenize_new_items(
+    tokenizer: DualTokenizer,
+    router: Router,
+    sem_embeddings: np.ndarray,
+    new_item_features: np.ndarray,
+    imputation_index: faiss.Index,
+    imputation_ids: np.ndarray,
+    cf_codes_table: np.ndarray,
+    budget: int,
+    layout: TokenLayout,
+) -> NewItemCodes:
+    """Codes of M new items from their (M, D_sem) text embeddings (module docstring).
+
+    new_item_features: (4,) raw router features of an item with no interactions (every
+    new item gets the same ones: popularity, age and uncertainty are unknown).
+    cf_codes_table: (N + 1, L_max) CF codes of the catalog; imputation_ids index into it.
+    """
+    sem_embeddings = np.asarray(sem_embeddings, dtype=np.float32)
+    if sem_embeddings.ndim != 2:
+        raise ValueError(f"sem_embeddings must be (M, D), got {sem_embeddings.shape}")
+    device = next(tokenizer.parameters()).device
+    n = sem_embeddings.shape[0]
+    sem_codes = tokenizer.encode_sem(torch.as_tensor(sem_embeddings, device=device)).cpu().numpy()
+    neighbours = nearest_warm(tokenizer, sem_codes, imputation_index, imputation_ids)
+    cf_codes = np.asarray(cf_codes_table, dtype=np.int64)[neighbours]
+    features = np.broadcast_to(np.asarray(new_item_features, dtype=np.float32), (n, 4))
+    features = torch.as_tensor(features.copy(), device=router.positions.device)
+    alpha = router(features)
+    n_cf = router.hard_split(alpha).cpu().numpy().astype(np.int64)
+    return NewItemCodes(
+        sem_codes=sem_codes.astype(np.int64),
+        cf_codes=cf_codes,
+        neighbours=neighbours,
+        alpha=alpha.float().cpu().numpy(),
+        n_cf=n_cf,
+        prefixes=code_sequences(cf_codes, sem_codes, n_cf, budget, layout),
+    )
