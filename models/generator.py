@@ -65,10 +65,11 @@ def _causal_blocks(config: GeneratorConfig, n_layers: int) -> nn.ModuleList:
 
 def _causal_mask(valid: torch.Tensor) -> torch.Tensor:
     """valid: (B, T) bool -> (B, 1, T, T) attention mask; a padded query sees itself so
-    no row is empty."""
-    length = valid.shape[1]
-    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
+    no row is empty. Built from arange comparisons (not torch.eye/tril), which export to
+    ONNX ops onnxruntime runs for bool tensors."""
+    pos = torch.arange(valid.shape[1], device=valid.device)
+    eye = pos[:, None] == pos[None, :]  # (T, T)
+    causal = pos[None, :] <= pos[:, None]  # (T, T) key <= query
     return ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
 
 

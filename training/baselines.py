@@ -62,8 +62,37 @@ def run_sasrec(dataset: ProcessedDataset, seed: int, context: RunContext) -> Eva
     return evaluate_sasrec(result.model, dataset, context.device)
 
 
+CONTENT_RECENT_ITEMS = 5  # how many of the user's latest items the content baseline reads
+
+
+def content_knn_score_fn(text_embeddings: np.ndarray, recent: int) -> ScoreFn:
+    """Scores = summed cosine similarity of every item's text embedding to the user's
+    `recent` latest items: the only kind of model that can reach items nobody has
+    interacted with besides FlexCode's cold-start path, so the honest peer on cold
+    targets. text_embeddings: (N + 1, D), row 0 padding."""
+    unit = torch.nn.functional.normalize(torch.as_tensor(text_embeddings).float(), dim=1)
+    unit[0] = 0.0
+
+    def score(users: np.ndarray, history: Sequences) -> torch.Tensor:
+        del users
+        last = torch.as_tensor(history.last(recent))  # (B, recent), 0-padded on the left
+        return unit[last].sum(dim=1) @ unit.T  # (B, N + 1)
+
+    return score
+
+
+def run_content_knn(dataset: ProcessedDataset, seed: int, context: RunContext) -> EvalResult:
+    del seed  # deterministic: a fixed encoder, no training
+    from training.pipeline import ensure_semantic_embeddings
+
+    embeddings = ensure_semantic_embeddings(dataset, context.device)
+    score = content_knn_score_fn(embeddings, CONTENT_RECENT_ITEMS)
+    return evaluate_scores(score, dataset.test(), dataset.item_groups())
+
+
 MODEL_RUNNERS: dict[str, Runner] = {
     "pop": run_popularity,
     "sasrec": run_sasrec,
+    "content-knn": run_content_knn,
     **{variant: flexcode_runner(variant) for variant in VARIANTS},
 }

@@ -44,6 +44,10 @@ SynInterOpt = Annotated[int, typer.Option(help="synthetic: number of interaction
 SynSeedOpt = Annotated[int, typer.Option(help="synthetic: generator seed")]
 CacheOpt = Annotated[Path, typer.Option(help="processed-data cache directory")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
+VariantOpt = Annotated[
+    str,
+    typer.Option(help="full, fix, sid-only, cf-only, no-align, full-L3, full-L4, full-L6"),
+]
 
 
 def _load(ctx: typer.Context) -> ProcessedDataset:
@@ -341,25 +345,172 @@ def tune_sasrec(
     typer.echo(f"best: {json.dumps(ranked[0])}\nwrote {out}")
 
 
-def _not_yet(what: str, issue: str) -> None:
-    typer.secho(
-        f"`flexcode {what}` is not available in this version: it arrives with {issue}.",
-        fg=typer.colors.YELLOW,
-        err=True,
+@train_app.command("generator")
+def train_generator_cmd(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Option(help="run directory (reuses stages A-C)")] = Path(
+        "runs/ml-100k"
+    ),
+    dataset: DatasetOpt = "ml-100k",
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+    seed: int = 0,
+    variant: VariantOpt = "full",
+    max_epochs: Annotated[int, typer.Option(help="phase-1 epoch cap")] = 100,
+    finetune_epochs: Annotated[int, typer.Option(help="phase-2 (hard layout) epoch cap")] = 20,
+    patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 5,
+    eval_users: Annotated[int, typer.Option(help="validation users per evaluation; 0 = all")] = 0,
+) -> None:
+    """Stages A-D: the router and generator on RUN_DIR's tokenizer (stages A-C are trained
+    first when missing); writes RUN_DIR/generator/ and prints validation and test figures."""
+    from training.device import resolve_device
+    from training.pipeline import run_generator_stage
+    from training.stages.generator import GeneratorTrainConfig
+
+    ds = _load(ctx)
+    train_config = GeneratorTrainConfig(
+        seed=seed,
+        max_epochs=max_epochs,
+        finetune_epochs=finetune_epochs,
+        patience=patience,
+        eval_users=eval_users or None,
     )
-    raise typer.Exit(code=3)
+    try:
+        result, test = run_generator_stage(
+            ds, run_dir, resolve_device(device), variant, train_config, cache_dir=cache_dir
+        )
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    summary = {
+        "variant": variant,
+        "valid": result.best_valid["all"],
+        "test": test.metrics,
+        "train_seconds": round(result.seconds, 1),
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@train_app.command("pipeline")
+def train_pipeline_cmd(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Option(help="run directory for stages A-D")] = Path(
+        "runs/ml-100k"
+    ),
+    bundle_root: Annotated[
+        Path, typer.Option(help="bundles go to BUNDLE_ROOT/<version>/, LATEST names the newest")
+    ] = Path("bundles"),
+    if_missing: Annotated[
+        bool, typer.Option(help="do nothing when BUNDLE_ROOT already holds a bundle")
+    ] = False,
+    dataset: DatasetOpt = "ml-100k",
+    k_core: KCoreOpt = 5,
+    cold_fraction: ColdOpt = 0.0,
+    synthetic_items: SynItemsOpt = 10_000,
+    synthetic_interactions: SynInterOpt = 200_000,
+    synthetic_seed: SynSeedOpt = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    device: DeviceOpt = "auto",
+    seed: int = 0,
+    variant: VariantOpt = "full",
+    sasrec_max_epochs: Annotated[int, typer.Option(help="stage A epoch cap")] = 200,
+    tokenizer_epochs: Annotated[int, typer.Option(help="stage C epochs")] = 300,
+    generator_max_epochs: Annotated[int, typer.Option(help="stage D phase-1 epoch cap")] = 100,
+    finetune_epochs: Annotated[int, typer.Option(help="stage D phase-2 epoch cap")] = 20,
+) -> None:
+    """Everything: stages A-D on DATASET, then export a serving bundle to BUNDLE_ROOT.
+    Stages the run directory already holds are reused."""
+    from models.bundle import BundleError
+    from training.device import resolve_device
+    from training.export import export_bundle
+    from training.pipeline import run_generator_stage
+    from training.stages.generator import GeneratorTrainConfig
+    from training.stages.sasrec import SASRecTrainConfig
+    from training.stages.tokenizer import TokenizerTrainConfig
+
+    if if_missing and (bundle_root / "LATEST").exists():
+        typer.echo(f"{bundle_root} already holds bundle {(bundle_root / 'LATEST').read_text()}")
+        return
+    ds = _load(ctx)
+    torch_device = resolve_device(device)
+    try:
+        run_generator_stage(
+            ds,
+            run_dir,
+            torch_device,
+            variant,
+            GeneratorTrainConfig(
+                seed=seed, max_epochs=generator_max_epochs, finetune_epochs=finetune_epochs
+            ),
+            tokenizer_train_config=TokenizerTrainConfig(epochs=tokenizer_epochs, seed=seed),
+            cache_dir=cache_dir,
+            sasrec_train_config=SASRecTrainConfig(max_epochs=sasrec_max_epochs, seed=seed),
+        )
+        path = export_bundle(run_dir, bundle_root, torch_device)
+    except (ValueError, FileNotFoundError, BundleError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"bundle: {path}")
 
 
 @app.command()
-def export() -> None:
-    """Export a trained run as a serving bundle (not available yet)."""
-    _not_yet("export", "the bundle and serving work")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run with stages A-D (`train generator`)")],
+    out_dir: Annotated[Path, typer.Argument(help="bundle root: writes OUT_DIR/<version>/")],
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Export a trained run as an immutable, versioned serving bundle."""
+    from models.bundle import BundleError
+    from training.device import resolve_device
+    from training.export import export_bundle
+
+    try:
+        path = export_bundle(run_dir, out_dir, resolve_device(device))
+    except (ValueError, FileNotFoundError, BundleError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"bundle: {path}")
 
 
 @app.command()
-def serve() -> None:
-    """Serve a bundle over HTTP (not available yet)."""
-    _not_yet("serve", "the bundle and serving work")
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    train_if_missing: Annotated[
+        bool,
+        typer.Option(
+            help="when FLEXCODE_BUNDLE_PATH holds no bundle, first train one on MovieLens-100K "
+            "(`train pipeline`, about 10-20 min on 2 CPU cores) and export it there"
+        ),
+    ] = False,
+    run_dir: Annotated[Path, typer.Option(help="run directory for --train-if-missing")] = Path(
+        "runs/ml-100k"
+    ),
+) -> None:
+    """Serve the bundle at FLEXCODE_BUNDLE_PATH over HTTP (settings: FLEXCODE_* env vars)."""
+    from service.server import serve as serve_http
+    from service.settings import Settings
+
+    settings = Settings()
+    bundle_path = Path(settings.bundle_path)
+    has_bundle = (bundle_path / "manifest.json").exists() or (bundle_path / "LATEST").exists()
+    if not has_bundle and train_if_missing:
+        from training.data import PreprocessConfig, load_dataset
+        from training.device import resolve_device
+        from training.export import export_bundle
+        from training.pipeline import run_generator_stage
+
+        typer.echo(f"no bundle at {bundle_path}: training one on ml-100k into {run_dir}")
+        device = resolve_device(settings.device)
+        ds = load_dataset("ml-100k", PreprocessConfig())
+        run_generator_stage(ds, run_dir, device)
+        export_bundle(run_dir, bundle_path, device)
+    serve_http(settings, host=host, port=port)
 
 
 def main() -> None:

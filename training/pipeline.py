@@ -1,7 +1,7 @@
 """The training pipeline as stages over one run directory.
 
     data -> A: SASRec (CF embeddings) -> B: text encoder (semantic embeddings)
-         -> C: dual tokenizer (codes) -> ... (router, generator, bundle: later stages)
+         -> C: dual tokenizer (codes) -> D: router + generator -> export (bundle)
 
 Each `ensure_*` reuses what an earlier run left in the run directory (or the cache) and
 computes only what is missing, so a pipeline run is resumable stage by stage.
@@ -19,8 +19,17 @@ import torch
 
 from models.sasrec import SASRecConfig
 from models.text_encoder import TextEncoder, TextEncoderConfig
+from training.alpha_report import alpha_summary, plot_alpha
 from training.data import DEFAULT_CACHE_DIR
 from training.data.preprocess import ProcessedDataset
+from training.evaluate import EvalResult
+from training.stages.generator import (
+    GeneratorResult,
+    GeneratorTrainConfig,
+    evaluate_generator,
+    save_generator,
+    train_variant,
+)
 from training.stages.sasrec import SASRecTrainConfig, save_sasrec, train_sasrec
 from training.stages.semantic_embeddings import semantic_embeddings
 from training.stages.tokenizer import (
@@ -90,10 +99,11 @@ def run_tokenizer_stage(
     train_config: TokenizerTrainConfig,
     compare_no_align: bool = True,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    sasrec_train_config: SASRecTrainConfig | None = None,
 ) -> dict:
     """Stage C, plus the no-align twin for the report when asked. Returns the report."""
     run_dir = Path(run_dir)
-    cf_emb = ensure_cf_embeddings(dataset, run_dir, device)
+    cf_emb = ensure_cf_embeddings(dataset, run_dir, device, train_config=sasrec_train_config)
     sem_emb = ensure_semantic_embeddings(dataset, device, cache_dir)
     warm = dataset.train_counts() > 0
     config = build_config(spec, sem_emb.shape[1], cf_emb.shape[1], dataset.n_items)
@@ -117,3 +127,49 @@ def run_tokenizer_stage(
         report = {**report, "no_align": baseline}
         (run_dir / "tokenizer" / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def run_generator_stage(
+    dataset: ProcessedDataset,
+    run_dir: Path,
+    device: torch.device,
+    variant: str = "full",
+    train_config: GeneratorTrainConfig | None = None,
+    tokenizer_spec: TokenizerSpec | None = None,
+    tokenizer_train_config: TokenizerTrainConfig | None = None,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    sasrec_train_config: SASRecTrainConfig | None = None,
+) -> tuple[GeneratorResult, EvalResult]:
+    """Stage D on run_dir (stages A-C first when the run lacks them): trains the variant,
+    saves it to run_dir/generator with its test metrics, returns (result, test)."""
+    run_dir = Path(run_dir)
+    needs_twin = variant == "no-align"
+    tokenizer_dir = run_dir / ("tokenizer-no-align" if needs_twin else "tokenizer")
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        run_tokenizer_stage(
+            dataset,
+            run_dir,
+            device,
+            tokenizer_spec or TokenizerSpec(),
+            tokenizer_train_config or TokenizerTrainConfig(),
+            compare_no_align=needs_twin,
+            cache_dir=cache_dir,
+            sasrec_train_config=sasrec_train_config,
+        )
+    _run_info_ok(run_dir, dataset)
+    train_config = train_config or GeneratorTrainConfig()
+    result = train_variant(dataset, run_dir, variant, device, train_config)
+    test = evaluate_generator(result, dataset, device, "test")
+    extra = {"variant": variant, "test": test.metrics, "test_users": test.counts}
+    counts = dataset.train_counts()
+    extra["alpha"] = alpha_summary(result.alpha, counts, result.n_cf)
+    save_generator(result, dataset, train_config, run_dir / "generator", extra)
+    plot_alpha(
+        result.alpha, counts, run_dir / "generator" / "alpha.png", f"{dataset.name}, {variant}"
+    )
+    logger.info(
+        "stage D: saved %s (test NDCG@10 %.4f)",
+        run_dir / "generator",
+        test.metrics["all"]["ndcg@10"],
+    )
+    return result, test

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -24,7 +25,7 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
             "benchmark",
             *SMALL,
             "--models",
-            "pop,sasrec",
+            "pop,sasrec,content-knn",
             "--seeds",
             "2",
             "--cold-fraction",
@@ -43,7 +44,7 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     assert results["command"].startswith("flexcode benchmark")
-    assert set(results["models"]) == {"pop", "sasrec"}
+    assert set(results["models"]) == {"pop", "sasrec", "content-knn"}
     for groups in results["models"].values():
         assert set(groups) == {"all", "head", "tail", "cold"}
         for metrics in groups.values():
@@ -51,6 +52,9 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     pop = results["models"]["pop"]["all"]["ndcg@10"]
     assert pop["std"] == 0.0 and 0.0 < pop["mean"] < 1.0
     assert results["test_users"]["cold"] > 0
+    # Text similarity reaches held-out items; an ID model never can.
+    assert results["models"]["content-knn"]["cold"]["recall@10"]["mean"] > 0
+    assert results["models"]["sasrec"]["cold"]["recall@10"]["mean"] == 0
     assert (out / "results.md").read_text().count("| pop |") == 4
 
 
@@ -129,3 +133,42 @@ def test_tune_on_user_data_writes_ranked_results(tmp_path):
     assert "--dropout 0.2,0.5" in report["command"]
     scores = [run["valid_ndcg@10"] for run in report["runs"]]
     assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.slow
+def test_train_pipeline_exports_a_bundle_that_loads(tmp_path):
+    from models.bundle import load_bundle
+
+    args = [
+        "train",
+        "pipeline",
+        *SMALL,
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--bundle-root",
+        str(tmp_path / "bundles"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--sasrec-max-epochs",
+        "2",
+        "--tokenizer-epochs",
+        "5",
+        "--generator-max-epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "bundles")
+    saved = np.load(tmp_path / "run" / "generator" / "items.npz")
+    np.testing.assert_array_equal(bundle.external_ids, saved["external_ids"])
+    np.testing.assert_array_equal(bundle.item_tokens, saved["item_tokens"])
+    generator_json = json.loads((tmp_path / "run" / "generator" / "generator.json").read_text())
+    assert generator_json["variant"] == "full"
+    assert (tmp_path / "run" / "generator" / "alpha.png").stat().st_size > 0
+    # A second call with --if-missing leaves the bundle alone.
+    again = CliRunner().invoke(app, [*args, "--if-missing"])
+    assert again.exit_code == 0 and "already holds" in again.output

@@ -1,0 +1,214 @@
+"""The export bundle: round trip, integrity checks, versions and LATEST."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import (
+    FORMAT_VERSION,
+    BundleError,
+    BundleExistsError,
+    BundleManifest,
+    load_bundle,
+    resolve_bundle_path,
+    verify_bundle,
+    write_bundle,
+)
+from models.cold_start import tokenize_new_items
+from models.onnx_generator import export_checked, sample_history
+from tests.bundle_factory import make_tiny_bundle, tiny_contents
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def contents():
+    return tiny_contents(n_items=40, budget=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(contents):
+    return export_checked(contents.generator)[0]
+
+
+@pytest.fixture
+def bundle_dir(tmp_path, contents, onnx_files) -> Path:
+    return write_bundle(tmp_path / "bundles", contents, onnx_files, now=T0)
+
+
+def test_round_trip_arrays_modules_and_outputs(bundle_dir, contents):
+    b = load_bundle(bundle_dir)
+    assert b.n_items == 40 and b.budget == 3 and b.layout == contents.layout
+    assert b.external_ids.dtype.kind == "U" and b.external_ids[0] == ""
+    np.testing.assert_array_equal(b.external_ids, contents.external_ids)
+    for name in ("sem_codes", "cf_codes", "item_tokens", "n_cf", "alpha", "popularity"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(contents, name), err_msg=name)
+    np.testing.assert_array_equal(b.new_item_features, contents.new_item_features)
+    np.testing.assert_array_equal(b.imputation_ids, contents.imputation_ids)
+    assert b.imputation_index.ntotal == len(contents.imputation_ids)
+
+    # The prefix index holds exactly items 1..N with their served tokens.
+    ids = b.prefix_index.lookup(contents.item_tokens[1:])
+    np.testing.assert_array_equal(ids, np.arange(1, 41))
+
+    # Modules: same weights, eval mode, same outputs.
+    for name in ("tokenizer", "router", "generator"):
+        loaded, original = getattr(b, name), getattr(contents, name)
+        assert not loaded.training
+        want = original.state_dict()
+        for key, value in loaded.state_dict().items():
+            torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
+    history = sample_history(b.generator.config, batch=3, length=6)
+    state = b.generator.user_state(history)
+    torch.testing.assert_close(state, contents.generator.eval().user_state(history))
+    prefix = torch.as_tensor(contents.item_tokens[[1, 2, 3]][:, None, :2])  # (3, 1, 2)
+    torch.testing.assert_close(
+        b.generator.next_token_log_probs(state, prefix),
+        contents.generator.next_token_log_probs(state, prefix),
+    )
+    features = torch.as_tensor(np.stack([b.new_item_features] * 2))
+    torch.testing.assert_close(b.router(features), contents.router(features))
+
+    m = b.manifest
+    assert m.format_version == FORMAT_VERSION and m.version == bundle_dir.name
+    assert m.version.startswith("tiny-20260102T030405Z-")
+    assert m.created_at == "2026-01-02T03:04:05Z"
+    assert m.dataset == {"name": "tiny", "fingerprint": "tiny-seed1", "n_items": 40}
+    assert m.config["budget"] == 3 and m.config["text_model_id"] == contents.text_model_id
+    assert set(b.onnx_paths) == {"history_encoder", "token_decoder"}
+    assert all(p.is_file() for p in b.onnx_paths.values())
+
+
+def test_loaded_bundle_tokenizes_a_new_item(bundle_dir):
+    """Everything the cold-start path needs is in the bundle (models.cold_start)."""
+    b = load_bundle(bundle_dir)
+    text = np.random.default_rng(0).standard_normal((2, b.tokenizer.config.sem.input_dim))
+    codes = tokenize_new_items(
+        b.tokenizer,
+        b.router,
+        text,
+        b.new_item_features,
+        b.imputation_index,
+        b.imputation_ids,
+        b.cf_codes,
+        b.budget,
+        b.layout,
+    )
+    assert codes.prefixes.shape == (2, b.budget)
+    assert np.isin(codes.neighbours, b.imputation_ids).all()
+
+
+def test_manifest_lists_every_file_with_its_hash(bundle_dir):
+    manifest = verify_bundle(bundle_dir)
+    on_disk = {p.name for p in bundle_dir.iterdir()} - {"manifest.json"}
+    assert set(manifest.files) == on_disk
+    assert BundleManifest.from_dict(manifest.to_dict()) == manifest
+    assert not list(bundle_dir.parent.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "name", ["items.npz", "generator.safetensors", "token_decoder.onnx", "imputation.faiss"]
+)
+def test_corrupted_byte_is_refused_naming_the_file(bundle_dir, name):
+    path = bundle_dir / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{name}.*sha256"):
+        verify_bundle(bundle_dir)
+    with pytest.raises(BundleError, match=name):
+        load_bundle(bundle_dir)
+
+
+def test_missing_file_is_refused(bundle_dir):
+    (bundle_dir / "router.safetensors").unlink()
+    with pytest.raises(BundleError, match=r"router\.safetensors.*missing"):
+        verify_bundle(bundle_dir)
+
+
+def test_extra_file_is_refused(bundle_dir):
+    (bundle_dir / "notes.txt").write_text("hello")
+    with pytest.raises(BundleError, match=r"notes\.txt.*not listed"):
+        verify_bundle(bundle_dir)
+
+
+def test_wrong_format_version_is_refused(bundle_dir):
+    path = bundle_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"incompatible bundle format 2, this build reads 1"):
+        verify_bundle(bundle_dir)
+    with pytest.raises(BundleError, match="incompatible"):
+        load_bundle(bundle_dir, verify=False)
+
+
+def test_damaged_manifest_is_refused(bundle_dir):
+    (bundle_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match=r"manifest\.json"):
+        verify_bundle(bundle_dir)
+
+
+def test_latest_resolution(tmp_path, bundle_dir):
+    root = bundle_dir.parent
+    assert (root / "LATEST").read_text().strip() == bundle_dir.name
+    assert resolve_bundle_path(root) == bundle_dir
+    assert resolve_bundle_path(bundle_dir) == bundle_dir
+    assert load_bundle(root).path == bundle_dir
+    with pytest.raises(BundleError, match="no such bundle directory"):
+        resolve_bundle_path(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="neither a bundle"):
+        resolve_bundle_path(tmp_path / "empty")
+    (root / "LATEST").write_text("gone-version\n")
+    with pytest.raises(BundleError, match="gone-version"):
+        resolve_bundle_path(root)
+
+
+def test_second_write_never_overwrites(bundle_dir, contents, onnx_files):
+    root = bundle_dir.parent
+    before = {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
+    with pytest.raises(BundleExistsError, match="never overwritten"):
+        write_bundle(root, contents, onnx_files, now=T0)
+    assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
+    assert not list(root.glob(".tmp-*"))
+    verify_bundle(bundle_dir)
+
+
+def test_new_export_gets_a_new_version_and_moves_latest(bundle_dir, contents, onnx_files):
+    root = bundle_dir.parent
+    later = write_bundle(root, contents, onnx_files, now=T0 + timedelta(seconds=1))
+    assert later != bundle_dir and later.name.endswith(bundle_dir.name[-8:])  # same content
+    other = tiny_contents(n_items=40, budget=3, seed=2)
+    third = write_bundle(root, other, export_checked(other.generator)[0], now=T0)
+    assert third.name[-8:] != bundle_dir.name[-8:]  # different content, different hash
+    assert resolve_bundle_path(root) == third
+    for path in (bundle_dir, later, third):
+        verify_bundle(path)  # older versions stay intact
+
+
+def test_inconsistent_contents_are_refused(tmp_path, contents, onnx_files):
+    from dataclasses import replace
+
+    bad = replace(contents, n_cf=contents.n_cf[:-1])
+    with pytest.raises(ValueError, match="n_cf"):
+        write_bundle(tmp_path, bad, onnx_files)
+    with pytest.raises(ValueError, match="history_encoder"):
+        write_bundle(tmp_path, contents, {"token_decoder": b""})
+    assert not any(tmp_path.iterdir())
+
+
+def test_make_tiny_bundle(tmp_path):
+    first = make_tiny_bundle(tmp_path, n_items=20, budget=2, seed=3)
+    second = make_tiny_bundle(tmp_path, n_items=20, budget=2, seed=3)  # same content
+    assert first != second
+    b = load_bundle(tmp_path)
+    assert b.path == second and b.n_items == 20 and b.budget == 2
+    assert list(b.external_ids[1:4]) == ["item-1", "item-2", "item-3"]
+    assert (b.popularity[1:] == 0).any() and (b.popularity[1:] > 0).any()

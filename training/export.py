@@ -1,0 +1,203 @@
+"""Export a trained run as a serving bundle (`flexcode export RUN_DIR OUT_DIR`).
+
+Reads the run directory the pipeline wrote:
+
+    run.json          dataset name, fingerprint, item count
+    tokenizer/        stage C (`training.stages.tokenizer.save_tokenizer`); the no-align
+                      variant's stage D trained on "tokenizer-no-align" instead (read
+                      from generator.json's "tokenizer_dir", else its "variant")
+    generator/        stage D (`training.stages.generator.save_generator`)
+
+checks that stage D's items agree with the tokenizer's codes, builds the cold-start
+imputation vectors, exports the generator to ONNX and checks it against torch (max abs
+difference <= 1e-4, else the export is refused), writes the bundle with
+`models.bundle.write_bundle` and loads it back with full verification before returning.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.bundle import BundleContents, load_bundle, write_bundle
+from models.cold_start import aligned_cf_vectors
+from models.onnx_generator import (
+    ONNX_TOLERANCE,
+    OnnxExportError,
+    check_onnx_against_torch,
+    export_generator_onnx,
+)
+from models.text_encoder import MODEL_DISTRIBUTION, MODEL_NAME, TextEncoderConfig
+from models.tokens import item_tokens as build_item_tokens
+
+logger = logging.getLogger(__name__)
+
+
+class ExportError(ValueError):
+    """The run directory cannot be exported; the message says which artifact and why."""
+
+
+def default_text_model_id() -> str:
+    """The id `models.text_encoder.TextEncoder` reports for the packaged weights at the
+    default settings, computed without loading the model."""
+    try:
+        version = importlib.metadata.version(MODEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"{MODEL_NAME}@{MODEL_DISTRIBUTION}=={version};max_seq_length=" + str(
+        TextEncoderConfig().max_seq_length
+    )
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; {what}")
+    return json.loads(path.read_text())
+
+
+def _check_codes(name: str, stage_d: np.ndarray, stage_c: np.ndarray) -> None:
+    """Rows 1..N of stage D's codes must be stage C's (row 0 is padding in both)."""
+    if stage_d.shape != stage_c.shape or not np.array_equal(stage_d[1:], stage_c[1:]):
+        raise ExportError(
+            f"generator/items.npz {name} differ from the tokenizer's codes: stage D was "
+            "trained on another tokenizer; retrain stage D on this run's tokenizer"
+        )
+
+
+def _tokenizer_dir_name(gen_meta: dict) -> str:
+    """The tokenizer stage D trained on: generator.json's "tokenizer_dir" if it says,
+    else its variant's (the no-align variant reads "tokenizer-no-align")."""
+    from training.stages.generator import VARIANTS
+
+    if gen_meta.get("tokenizer_dir"):
+        return str(gen_meta["tokenizer_dir"])
+    variant = VARIANTS.get(gen_meta.get("variant", "full"))
+    return variant.tokenizer_dir if variant is not None else "tokenizer"
+
+
+def export_bundle(
+    run_dir: Path,
+    bundle_root: Path,
+    device: torch.device | str = "cpu",
+    generator_dir: Path | None = None,
+) -> Path:
+    """Export run_dir as a new bundle version under bundle_root; returns the bundle dir.
+
+    generator_dir: stage D's output (default run_dir / "generator"). device: where the
+    modules are loaded for the imputation vectors (the ONNX check always runs on CPU).
+    ExportError for a missing or inconsistent artifact, OnnxExportError when ONNX and
+    torch differ by more than 1e-4, BundleError when the written bundle does not verify.
+    """
+    from training.stages.generator import load_generator  # training internals stay here
+    from training.stages.tokenizer import load_tokenizer
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    device = torch.device(device)
+    generator_dir = Path(generator_dir) if generator_dir else run_dir / "generator"
+    run_info = _read_json(run_dir / "run.json", "is this a run directory of `flexcode train`?")
+    gen_meta = _read_json(
+        generator_dir / "generator.json", "train stage D (router + generator) first"
+    )
+    tokenizer_dir = run_dir / _tokenizer_dir_name(gen_meta)
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise ExportError(f"{tokenizer_dir}: no trained tokenizer; train stage C first")
+
+    logger.info("export: loading %s and %s", tokenizer_dir, generator_dir)
+    tokenizer, codes = load_tokenizer(tokenizer_dir, device)
+    result = load_generator(generator_dir, device)
+    with np.load(generator_dir / "items.npz", allow_pickle=False) as data:
+        items = {k: data[k] for k in data.files}
+
+    n_items = int(run_info.get("items", len(items["external_ids"]) - 1))
+    if len(items["external_ids"]) != n_items + 1:
+        raise ExportError(
+            f"{generator_dir / 'items.npz'} has {len(items['external_ids']) - 1} items, "
+            f"run.json says {n_items}: the artifacts come from different datasets"
+        )
+    budget = int(gen_meta["budget"])
+    sem_codes = np.asarray(items["sem_codes"], dtype=np.int64)
+    cf_codes = np.asarray(items["cf_codes"], dtype=np.int64)  # cold items already imputed
+    warm = np.asarray(items["warm"], dtype=bool).copy()
+    warm[0] = False
+    _check_codes("sem_codes", sem_codes, np.asarray(codes["sem_codes"], dtype=np.int64))
+    tok_warm = np.asarray(codes["warm"], dtype=bool)
+    both = warm & tok_warm  # imputation replaced cold items' codes, warm ones must be equal
+    if not np.array_equal(cf_codes[both], np.asarray(codes["cf_codes"])[both]):
+        raise ExportError(
+            "generator/items.npz cf_codes of warm items differ from the tokenizer's: stage D "
+            "was trained on another tokenizer; retrain stage D on this run's tokenizer"
+        )
+    served = np.asarray(result.item_tokens, dtype=np.int64)
+    rebuilt = build_item_tokens(cf_codes[1:], sem_codes[1:], result.n_cf[1:], budget, result.layout)
+    if not np.array_equal(served[1:], rebuilt):
+        raise ExportError(
+            f"{generator_dir / 'items.npz'}: item_tokens do not follow from the codes and "
+            "n_cf under the saved layout; the stage-D artifacts are inconsistent, retrain it"
+        )
+
+    imputation_ids = np.flatnonzero(warm).astype(np.int64)
+    if imputation_ids.size == 0:
+        raise ExportError("no warm item: the cold-start imputation index would be empty")
+    imputation_vectors = aligned_cf_vectors(tokenizer, cf_codes[imputation_ids])  # (W, P)
+
+    logger.info("export: ONNX generator")
+    onnx_files = export_generator_onnx(result.generator)
+    onnx_diff = check_onnx_against_torch(result.generator, onnx_files)
+    if not onnx_diff <= ONNX_TOLERANCE:
+        raise OnnxExportError(
+            f"ONNX generator differs from torch by {onnx_diff:.3g} (> {ONNX_TOLERANCE:g}); "
+            "export refused"
+        )
+    logger.info("export: ONNX matches torch, max abs diff %.3g", onnx_diff)
+
+    metrics = {"valid": result.best_valid, "onnx_max_abs_diff": onnx_diff}
+    for key in ("variant", "test"):
+        if key in gen_meta:
+            metrics[key] = gen_meta[key]
+    contents = BundleContents(
+        tokenizer=tokenizer,
+        router=result.router,
+        generator=result.generator,
+        layout=result.layout,
+        budget=budget,
+        external_ids=np.asarray(items["external_ids"], dtype=str),
+        sem_codes=sem_codes,
+        cf_codes=cf_codes,
+        item_tokens=served,
+        n_cf=np.asarray(result.n_cf, dtype=np.int64),
+        alpha=np.asarray(result.alpha, dtype=np.float32),
+        popularity=np.asarray(items["popularity"], dtype=np.int64),
+        # Row 0 (padding) is defined as an item with no interactions: what a new item has.
+        new_item_features=np.asarray(items["features"][0], dtype=np.float32),
+        imputation_vectors=imputation_vectors,
+        imputation_ids=imputation_ids,
+        text_model_id=str(
+            run_info.get("text_model_id")
+            or gen_meta.get("text_model_id")
+            or default_text_model_id()
+        ),
+        dataset={
+            "name": str(run_info.get("dataset", gen_meta.get("dataset", {}).get("name", "run"))),
+            "fingerprint": str(run_info.get("fingerprint", "")),
+            "n_items": n_items,
+        },
+        metrics=metrics,
+    )
+    bundle_dir = write_bundle(Path(bundle_root), contents, onnx_files)
+    bundle = load_bundle(bundle_dir, device="cpu", verify=True)  # what the service will do
+    logger.info(
+        "export: bundle %s (%d items, L=%d) verified in %.1f s: %s",
+        bundle.manifest.version,
+        bundle.n_items,
+        bundle.budget,
+        time.perf_counter() - start,
+        bundle_dir,
+    )
+    return bundle_dir
