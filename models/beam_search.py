@@ -1,17 +1,31 @@
 """Constrained beam search over a prefix index: the decoding KERNEL (tensors in, tensors out).
 
 The index comes from `models.prefix_index` (built offline by NumPy); here every step is a
-few fixed-shape tensor ops over (B requests, W beams, W_k child slots): gather the padded
-child table rows of every beam's node (a missing node is clamped to the padding row), gather
-the model's log-probs at those child tokens, mask invalid slots with -inf, add the beam
-scores and keep the best W of the W * W_k candidates per request. There is no Python loop
-over requests, beams or items; the only loop is over the L + 1 depths. Per-step cost is
-O(B * W * W_k), independent of the catalogue size N once W_k (bounded by the vocabulary
-blocks) saturates.
+few fixed-shape tensor ops over (B requests, W beams, W_k child slots): index_select the
+padded child-token rows of every beam's node (a missing node reads the padding row), gather
+the model's log-probs at those tokens, add the beam scores, mask padding slots with -inf
+(-inf and NaN log-probs are invalid too), and keep the best W of the W * W_k candidates
+per request with one topk; only the W picked candidates then have their child read
+(table[row, slot]). The first step runs over the dense (V,) root mask instead. There is no
+Python loop over requests, beams or items; the only loop is over the L + 1 depths.
+
+Cost per step: O(B * W * W_k) for the token gather, scoring and topk, plus O(B * W) for
+the picked beams: independent of the catalogue size N except through W_k, the largest
+branching at that depth, which the token layout bounds (with K = 256 codes, W_1 is 45 for
+10k items and saturates near 512 from 1M items on). Below the root the tables stay padded
+CSR: a dense (n_1, V) mask would cost O(B * W * V) per step, more than B * W * W_1, and the
+children of a depth-1 node spread over several codebook blocks (a window of ~1,500 tokens
+for ~500 children), so a dense window is no smaller either.
+
+Selection is exact and deterministic without sorting all candidates: topk(W + 1) gives the
+W best values; unless the W-th and (W + 1)-th are equal and finite, the chosen set is
+unique and only its W members are sorted by (score, tie key); rows with such a boundary tie
+(e.g. a model with quantised log-probs) fall back to a full stable sort (`_select`).
 
 With an overlay (items added at serving time, `OverlayIndex.to_tensors`), each beam holds a
 node in both tries (-1 where its prefix is absent from one); a step's valid tokens are the
-union of both tries' children, so scores are exactly those of the merged index.
+union of both tries' children, so scores are exactly those of the merged index. An empty
+overlay is skipped.
 """
 
 from __future__ import annotations
@@ -43,11 +57,72 @@ def _lookup_sorted(row_tokens: torch.Tensor, row_values: torch.Tensor, query: to
     return found, torch.where(found, row_values.gather(1, pos), -1)
 
 
-def _gather_rows(table: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
-    """(n + 1, Wk) table, (B, W) local nodes with -1 = missing -> (B, W, Wk) rows; missing
-    nodes read the padding row n (all -1)."""
-    pad_row = table.shape[0] - 1
-    return table[torch.where(node >= 0, node, pad_row)]
+NEG_INF, POS_INF = float("-inf"), float("inf")
+
+
+def _order_selected(
+    val: torch.Tensor, idx: torch.Tensor, key: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder (R, k) selected (values, candidate indices) by (value desc, key asc): a stable
+    sort by key, then a stable sort by value."""
+    by_key = key.sort(dim=1, stable=True).indices
+    val, idx = val.gather(1, by_key), idx.gather(1, by_key)
+    by_val = val.sort(dim=1, descending=True, stable=True).indices
+    return val.gather(1, by_val), idx.gather(1, by_val)
+
+
+def _select(
+    cand: torch.Tensor, width: int, key: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best `width` of (R, C) candidate scores (-inf or NaN = invalid, C >= width) by
+    (score desc, key asc), key (R, C) int64, or the candidate position when None.
+
+    Exact without sorting all C candidates: topk(width + 1) gives the values; if the
+    width-th and (width + 1)-th values differ (or are both -inf: every valid candidate is
+    then selected), the selected SET is unique and only its `width` members are ordered by
+    (score, key). Rows whose boundary value is tied (e.g. quantised models) fall back to a
+    full stable sort, which is what the tie rule is defined by. Returns ((R, width) scores,
+    (R, width) candidate indices).
+    """
+    n_cand = cand.shape[1]
+    k = min(width + 1, n_cand)
+    val, idx = cand.topk(k, dim=1, largest=True, sorted=True)
+    if bool(val.isnan().any()):  # topk ranks NaN first: make NaN invalid, then redo
+        cand = cand.nan_to_num(nan=NEG_INF, posinf=POS_INF, neginf=NEG_INF)
+        val, idx = cand.topk(k, dim=1, largest=True, sorted=True)
+    tied = None
+    if k > width:
+        edge, after = val[:, width - 1], val[:, width]
+        tied = (edge == after) & (edge > NEG_INF)
+        val, idx = val[:, :width], idx[:, :width]
+    val, idx = _order_selected(val, idx, idx if key is None else key.gather(1, idx))
+    if tied is not None and bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        sub = cand.index_select(0, rows)
+        if key is None:
+            order = sub.sort(dim=1, descending=True, stable=True).indices[:, :width]
+        else:
+            by_key = key.index_select(0, rows).sort(dim=1, stable=True).indices
+            by_val = sub.gather(1, by_key).sort(dim=1, descending=True, stable=True).indices
+            order = by_key.gather(1, by_val[:, :width])
+        val[rows] = sub.gather(1, order)
+        idx[rows] = order
+    return val, idx
+
+
+def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    """(B, W, V) log-probs, (B, W) beam scores, (B, W, S) child tokens (-1 = padding slot)
+    -> (B, W, S) candidate scores score + logp[token], -inf at padding slots."""
+    # Clamped gather: padding slots read token 0 and are masked just below.
+    cand = logp.gather(2, tok.clamp(min=0)).add_(score[:, :, None])
+    return cand.masked_fill_(tok < 0, NEG_INF)
+
+
+def _is_empty(index: DeviceIndex) -> bool:
+    """No items: no nodes below the root (depth > 1), or no valid first token."""
+    if index.depth > 1:
+        return all(table.shape[0] == 1 for table in index.tokens)
+    return not bool(index.root_mask.any())
 
 
 def _check_index(index_tensors: object) -> tuple[DeviceIndex, DeviceIndex | None]:
@@ -109,6 +184,8 @@ def constrained_beam_search(
     then the overlay-only tokens ascending (a stable sort over that candidate layout).
     """
     base, over = _check_index(index_tensors)
+    if over is not None and _is_empty(over):
+        over = None  # the serving path always passes an overlay, most often empty
     for name, value in (("batch_size", batch_size), ("beam_width", beam_width), ("top_k", top_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -124,12 +201,19 @@ def constrained_beam_search(
         # Sorted rows let one batched searchsorted test every candidate item.
         exclude = exclude.to(device).sort(dim=1).values if exclude.shape[1] else None
 
+    # Root step tables (constant per call): valid first tokens of the merged index, and
+    # each first token's child in either trie.
+    root_valid, root_b = base.root_mask, base.root_child
+    root_o = torch.full_like(root_b, -1)
+    if over is not None:
+        root_valid, root_o = root_valid | over.root_mask, over.root_child
+    root_invalid = ~root_valid
+    root_item = torch.where(root_b >= 0, root_b, root_o)  # item ids when depth == 1
     history = torch.full((n_req, width, depth + 1), PAD, dtype=torch.int64, device=device)
     history[:, :, 0] = bos_token
     node_b = torch.zeros(n_req, width, dtype=torch.int64, device=device)  # root everywhere
-    node_o = torch.zeros_like(node_b)
-    score = None
-    req = torch.arange(n_req, device=device)[:, None]  # (B, 1) for advanced indexing
+    node_o = torch.zeros_like(node_b) if over is not None else torch.full_like(node_b, -1)
+    score = torch.zeros(n_req, width, device=device)
     for t in range(depth):
         logp, state = step_fn(history[:, :, : t + 1], state)
         if not isinstance(logp, torch.Tensor) or tuple(logp.shape) != (n_req, width, vocab):
@@ -138,82 +222,87 @@ def constrained_beam_search(
                 f"step_fn must return log_probs ({n_req}, {width}, {vocab}), got {got}"
             )
         last = t == depth - 1
+        item = None  # (B, C) item id of every candidate, last step only
         if t == 0:
-            # All beams are the same BOS: expand beam 0 only, over the dense root mask.
-            tok = torch.arange(vocab, device=device).expand(n_req, vocab)  # (B, V)
-            valid = base.root_mask.expand(n_req, vocab)
-            child_b = base.root_child.expand(n_req, vocab)
-            child_o = torch.full_like(child_b, -1)
-            if over is not None:
-                valid = valid | over.root_mask
-                child_o = over.root_child.expand(n_req, vocab)
-            cand = logp[:, 0, :]  # (B, V)
-            parent = torch.zeros_like(tok)
-        else:
-            tok_b = _gather_rows(base.tokens[t - 1], node_b)  # (B, W, Wb)
-            kid_b = _gather_rows(base.children[t - 1], node_b)
-            if over is None:
-                tok, child_b = tok_b, kid_b
-                child_o = torch.full_like(kid_b, -1)
-            else:
-                tok_o = _gather_rows(over.tokens[t - 1], node_o)  # (B, W, Wo)
-                kid_o = _gather_rows(over.children[t - 1], node_o)
-                wb, wo = tok_b.shape[2], tok_o.shape[2]
-                flat = (n_req * width, -1)
-                # A token in both tries is one candidate (the base slot) holding both
-                # children; overlay slots whose token the base also has are dropped.
-                _, o_of_b = _lookup_sorted(
-                    tok_o.reshape(flat), kid_o.reshape(flat), tok_b.reshape(flat)
-                )
-                in_b, _ = _lookup_sorted(
-                    tok_b.reshape(flat), kid_b.reshape(flat), tok_o.reshape(flat)
-                )
-                tok_o = torch.where(in_b.view(n_req, width, wo), -1, tok_o)
-                tok = torch.cat([tok_b, tok_o], dim=2)  # (B, W, Wb + Wo)
-                child_b = torch.cat([kid_b, torch.full_like(kid_o, -1)], dim=2)
-                child_o = torch.cat([o_of_b.view(n_req, width, wb), kid_o], dim=2)
-            valid = tok >= 0
-            # Clamped gather: pad slots read token 0 and are masked just below.
-            cand = score[:, :, None] + logp.gather(2, tok.clamp(min=0))  # (B, W, Wc)
-            parent = torch.arange(width, device=device)[None, :, None].expand_as(tok)
-            tok, valid, cand, parent = (x.reshape(n_req, -1) for x in (tok, valid, cand, parent))
-            child_b, child_o = child_b.reshape(n_req, -1), child_o.reshape(n_req, -1)
-        if last:
-            # At the last depth the children are item ids; a token is in one trie only.
-            item = torch.where(child_b >= 0, child_b, child_o)
-            if exclude is not None:
-                pos = torch.searchsorted(exclude, item.contiguous()).clamp_(
-                    max=exclude.shape[1] - 1
-                )
-                valid = valid & (exclude.gather(1, pos) != item)
-        # NaN > -inf is False, so NaN scores become invalid too.
-        valid = valid & (cand > float("-inf"))
-        cand = torch.where(valid, cand, float("-inf"))
-        if cand.shape[1] < width:  # fewer candidates than beams: pad with invalid ones
-            extra = width - cand.shape[1]
-            pad = (0, extra)
-            cand = torch.nn.functional.pad(cand, pad, value=float("-inf"))
-            tok, parent = (torch.nn.functional.pad(x, pad, value=0) for x in (tok, parent))
-            child_b, child_o = (
-                torch.nn.functional.pad(x, pad, value=-1) for x in (child_b, child_o)
-            )
-            valid = torch.nn.functional.pad(valid, pad, value=False)
+            # All beams are the same BOS: expand beam 0 only, over the dense root tables.
+            # Candidate j is token j, so positions order candidates by token.
+            cand = logp[:, 0, :].masked_fill(root_invalid, NEG_INF)
             if last:
-                item = torch.nn.functional.pad(item, pad, value=-1)
-        if last:
-            # Lower item id first among equal scores: stable sort by id, then by score.
-            by_id = torch.sort(item, dim=1, stable=True).indices
-            by_score = torch.sort(cand.gather(1, by_id), dim=1, descending=True, stable=True)
-            pick = by_id.gather(1, by_score.indices[:, :width])  # (B, W)
+                item = root_item.expand(n_req, vocab)
+            slots, tok = vocab, None
+        elif over is None:
+            table = base.tokens[t - 1]
+            rows_b = torch.where(node_b >= 0, node_b, table.shape[0] - 1)
+            slots = table.shape[1]
+            # (B, W, Wk) child tokens of every beam; missing nodes read the padding row.
+            tok = table.index_select(0, rows_b.view(-1)).view(n_req, width, slots)
+            cand = _score_children(logp, score, tok)
+            table = base.children[t - 1]
+            if last:  # at the last depth, children are item ids
+                item = table.index_select(0, rows_b.view(-1)).view(n_req, -1)
         else:
-            pick = torch.sort(cand, dim=1, descending=True, stable=True).indices[:, :width]
-        alive = valid[req, pick]  # (B, W)
-        score = cand[req, pick]
-        parent = parent[req, pick]
-        history = history[req, parent]  # follow the surviving beams' token histories
-        history[:, :, t + 1] = torch.where(alive, tok[req, pick], PAD)
-        node_b = torch.where(alive, child_b[req, pick], -1)
-        node_o = torch.where(alive, child_o[req, pick], -1)
+            tb, to = base.tokens[t - 1], over.tokens[t - 1]
+            rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1)
+            rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1)
+            wb, wo = tb.shape[1], to.shape[1]
+            tok_b = tb.index_select(0, rows_b.view(-1))  # (B * W, Wb)
+            tok_o = to.index_select(0, rows_o.view(-1))  # (B * W, Wo)
+            # A token in both tries is one candidate (the base slot, holding both
+            # children); overlay slots whose token the base also has are dropped.
+            in_b, _ = _lookup_sorted(tok_b, tok_b, tok_o)
+            tok = torch.cat([tok_b, torch.where(in_b, -1, tok_o)], dim=1)
+            slots, tok = wb + wo, tok.view(n_req, width, wb + wo)
+            cand = _score_children(logp, score, tok)
+            if last:  # leaf tokens are in one trie only; their children are item ids
+                kid_b = base.children[t - 1].index_select(0, rows_b.view(-1))
+                kid_o = over.children[t - 1].index_select(0, rows_o.view(-1))
+                item = torch.cat([kid_b, kid_o], dim=1).view(n_req, -1)
+        cand = cand.reshape(n_req, -1)  # -inf: invalid; NaN is made invalid in _select
+        if item is not None and exclude is not None:
+            pos = torch.searchsorted(exclude, item.contiguous()).clamp_(max=exclude.shape[1] - 1)
+            cand.masked_fill_(exclude.gather(1, pos) == item, NEG_INF)
+        if cand.shape[1] < width:  # fewer candidates than beams (root step, tiny vocab)
+            cand = torch.nn.functional.pad(cand, (0, width - cand.shape[1]), value=NEG_INF)
+            if item is not None:
+                item = torch.nn.functional.pad(item, (0, width - item.shape[1]), value=-1)
+        # Ties: lower item id at the last step, else candidate position (= parent rank,
+        # then the base trie's tokens, then the overlay-only tokens).
+        score, pick = _select(cand, width, item)
+        alive = score > NEG_INF
+        if t == 0:
+            parent = torch.zeros_like(pick)
+            new_tok = pick.clamp(max=vocab - 1)
+            new_b, new_o = root_b[new_tok], root_o[new_tok]
+        else:
+            parent = torch.div(pick, slots, rounding_mode="floor")
+            slot = pick - parent * slots
+            # Token and children of the picked slots only: table[row, slot].
+            new_tok = tok.view(n_req, -1).gather(1, pick)
+            if last:  # item ids, whichever trie holds them
+                new_b, new_o = item.gather(1, pick), torch.full_like(pick, -1)
+            elif over is None:
+                new_b = table.view(-1)[rows_b.gather(1, parent) * slots + slot]
+                new_o = node_o
+            else:
+                is_b = slot < wb
+                at_b = rows_b.gather(1, parent) * wb + slot.clamp(max=wb - 1)
+                new_b = torch.where(is_b, base.children[t - 1].view(-1)[at_b], -1)
+                # Overlay child: its own slot, or the base token looked up in the
+                # parent's overlay node (-1 where the overlay lacks it).
+                row_o = rows_o.gather(1, parent)
+                at_o = row_o * wo + (slot - wb).clamp(min=0)
+                own_o = over.children[t - 1].view(-1)[at_o]
+                _, shared_o = _lookup_sorted(
+                    to.index_select(0, row_o.view(-1)),
+                    over.children[t - 1].index_select(0, row_o.view(-1)),
+                    new_tok.view(-1, 1),
+                )
+                new_o = torch.where(is_b, shared_o.view(n_req, width), own_o)
+        # Follow the surviving beams' token histories.
+        history = history.gather(1, parent[:, :, None].expand(-1, -1, depth + 1))
+        history[:, :, t + 1] = torch.where(alive, new_tok, PAD)
+        node_b = torch.where(alive, new_b, -1)
+        node_o = torch.where(alive, new_o, -1) if over is not None else node_o
         if reorder_state is not None:
             state = reorder_state(state, parent)
     alive = alive[:, :top_k]

@@ -1,18 +1,28 @@
 """Benchmark the constrained beam-search kernel against a per-beam trie search.
 
-    .venv/bin/python scripts/bench_beam_search.py [--sizes 10000 1000000] [--batch 32]
-        [--beam 20] [--repeats 5] [--out reports/bench_beam_search.json]
+    .venv/bin/python scripts/bench_beam_search.py [--sizes 10000 100000 1000000]
+        [--batch 32] [--beam 20] [--top-k 10] [--repeats 20] [--ref-repeats 5]
+        [--overlay 1000] [--threads 1] [--out reports/bench_beam_search.json]
 
 Catalogues: random unique item rows shaped like real ones (models.tokens.item_tokens on
 random codes: L = 5 code levels + 1 dedup token, K = 256 codes per level, random CF/SEM
 split per item). The model is a cheap fixed table of random log-probs indexed by (position,
-hash of the last token), so the model's cost does not hide the index's.
+hash of the last token), so the model's cost does not hide the index's; every step_fn call
+is timed, so model time is reported apart from the search's own time.
 
 Reports, per catalogue size: index build time, per-depth widths, the kernel's time per
 decoding step (measured between one step_fn return and the next call: the selection work
-of that depth) and per full search (median of repeats after a warm-up); and, at the
-smallest size, the reference per-beam dict-trie search (tests/models/test_beam_search.py)
-on the same batch, its results checked equal to the kernel's, and the speed ratio.
+of that depth), per full search, and the model's share of it (medians over `repeats`
+rounds after a warm-up; the rounds visit every size in turn, so load on a shared machine
+hits all sizes alike). The largest catalogue is also searched as a base index plus an
+overlay of its last `overlay` items (OverlayIndex, the serving path), checked to give the
+same results as the whole index. At the smallest size, the reference per-beam dict-trie search of
+tests/models/test_beam_search.py runs on the same batch and model (its trie built
+beforehand, outside the timing, as the kernel's index is): its results (items, scores,
+tokens) are checked equal to the kernel's, and each reference run is paired with a kernel
+run right before it; the speed-ups are medians of the paired ratios, for the full search
+(model calls included: the reference calls the model once per beam, the kernel once per
+depth) and for the search alone (model time subtracted on both sides).
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from models.beam_search import constrained_beam_search  # noqa: E402
-from models.prefix_index import build_prefix_index  # noqa: E402
+from models.prefix_index import OverlayIndex, build_prefix_index  # noqa: E402
 from models.tokens import TokenLayout, item_tokens  # noqa: E402
-from tests.models.test_beam_search import reference_beam_search  # noqa: E402
+from tests.models.test_beam_search import reference_beam_search, reference_trie  # noqa: E402
 
 LEVELS, K = 5, 256
 
@@ -56,46 +66,78 @@ def table_model(depth: int, vocab: int, seed: int, rows: int = 64):
 
     def step_fn(tokens: torch.Tensor, state):
         t = tokens.shape[-1] - 1
-        return table[t][(tokens[..., -1] * 7919) % rows], state
+        key = (tokens[..., -1] * 7919) % rows
+        return table[t].index_select(0, key.reshape(-1)).view(*key.shape, vocab), state
 
     return step_fn
 
 
-def time_kernel(step_fn, dev, batch, beam, top_k, repeats):
-    """(median full-search seconds, per-depth median step seconds)."""
-    marks: list[tuple[str, float]] = []
+class TimedModel:
+    """Wraps a step_fn; records when each call starts and returns (perf_counter)."""
 
-    def timed_step(tokens, state):
-        marks.append(("call", time.perf_counter()))
-        out = step_fn(tokens, state)
-        marks.append(("return", time.perf_counter()))
+    def __init__(self, step_fn) -> None:
+        self.step_fn = step_fn
+        self.calls: list[float] = []
+        self.returns: list[float] = []
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.returns.clear()
+
+    def __call__(self, tokens, state):
+        self.calls.append(time.perf_counter())
+        out = self.step_fn(tokens, state)
+        self.returns.append(time.perf_counter())
         return out
 
-    full, per_step = [], []
-    for rep in range(repeats + 1):  # the first run is the warm-up
-        marks.clear()
-        start = time.perf_counter()
-        constrained_beam_search(timed_step, dev, batch, beam, top_k)
-        end = time.perf_counter()
-        returns = [t for kind, t in marks if kind == "return"]
-        calls = [*(t for kind, t in marks if kind == "call"), end][1:]
-        if rep:
-            full.append(end - start)
-            per_step.append([c - r for r, c in zip(returns, calls, strict=True)])
-    steps = [statistics.median(col) for col in zip(*per_step, strict=True)]
-    return statistics.median(full), steps
+    @property
+    def model_s(self) -> float:
+        return sum(r - c for c, r in zip(self.calls, self.returns, strict=True))
+
+
+def run_kernel(model: TimedModel, dev, args) -> dict:
+    """One timed kernel search: full and model seconds, per-depth step seconds."""
+    model.reset()
+    start = time.perf_counter()
+    out = constrained_beam_search(model, dev, args.batch, args.beam, args.top_k)
+    end = time.perf_counter()
+    # The step of depth t: from step_fn's t-th return to its next call (or the end).
+    steps = [c - r for r, c in zip(model.returns, [*model.calls[1:], end], strict=True)]
+    return {"full": end - start, "model": model.model_s, "steps": steps, "out": out}
+
+
+def same_results(kernel, ref) -> bool:
+    items, scores, tokens = kernel
+    for b, r in enumerate(ref):
+        n = len(r)
+        if (
+            items[b, :n].tolist() != [x[0] for x in r]
+            or scores[b, :n].tolist() != [float(x[1]) for x in r]
+            or [tuple(x) for x in tokens[b, :n].tolist()] != [x[2] for x in r]
+            or (items[b, n:] != -1).any()
+        ):
+            return False
+    return True
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    # sizes ascending: the reference runs at the first, the overlay uses the last
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--ref-repeats", type=int, default=5)
+    parser.add_argument("--overlay", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="reports/bench_beam_search.json")
     args = parser.parse_args()
+    args.sizes = sorted(args.sizes)
     torch.set_num_threads(args.threads)
 
     results = {
@@ -108,6 +150,7 @@ def main() -> None:
         },
         "catalogs": [],
     }
+    cats = []
     for n in args.sizes:
         rows, layout = synthetic_catalog(n, seed=n)
         ids = np.arange(n)
@@ -117,9 +160,8 @@ def main() -> None:
         start = time.perf_counter()
         dev = index.to_tensors("cpu")
         tables_s = time.perf_counter() - start
-        table_mb = sum(t.numel() * 8 * 2 for t in dev.tokens) / 2**20
-        step_fn = table_model(index.depth, layout.vocab_size, seed=0)
-        full_s, steps = time_kernel(step_fn, dev, args.batch, args.beam, args.top_k, args.repeats)
+        table_mb = sum(t.numel() * t.element_size() * 2 for t in dev.tokens) / 2**20
+        model = TimedModel(table_model(index.depth, layout.vocab_size, seed=0))
         entry = {
             "n_items": n,
             "vocab_size": layout.vocab_size,
@@ -128,26 +170,79 @@ def main() -> None:
             "build_s": round(build_s, 3),
             "to_tensors_s": round(tables_s, 3),
             "table_mib": round(table_mb, 1),
-            "kernel_full_search_ms": round(full_s * 1e3, 3),
-            "kernel_step_ms_per_depth": [round(s * 1e3, 3) for s in steps],
-            "kernel_step_ms_median": round(statistics.median(steps) * 1e3, 3),
         }
-        print(json.dumps(entry))
-        if n == min(args.sizes):
-            kernel = constrained_beam_search(step_fn, dev, args.batch, args.beam, args.top_k)
-            start = time.perf_counter()
-            ref = reference_beam_search(step_fn, rows, ids, args.batch, args.beam, args.top_k)
-            ref_s = time.perf_counter() - start
-            same = all(
-                kernel[0][b, : len(r)].tolist() == [x[0] for x in r] for b, r in enumerate(ref)
-            )
-            entry |= {
-                "reference_full_search_ms": round(ref_s * 1e3, 1),
-                "speedup_kernel_vs_reference": round(ref_s / full_s, 1),
-                "reference_results_equal": same,
-            }
-            print(json.dumps({k: entry[k] for k in list(entry)[-3:]}))
-        results["catalogs"].append(entry)
+        cats.append({"entry": entry, "rows": rows, "ids": ids, "dev": dev, "model": model})
+    if args.overlay:
+        # The largest catalogue again, its last `overlay` items added at serving time: the
+        # (base, overlay) pair must give the same results as the whole index.
+        big, m = cats[-1], args.overlay
+        n = big["entry"]["n_items"]
+        vocab = big["entry"]["vocab_size"]
+        ov = OverlayIndex(build_prefix_index(big["rows"][: n - m], big["ids"][: n - m], vocab))
+        start = time.perf_counter()
+        ov.add(big["rows"][n - m :], big["ids"][n - m :])
+        add_s = time.perf_counter() - start
+        entry = {"n_items": n, "overlay_items": m, "overlay_add_s": round(add_s, 3)}
+        cats.append(big | {"entry": entry, "dev": ov.to_tensors("cpu"), "same_as": big})
+
+    # Kernel: round-robin over the sizes, the first round is the warm-up.
+    runs: list[list[dict]] = [[] for _ in cats]
+    for rep in range(args.repeats + 1):
+        for i, cat in enumerate(cats):
+            run = run_kernel(cat["model"], cat["dev"], args)
+            if "same_as" in cat and not rep:
+                want = run_kernel(cat["model"], cat["same_as"]["dev"], args)["out"]
+                same = all(torch.equal(a, b) for a, b in zip(run["out"], want, strict=True))
+                cat["entry"]["results_equal_whole_index"] = same
+            if rep:
+                runs[i].append(run)
+    for cat, cat_runs in zip(cats, runs, strict=True):
+        full = statistics.median(r["full"] for r in cat_runs)
+        model = statistics.median(r["model"] for r in cat_runs)
+        kernel = statistics.median(r["full"] - r["model"] for r in cat_runs)
+        per_run = [r["steps"] for r in cat_runs]
+        steps = [statistics.median(col) for col in zip(*per_run, strict=True)]
+        cat["entry"] |= {
+            "full_search_ms": ms(full),
+            "model_ms": ms(model),
+            "kernel_ms": ms(kernel),
+            "step_ms_mean": ms(full / len(steps)),
+            "kernel_step_ms_per_depth": [ms(s) for s in steps],
+        }
+        print(json.dumps(cat["entry"]))
+
+    # Reference at the smallest size, each run paired with a kernel run just before it.
+    cat = cats[0]
+    trie = reference_trie(cat["rows"], cat["ids"])
+    ref_model = TimedModel(cat["model"].step_fn)
+    pairs, equal = [], True
+    for rep in range(args.ref_repeats + 1):
+        kernel = run_kernel(cat["model"], cat["dev"], args)
+        ref_model.reset()
+        start = time.perf_counter()
+        ref = reference_beam_search(
+            ref_model, cat["rows"], cat["ids"], args.batch, args.beam, args.top_k, trie=trie
+        )
+        ref_s = time.perf_counter() - start
+        equal = equal and same_results(kernel["out"], ref)
+        if rep:
+            pairs.append((kernel, ref_s, ref_model.model_s))
+    ref_full = statistics.median(p[1] for p in pairs)
+    ref_model_s = statistics.median(p[2] for p in pairs)
+    cat["entry"] |= {
+        "reference_full_search_ms": ms(ref_full),
+        "reference_model_ms": ms(ref_model_s),
+        "reference_search_ms": ms(statistics.median(p[1] - p[2] for p in pairs)),
+        "reference_model_calls": len(ref_model.calls),
+        "reference_results_equal": equal,
+        "speedup_full_search": round(statistics.median(p[1] / p[0]["full"] for p in pairs), 1),
+        "speedup_search_only": round(
+            statistics.median((p[1] - p[2]) / (p[0]["full"] - p[0]["model"]) for p in pairs),
+            1,
+        ),
+    }
+    print(json.dumps({k: v for k, v in cat["entry"].items() if k.startswith(("ref", "speed"))}))
+    results["catalogs"] = [c["entry"] for c in cats]
     out = REPO_ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

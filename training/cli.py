@@ -12,13 +12,16 @@ import logging
 import shlex
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from training.data import DEFAULT_CACHE_DIR, PreprocessConfig, SyntheticConfig, load_dataset
 from training.data.preprocess import ProcessedDataset
 from training.data.schema import DataFormatError
+
+if TYPE_CHECKING:  # imported lazily below: torch.distributed is slow to import
+    from training.distributed import DistContext
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 train_app = typer.Typer(no_args_is_help=True, help="Train one stage of the pipeline.")
@@ -71,6 +74,40 @@ def _load(ctx: typer.Context) -> ProcessedDataset:
         # Data problems are the user's to fix: say what, without a traceback.
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
+
+
+def _start_distributed(device: str) -> DistContext:
+    """This process's `training.distributed.DistContext` for a training command: under
+    torchrun it joins the process group, prefixes log lines with the rank and, unless -v,
+    keeps the other ranks' logs to warnings (rank 0 reports for the group)."""
+    from training.distributed import init_distributed
+
+    try:
+        dist_ctx = init_distributed(device)
+    except ValueError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    if dist_ctx.distributed:
+        tag = f"[rank {dist_ctx.rank}/{dist_ctx.world_size}]"
+        fmt = f"%(asctime)s %(levelname)s {tag} %(name)s: %(message)s"
+        root = logging.getLogger()
+        for handler in root.handlers:
+            handler.setFormatter(logging.Formatter(fmt))
+        if not dist_ctx.is_main and root.level > logging.DEBUG:
+            root.setLevel(logging.WARNING)
+    return dist_ctx
+
+
+def _load_ranked(ctx: typer.Context, dist_ctx: DistContext) -> ProcessedDataset:
+    """`_load`, rank 0 first: it may write the processed-data cache the others then read."""
+    from training.distributed import barrier
+
+    if dist_ctx.is_main:
+        ds = _load(ctx)
+    barrier(dist_ctx)
+    if not dist_ctx.is_main:
+        ds = _load(ctx)
+    return ds
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -132,9 +169,10 @@ def train_sasrec_cmd(
     lr: float = 2e-3,
     max_epochs: int = 200,
 ) -> None:
-    """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec."""
+    """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec.
+    Under torchrun every process trains a DDP replica; rank 0 evaluates and saves."""
     from models.sasrec import SASRecConfig
-    from training.device import resolve_device
+    from training.distributed import barrier, cleanup
     from training.stages.sasrec import (
         SASRecTrainConfig,
         evaluate_sasrec,
@@ -142,17 +180,24 @@ def train_sasrec_cmd(
         train_sasrec,
     )
 
-    ds = _load(ctx)
-    model_config = SASRecConfig(
-        n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
-    )
-    train_config = SASRecTrainConfig(lr=lr, max_epochs=max_epochs, seed=seed)
-    torch_device = resolve_device(device)
-    result = train_sasrec(ds, model_config, train_config, torch_device)
-    save_sasrec(result, train_config, run_dir / "sasrec")
-    test = evaluate_sasrec(result.model, ds, torch_device)
-    (run_dir / "sasrec" / "test_metrics.json").write_text(json.dumps(test.metrics, indent=2))
-    typer.echo(json.dumps({"valid": result.best_valid["all"], "test": test.metrics["all"]}))
+    dist_ctx = _start_distributed(device)
+    try:
+        ds = _load_ranked(ctx, dist_ctx)
+        model_config = SASRecConfig(
+            n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
+        )
+        train_config = SASRecTrainConfig(lr=lr, max_epochs=max_epochs, seed=seed)
+        torch_device = dist_ctx.device
+        result = train_sasrec(ds, model_config, train_config, torch_device, distributed=dist_ctx)
+        if dist_ctx.is_main:
+            save_sasrec(result, train_config, run_dir / "sasrec")
+            test = evaluate_sasrec(result.model, ds, torch_device)
+            metrics_path = run_dir / "sasrec" / "test_metrics.json"
+            metrics_path.write_text(json.dumps(test.metrics, indent=2))
+            typer.echo(json.dumps({"valid": result.best_valid["all"], "test": test.metrics["all"]}))
+        barrier(dist_ctx)
+    finally:
+        cleanup(dist_ctx)
 
 
 @train_app.command("tokenizer")
@@ -361,32 +406,44 @@ def train_generator_cmd(
     device: DeviceOpt = "auto",
     seed: int = 0,
     variant: VariantOpt = "full",
-    max_epochs: Annotated[int, typer.Option(help="phase-1 epoch cap")] = 100,
-    finetune_epochs: Annotated[int, typer.Option(help="phase-2 (hard layout) epoch cap")] = 20,
-    patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 5,
+    max_epochs: Annotated[int, typer.Option(help="phase-1 epoch cap")] = 8,
+    finetune_epochs: Annotated[int, typer.Option(help="phase-2 (hard layout) epoch cap")] = 16,
+    patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 2,
     eval_users: Annotated[int, typer.Option(help="validation users per evaluation; 0 = all")] = 0,
 ) -> None:
     """Stages A-D: the router and generator on RUN_DIR's tokenizer (stages A-C are trained
-    first when missing); writes RUN_DIR/generator/ and prints validation and test figures."""
-    from training.device import resolve_device
+    first when missing); writes RUN_DIR/generator/ and prints validation and test figures.
+    Under torchrun stages A and D train on every process (DDP), B and C on rank 0."""
+    from training.distributed import cleanup
     from training.pipeline import run_generator_stage
     from training.stages.generator import GeneratorTrainConfig
 
-    ds = _load(ctx)
-    train_config = GeneratorTrainConfig(
-        seed=seed,
-        max_epochs=max_epochs,
-        finetune_epochs=finetune_epochs,
-        patience=patience,
-        eval_users=eval_users or None,
-    )
+    dist_ctx = _start_distributed(device)
     try:
+        ds = _load_ranked(ctx, dist_ctx)
+        train_config = GeneratorTrainConfig(
+            seed=seed,
+            max_epochs=max_epochs,
+            finetune_epochs=finetune_epochs,
+            patience=patience,
+            eval_users=eval_users or None,
+        )
         result, test = run_generator_stage(
-            ds, run_dir, resolve_device(device), variant, train_config, cache_dir=cache_dir
+            ds,
+            run_dir,
+            dist_ctx.device,
+            variant,
+            train_config,
+            cache_dir=cache_dir,
+            distributed=dist_ctx,
         )
     except (ValueError, FileNotFoundError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
+    finally:
+        cleanup(dist_ctx)
+    if test is None:  # not rank 0: rank 0 prints the figures
+        return
     summary = {
         "variant": variant,
         "valid": result.best_valid["all"],
@@ -420,13 +477,15 @@ def train_pipeline_cmd(
     variant: VariantOpt = "full",
     sasrec_max_epochs: Annotated[int, typer.Option(help="stage A epoch cap")] = 200,
     tokenizer_epochs: Annotated[int, typer.Option(help="stage C epochs")] = 300,
-    generator_max_epochs: Annotated[int, typer.Option(help="stage D phase-1 epoch cap")] = 100,
-    finetune_epochs: Annotated[int, typer.Option(help="stage D phase-2 epoch cap")] = 20,
+    generator_max_epochs: Annotated[int, typer.Option(help="stage D phase-1 epoch cap")] = 8,
+    finetune_epochs: Annotated[int, typer.Option(help="stage D phase-2 epoch cap")] = 16,
 ) -> None:
     """Everything: stages A-D on DATASET, then export a serving bundle to BUNDLE_ROOT.
-    Stages the run directory already holds are reused."""
+    Stages the run directory already holds are reused. Under torchrun (`torchrun
+    --nproc_per_node=N -m training.cli train pipeline ...`) stages A and D train on every
+    process (DDP: NCCL on GPUs, gloo on CPU); stages B, C and the export run on rank 0."""
     from models.bundle import BundleError
-    from training.device import resolve_device
+    from training.distributed import barrier, cleanup
     from training.export import export_bundle
     from training.pipeline import run_generator_stage
     from training.stages.generator import GeneratorTrainConfig
@@ -436,9 +495,11 @@ def train_pipeline_cmd(
     if if_missing and (bundle_root / "LATEST").exists():
         typer.echo(f"{bundle_root} already holds bundle {(bundle_root / 'LATEST').read_text()}")
         return
-    ds = _load(ctx)
-    torch_device = resolve_device(device)
+    dist_ctx = _start_distributed(device)
+    path = None
     try:
+        ds = _load_ranked(ctx, dist_ctx)
+        torch_device = dist_ctx.device
         run_generator_stage(
             ds,
             run_dir,
@@ -450,12 +511,18 @@ def train_pipeline_cmd(
             tokenizer_train_config=TokenizerTrainConfig(epochs=tokenizer_epochs, seed=seed),
             cache_dir=cache_dir,
             sasrec_train_config=SASRecTrainConfig(max_epochs=sasrec_max_epochs, seed=seed),
+            distributed=dist_ctx,
         )
-        path = export_bundle(run_dir, bundle_root, torch_device)
+        if dist_ctx.is_main:
+            path = export_bundle(run_dir, bundle_root, torch_device)
+        barrier(dist_ctx)
     except (ValueError, FileNotFoundError, BundleError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
-    typer.echo(f"bundle: {path}")
+    finally:
+        cleanup(dist_ctx)
+    if path is not None:
+        typer.echo(f"bundle: {path}")
 
 
 @app.command()

@@ -5,6 +5,11 @@
 
 Each `ensure_*` reuses what an earlier run left in the run directory (or the cache) and
 computes only what is missing, so a pipeline run is resumable stage by stage.
+
+Under torchrun (a `training.distributed.DistContext` passed as `distributed`), stages A
+and D train on every rank (DDP); stages B and C are small and run on rank 0 alone. Rank 0
+writes every artifact; the other ranks wait at a barrier and read them back. The run
+directory must be a filesystem every rank sees (one node: any local path).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from models.text_encoder import TextEncoder, TextEncoderConfig
 from training.alpha_report import alpha_summary, plot_alpha
 from training.data import DEFAULT_CACHE_DIR
 from training.data.preprocess import ProcessedDataset
+from training.distributed import DistContext, barrier, single_process
 from training.evaluate import EvalResult
 from training.stages.generator import (
     GeneratorResult,
@@ -45,8 +51,18 @@ from training.stages.tokenizer import (
 logger = logging.getLogger(__name__)
 
 
-def _run_info_ok(run_dir: Path, dataset: ProcessedDataset) -> None:
-    """Refuse to mix artifacts of different datasets in one run directory."""
+def _run_info_ok(
+    run_dir: Path, dataset: ProcessedDataset, distributed: DistContext | None = None
+) -> None:
+    """Refuse to mix artifacts of different datasets in one run directory. Under torchrun
+    rank 0 checks (and writes run.json) first, then the others check."""
+    if distributed is not None and distributed.distributed:
+        if distributed.is_main:
+            _run_info_ok(run_dir, dataset)
+        barrier(distributed)
+        if not distributed.is_main:
+            _run_info_ok(run_dir, dataset)
+        return
     info_path = run_dir / "run.json"
     info = {"dataset": dataset.name, "fingerprint": dataset.fingerprint, "items": dataset.n_items}
     info["preprocess"] = dataset.config.to_dict()
@@ -68,18 +84,23 @@ def ensure_cf_embeddings(
     device: torch.device,
     model_config: SASRecConfig | None = None,
     train_config: SASRecTrainConfig | None = None,
+    distributed: DistContext | None = None,
 ) -> np.ndarray:
-    """Stage A: (N + 1, hidden) SASRec item table, trained unless the run has it."""
+    """Stage A: (N + 1, hidden) SASRec item table, trained unless the run has it
+    (on every rank under torchrun; rank 0 saves it)."""
+    dist_ctx = distributed or single_process(device)
     run_dir = Path(run_dir)
-    _run_info_ok(run_dir, dataset)
+    _run_info_ok(run_dir, dataset, dist_ctx)
     path = run_dir / "sasrec" / "cf_embeddings.npy"
     if path.exists():
         logger.info("stage A: reusing %s", path)
         return np.load(path)
     model_config = model_config or SASRecConfig(n_items=dataset.n_items)
     train_config = train_config or SASRecTrainConfig()
-    result = train_sasrec(dataset, model_config, train_config, device)
-    save_sasrec(result, train_config, run_dir / "sasrec")
+    result = train_sasrec(dataset, model_config, train_config, device, distributed=dist_ctx)
+    if dist_ctx.is_main:
+        save_sasrec(result, train_config, run_dir / "sasrec")
+    barrier(dist_ctx)
     return np.load(path)
 
 
@@ -100,10 +121,39 @@ def run_tokenizer_stage(
     compare_no_align: bool = True,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     sasrec_train_config: SASRecTrainConfig | None = None,
+    distributed: DistContext | None = None,
 ) -> dict:
-    """Stage C, plus the no-align twin for the report when asked. Returns the report."""
+    """Stage C, plus the no-align twin for the report when asked. Returns the report.
+
+    Under torchrun stage A trains on every rank, stages B and C on rank 0 alone; the
+    other ranks wait for them and return the report rank 0 wrote."""
+    dist_ctx = distributed or single_process(device)
     run_dir = Path(run_dir)
-    cf_emb = ensure_cf_embeddings(dataset, run_dir, device, train_config=sasrec_train_config)
+    cf_emb = ensure_cf_embeddings(
+        dataset, run_dir, device, train_config=sasrec_train_config, distributed=dist_ctx
+    )
+    if dist_ctx.is_main:
+        report = _train_tokenizers(
+            dataset, run_dir, device, spec, train_config, compare_no_align, cache_dir, cf_emb
+        )
+    barrier(dist_ctx)
+    if not dist_ctx.is_main:
+        report = json.loads((run_dir / "tokenizer" / "report.json").read_text())
+    return report
+
+
+def _train_tokenizers(
+    dataset: ProcessedDataset,
+    run_dir: Path,
+    device: torch.device,
+    spec: TokenizerSpec,
+    train_config: TokenizerTrainConfig,
+    compare_no_align: bool,
+    cache_dir: Path | None,
+    cf_emb: np.ndarray,
+) -> dict:
+    """Stages B and C on the (N + 1, D_cf) CF table: writes run_dir/tokenizer (and the
+    no-align twin when asked); returns the report."""
     sem_emb = ensure_semantic_embeddings(dataset, device, cache_dir)
     warm = dataset.train_counts() > 0
     config = build_config(spec, sem_emb.shape[1], cf_emb.shape[1], dataset.n_items)
@@ -139,9 +189,14 @@ def run_generator_stage(
     tokenizer_train_config: TokenizerTrainConfig | None = None,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     sasrec_train_config: SASRecTrainConfig | None = None,
-) -> tuple[GeneratorResult, EvalResult]:
+    distributed: DistContext | None = None,
+) -> tuple[GeneratorResult, EvalResult | None]:
     """Stage D on run_dir (stages A-C first when the run lacks them): trains the variant,
-    saves it to run_dir/generator with its test metrics, returns (result, test)."""
+    saves it to run_dir/generator with its test metrics, returns (result, test).
+
+    Under torchrun every rank trains (DDP) and returns the same result; rank 0 alone
+    evaluates on the test split and saves, and the other ranks get None for `test`."""
+    dist_ctx = distributed or single_process(device)
     run_dir = Path(run_dir)
     needs_twin = variant == "no-align"
     tokenizer_dir = run_dir / ("tokenizer-no-align" if needs_twin else "tokenizer")
@@ -155,10 +210,28 @@ def run_generator_stage(
             compare_no_align=needs_twin,
             cache_dir=cache_dir,
             sasrec_train_config=sasrec_train_config,
+            distributed=dist_ctx,
         )
-    _run_info_ok(run_dir, dataset)
+    _run_info_ok(run_dir, dataset, dist_ctx)
     train_config = train_config or GeneratorTrainConfig()
-    result = train_variant(dataset, run_dir, variant, device, train_config)
+    result = train_variant(dataset, run_dir, variant, device, train_config, distributed=dist_ctx)
+    if dist_ctx.is_main:
+        test = _test_and_save(dataset, run_dir, variant, device, train_config, result)
+    else:
+        test = None
+    barrier(dist_ctx)
+    return result, test
+
+
+def _test_and_save(
+    dataset: ProcessedDataset,
+    run_dir: Path,
+    variant: str,
+    device: torch.device,
+    train_config: GeneratorTrainConfig,
+    result: GeneratorResult,
+) -> EvalResult:
+    """Stage D's test metrics, artifacts (run_dir/generator) and alpha plot."""
     test = evaluate_generator(result, dataset, device, "test")
     extra = {"variant": variant, "test": test.metrics, "test_users": test.counts}
     counts = dataset.train_counts()
@@ -172,4 +245,4 @@ def run_generator_stage(
         run_dir / "generator",
         test.metrics["all"]["ndcg@10"],
     )
-    return result, test
+    return test

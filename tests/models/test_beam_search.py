@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.beam_search import constrained_beam_search
+from models.beam_search import _select, constrained_beam_search
 from models.prefix_index import OverlayIndex, build_prefix_index
 from tests.models.test_prefix_index import random_catalog
 
@@ -39,17 +39,28 @@ def make_table_model(seed: int, depth: int, vocab: int, quantise: bool = False):
     return step_fn
 
 
-def reference_beam_search(step_fn, rows, ids, batch_size, beam_width, top_k, exclude=None):
-    """Per-request, per-beam constrained beam search over a dict trie.
-
-    Returns, per request, a list of (item id, float32 score, tokens tuple), best first.
-    """
+def reference_trie(rows, ids) -> dict:
+    """The reference's dict trie: nested {token: child}, the last token maps to the item id."""
     trie: dict = {}
     for row, item in zip(rows.tolist(), ids.tolist(), strict=True):
         node = trie
         for tok in row[:-1]:
             node = node.setdefault(tok, {})
         node[row[-1]] = item
+    return trie
+
+
+def reference_beam_search(
+    step_fn, rows, ids, batch_size, beam_width, top_k, exclude=None, trie=None
+):
+    """Per-request, per-beam constrained beam search over a dict trie.
+
+    trie: `reference_trie(rows, ids)`, built here when None (pass it to time the search
+    alone, as scripts/bench_beam_search.py does).
+    Returns, per request, a list of (item id, float32 score, tokens tuple), best first.
+    """
+    if trie is None:
+        trie = reference_trie(rows, ids)
     depth = rows.shape[1]
 
     def prefix_allowed_tokens_fn(prefix):
@@ -248,3 +259,50 @@ def test_argument_checks():
         constrained_beam_search(step_fn, dev, 2, 3, 1, exclude=torch.zeros(3, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="log_probs"):
         constrained_beam_search(lambda t, s: (torch.zeros(2, 3, vocab + 1), s), dev, 2, 3, 1)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_select_matches_a_full_stable_sort(seed):
+    """topk + boundary-tie fallback = the stable sort the tie rule is defined by."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, n_cand, width = 6, int(torch.randint(5, 60, (1,), generator=gen)), 5
+    cand = torch.randint(0, 4, (rows, n_cand), generator=gen).float()  # ties everywhere
+    cand[torch.rand(rows, n_cand, generator=gen) < 0.4] = float("-inf")
+    cand[0] = float("-inf")  # no valid candidate at all
+    cand[1, width:] = float("-inf")  # exactly `width` candidates may be valid
+    key = torch.randperm(n_cand, generator=gen).expand(rows, n_cand).contiguous()
+    for k in (None, key):
+        val, idx = _select(cand, width, k)
+        k_full = torch.arange(n_cand).expand(rows, n_cand) if k is None else k
+        by_key = k_full.sort(dim=1, stable=True).indices
+        order = by_key.gather(
+            1, cand.gather(1, by_key).sort(dim=1, descending=True, stable=True).indices
+        )[:, :width]
+        want_val = cand.gather(1, order)
+        assert torch.equal(val, want_val)
+        finite = want_val > float("-inf")  # which invalid candidates fill up is free
+        assert torch.equal(idx[finite], order[finite])
+        assert torch.equal(cand.gather(1, idx), val)
+
+
+def test_empty_overlay_and_nan_log_probs():
+    """An empty overlay changes nothing; NaN log-probs are invalid like -inf ones."""
+    rows, ids, vocab = random_catalog(70, n=150)
+    index = build_prefix_index(rows, ids, vocab)
+    model = make_table_model(70, rows.shape[1], vocab)
+    bad = torch.rand(rows.shape[1], vocab, generator=torch.Generator().manual_seed(0)) < 0.2
+
+    def with_nan(tokens, state):
+        logp = model(tokens, state)[0]
+        return logp.masked_fill(bad[tokens.shape[-1] - 1], float("nan")), state
+
+    def with_neg_inf(tokens, state):
+        logp = model(tokens, state)[0]
+        return logp.masked_fill(bad[tokens.shape[-1] - 1], float("-inf")), state
+
+    got = constrained_beam_search(with_nan, OverlayIndex(index).to_tensors(), 3, 8, 5)
+    assert_matches_reference(
+        got, reference_beam_search(with_neg_inf, rows, ids, 3, 8, 5), rows, ids
+    )
+    plain = constrained_beam_search(with_neg_inf, index.to_tensors(), 3, 8, 5)
+    assert all(torch.equal(a, b) for a, b in zip(got, plain, strict=True))

@@ -45,6 +45,15 @@ from models.router import Router, RouterConfig, popularity_bands, router_feature
 from models.tokens import TokenLayout, code_sequences, max_dedup_needed
 from training.data.preprocess import EvalSet, ProcessedDataset, Sequences
 from training.device import autocast, seed_everything
+from training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    broadcast_module,
+    broadcast_object,
+    shard,
+    single_process,
+    wrap,
+)
 from training.early_stopping import EarlyStopping
 from training.evaluate import EvalResult, TopKFn, evaluate_topk
 from training.stages.sasrec import length_bucketed_batches, training_windows
@@ -73,12 +82,15 @@ VARIANTS: dict[str, Variant] = {
 
 @dataclass(frozen=True)
 class GeneratorTrainConfig:
-    lr: float = 1e-3
+    # Chosen on ML-100K validation NDCG@10 under a CPU budget (docs/method.md, "Stage D
+    # schedule"): validation peaks within ~12 hard-layout epochs and then overfits, so
+    # short phases with early stopping lose little and keep a run to a few minutes.
+    lr: float = 2e-3
     batch_size: int = 64
-    max_epochs: int = 100  # phase 1 upper bound; early stopping ends runs sooner
-    patience: int = 5  # evaluations without a validation NDCG@10 gain before stopping
-    eval_every: int = 2  # epochs between validation passes
-    finetune_epochs: int = 20  # phase 2: frozen router, hard layout, hard masks
+    max_epochs: int = 8  # phase 1 (router + generator, soft masks) upper bound
+    patience: int = 2  # evaluations without a validation NDCG@10 gain before stopping
+    eval_every: int = 4  # epochs between validation passes
+    finetune_epochs: int = 16  # phase 2: frozen router, hard layout, hard masks
     grad_clip: float = 1.0
     seed: int = 0
     beam_width: int = 30  # >= top-10 + a margin for excluded history items
@@ -325,6 +337,62 @@ def evaluate_generator(
 # --- training ----------------------------------------------------------------------------
 
 
+class _TrainingStep(torch.nn.Module):
+    """One stage-D training step's loss as a module: the router and the generator together.
+
+    Under DDP (`training.distributed.wrap`) the wrapped module's forward must compute the
+    whole loss: in phase 1 the generation loss reaches the router's parameters through the
+    soft masks, so both must be one DDP model for the router's gradients to be averaged
+    too. In phase 2 the router is frozen before wrapping, and DDP leaves it out.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        router: Router,
+        table: ItemTable,
+        features: torch.Tensor,
+        bands: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.router = router
+        self.table = table  # not a module: codes only
+        self.features = features  # (N + 1, 4) raw router features, constant
+        self.bands = bands  # (N + 1,) popularity band per item, constant
+        self.device = device
+
+    def forward(
+        self,
+        seq: torch.Tensor,
+        tgt: torch.Tensor,
+        tok: torch.Tensor,
+        hard_masks: tuple[torch.Tensor, torch.Tensor] | None,
+        loss_scale: float,
+    ) -> torch.Tensor:
+        """seq, tgt: (B, T) item ids (history and next item, 0 = none); tok: (N + 1, L + 1)
+        the current hard tokens; hard_masks: (N + 1, L) CF and SEM masks (phase 2), or None
+        for the router's soft masks (phase 1). Returns the scalar loss: the summed
+        generation loss / loss_scale, plus the router's regularisers when it learns."""
+        router = self.router
+        reg = None
+        if hard_masks is None:
+            alpha = router(self.features)  # (N + 1,) with gradients (learned router)
+            cf_m, sem_m = router.soft_masks(alpha)
+            if router.mlp is not None:
+                reg = router.regularisers(alpha, self.features, self.bands)["total"]
+        else:
+            cf_m, sem_m = hard_masks
+        hist = self.table.history(seq, cf_m[seq], sem_m[seq], tok[:, -1])
+        with autocast(self.device):
+            _, loss = self.generator(hist, tok[tgt])
+        loss = loss / loss_scale
+        if reg is not None:
+            loss = loss + reg
+        return loss
+
+
 def train_generator(
     dataset: ProcessedDataset,
     tokenizer: DualTokenizer,
@@ -335,12 +403,22 @@ def train_generator(
     device: torch.device,
     progress: bool = True,
     cf_embeddings: np.ndarray | None = None,
+    distributed: DistContext | None = None,
 ) -> GeneratorResult:
     """Stage D (module docstring). codes: load_tokenizer's dict (sem_codes, cf_codes,
     warm). generator_config's vocab_size and budget are replaced by the layout's
     vocab_size and router_config.budget. cf_embeddings: optional SASRec table for the
-    router's uncertainty feature."""
+    router's uncertainty feature.
+
+    distributed: under torchrun, this rank's context: each rank trains a DDP replica of
+    the router + generator (phase 1) or the generator (phase 2) on its shard of the
+    batches; rank 0 validates and every rank follows its early-stopping decisions; all
+    ranks return the same result. The per-target loss weighting is unchanged (see
+    `training.stages.sasrec.train_sasrec`); the router's regularisers are computed on
+    the whole catalog, so they are the same on every rank and DDP's averaging keeps
+    their weight. None: one process."""
     del progress  # logging only; kept for the runner interface
+    dist_ctx = distributed or single_process(device)
     started = time.perf_counter()
     seed_everything(train_config.seed)
     budget = router_config.budget
@@ -389,48 +467,55 @@ def train_generator(
             n_cf = router.hard_split(alpha).cpu().numpy()
         return n_cf, table.hard_tokens(n_cf), alpha
 
-    def run_epoch(params, optimizer, hard_tokens, hard_masks) -> float:
+    step = _TrainingStep(generator, router, table, features, bands, device)
+    if dist_ctx.distributed:
+        # Same init on every rank (above), different dropout masks from here on.
+        torch.manual_seed(train_config.seed + dist_ctx.rank)
+        if dist_ctx.is_main:
+            logger.info(
+                "generator: %d processes (%s), %d of %d batches each per epoch",
+                dist_ctx.world_size,
+                dist_ctx.backend,
+                math.ceil(n_batches / dist_ctx.world_size),
+                n_batches,
+            )
+
+    def run_epoch(net, params, optimizer, hard_tokens, hard_masks) -> float:
+        """One epoch over this rank's shard; the mean batch loss over all ranks."""
         generator.train()
         tok = torch.as_tensor(hard_tokens, device=device)
-        dedup = tok[:, -1]
         total = 0.0
-        for batch in length_bucketed_batches(lengths, train_config.batch_size, rng):
+        batches = length_bucketed_batches(lengths, train_config.batch_size, rng)
+        mine = shard(batches, dist_ctx)
+        for batch in mine:
             width = int(lengths[batch].max())
             seq = inputs_t[batch, -width:].to(device)
             tgt = targets_t[batch, -width:].to(device)
-            reg = None
-            if hard_masks is None:
-                alpha = router(features)  # (N + 1,) with gradients (learned router)
-                cf_m, sem_m = router.soft_masks(alpha)
-                if router.mlp is not None:
-                    reg = router.regularisers(alpha, features, bands)["total"]
-            else:
-                cf_m, sem_m = hard_masks
-            hist = table.history(seq, cf_m[seq], sem_m[seq], dedup)
-            with autocast(device):
-                _, loss = generator(hist, tok[tgt])
-            loss = loss / loss_scale
-            if reg is not None:
-                loss = loss + reg
+            loss = net(seq, tgt, tok, hard_masks, loss_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, train_config.grad_clip)
             optimizer.step()
             total += loss.item()
-        return total / n_batches
+        # For one process: total / n_batches.
+        return all_reduce_sum(total, dist_ctx) / (len(mine) * dist_ctx.world_size)
 
-    def validate(hard_tokens, n_cf) -> EvalResult:
-        return _evaluate(
-            generator,
-            table,
-            hard_tokens,
-            n_cf,
-            validation,
-            groups,
-            device,
-            train_config.beam_width,
-            desc="valid",
-        )
+    def validate(hard_tokens, n_cf) -> dict[str, dict[str, float]]:
+        """Rank 0's validation metrics, on every rank (so they all stop together)."""
+        metrics = None
+        if dist_ctx.is_main:
+            metrics = _evaluate(
+                generator,
+                table,
+                hard_tokens,
+                n_cf,
+                validation,
+                groups,
+                device,
+                train_config.beam_width,
+                desc="valid",
+            ).metrics
+        return broadcast_object(metrics, dist_ctx)
 
     curve: list[dict] = []
 
@@ -439,17 +524,18 @@ def train_generator(
     if router.mlp is not None:
         params += list(router.parameters())
     optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=0.0)
+    net = wrap(step, dist_ctx)  # the step itself for one process
     phase1 = EarlyStopping(train_config.patience)
     for epoch in range(1, train_config.max_epochs + 1):
         router.train()
         n_cf, hard_tokens, _ = current_layout()
-        loss = run_epoch(params, optimizer, hard_tokens, None)
+        loss = run_epoch(net, params, optimizer, hard_tokens, None)
         if epoch % train_config.eval_every and epoch != train_config.max_epochs:
             continue
         router.eval()
         n_cf, hard_tokens, alpha = current_layout()
-        result = validate(hard_tokens, n_cf)
-        ndcg = result.metrics["all"]["ndcg@10"]
+        metrics = validate(hard_tokens, n_cf)
+        ndcg = metrics["all"]["ndcg@10"]
         curve.append(
             {
                 "phase": 1,
@@ -463,7 +549,7 @@ def train_generator(
         logger.info("generator phase 1 epoch %d: loss %.4f valid NDCG@10 %.4f", epoch, loss, ndcg)
         if phase1.update(ndcg):
             phase1.best = {
-                "valid": result.metrics,
+                "valid": metrics,
                 "generator": copy.deepcopy(generator.state_dict()),
                 "router": copy.deepcopy(router.state_dict()),
             }
@@ -474,6 +560,7 @@ def train_generator(
     best = phase1.best  # the last epoch always evaluates, so phase 1 has a best
     generator.load_state_dict(best["generator"])
     router.load_state_dict(best["router"])
+    broadcast_module(step, dist_ctx)  # the replicas' snapshots agree; make it certain
     router.eval()
     for p in router.parameters():
         p.requires_grad_(False)
@@ -481,25 +568,30 @@ def train_generator(
     masks = table.hard_masks(n_cf)
     params = list(generator.parameters())
     optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=0.0)
+    # A new DDP wrapper: the frozen router must be left out of gradient averaging (the
+    # phase-1 wrapper's hooks stay idle: they only act after a forward through it).
+    del net
+    net = wrap(step, dist_ctx)
     # Phase 2 must beat phase 1's best to replace the generator kept from it.
     phase2 = EarlyStopping(train_config.patience, best_score=phase1.best_score)
     for epoch in range(1, train_config.finetune_epochs + 1):
-        loss = run_epoch(params, optimizer, hard_tokens, masks)
+        loss = run_epoch(net, params, optimizer, hard_tokens, masks)
         if epoch % train_config.eval_every and epoch != train_config.finetune_epochs:
             continue
-        result = validate(hard_tokens, n_cf)
-        ndcg = result.metrics["all"]["ndcg@10"]
+        metrics = validate(hard_tokens, n_cf)
+        ndcg = metrics["all"]["ndcg@10"]
         curve.append({"phase": 2, "epoch": epoch, "loss": loss, "valid_ndcg@10": ndcg})
         logger.info("generator phase 2 epoch %d: loss %.4f valid NDCG@10 %.4f", epoch, loss, ndcg)
         if phase2.update(ndcg):
             phase2.best = {
-                "valid": result.metrics,
+                "valid": metrics,
                 "generator": copy.deepcopy(generator.state_dict()),
             }
         if phase2.should_stop:
             break
     best = phase2.best or best
     generator.load_state_dict(best["generator"])
+    broadcast_module(generator, dist_ctx)
     generator.eval()
     logger.info("stage D trained in %.0f s", time.perf_counter() - started)
     return GeneratorResult(
@@ -616,11 +708,12 @@ def train_variant(
     device: torch.device,
     train_config: GeneratorTrainConfig | None = None,
     generator_config: GeneratorConfig | None = None,
+    distributed: DistContext | None = None,
 ) -> GeneratorResult:
     """Stage D for one named variant (VARIANTS) on a run directory holding stages A-C:
     <pipeline_dir>/tokenizer (or tokenizer-no-align) and, for the router's uncertainty
     feature, <pipeline_dir>/sasrec/cf_embeddings.npy. The budget is capped at the
-    tokenizer's levels."""
+    tokenizer's levels. distributed: see `train_generator`."""
     from training.stages.tokenizer import load_tokenizer  # stage C's artifacts
 
     if variant not in VARIANTS:
@@ -650,6 +743,7 @@ def train_variant(
         train_config or GeneratorTrainConfig(),
         device,
         cf_embeddings=cf_emb,
+        distributed=distributed,
     )
 
 

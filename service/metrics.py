@@ -1,0 +1,98 @@
+"""Prometheus metrics, one explicit CollectorRegistry per app (names are a contract: the
+grafana dashboard reads them), and the ASGI middleware that times requests."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Not timed: scrapes and probes would drown the request figures.
+UNTIMED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+UNMATCHED_ROUTE = "__unmatched__"  # one label for every 404 path (bounded cardinality)
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_duration = Histogram(
+            "flexcode_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.beam_search_duration = Histogram(
+            "flexcode_beam_search_duration_seconds",
+            "Time of one batched user-state + constrained beam search call",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "flexcode_batch_size",
+            "Recommend requests per micro-batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "flexcode_cache_hits", "Item lookups answered from local state", registry=r
+        )
+        self.cache_misses = Counter(
+            "flexcode_cache_misses", "Item lookups not in local state", registry=r
+        )
+        self.items_added = Counter(
+            "flexcode_items_added", "Items added (or replaced) through POST /items", registry=r
+        )
+        self.catalog_items = Gauge(
+            "flexcode_catalog_items", "Recommendable items (bundle + added)", registry=r
+        )
+        self.redis_up = Gauge(
+            "flexcode_redis_up", "1 when the shared Redis is reachable, else 0", registry=r
+        )
+        self.model_info = Gauge(
+            "flexcode_model_info",
+            "Always 1; labels describe the served model",
+            ["version", "device", "backend"],
+            registry=r,
+        )
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path or UNMATCHED_ROUTE
+
+
+class RequestMetricsMiddleware:
+    """Times every request except UNTIMED_PATHS, labelled by the matched route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNTIMED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.http_duration.labels(
+                route=_route_template(scope), method=scope["method"], status=str(status)
+            ).observe(time.perf_counter() - started)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import EngineDep, SettingsDep
+from service.errors import BadRequest
+from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
+
+router = APIRouter(tags=["recommend"])
+
+
+@router.post("/recommend", response_model=RecommendResponse)
+async def recommend(
+    body: RecommendRequest, engine: EngineDep, settings: SettingsDep
+) -> RecommendResponse:
+    """Top-k next items for a history (most recent last). Unknown ids are skipped and
+    listed; a history with no known item gets the popularity ranking."""
+    if len(body.history) > settings.max_history:
+        raise BadRequest(
+            f"history has {len(body.history)} items; at most {settings.max_history} are "
+            "accepted (send the most recent ones)"
+        )
+    if body.k > settings.max_k:
+        raise BadRequest(f"k must be <= {settings.max_k}, got {body.k}")
+    if body.beam_width is not None and body.beam_width > settings.max_beam_width:
+        raise BadRequest(f"beam_width must be <= {settings.max_beam_width}, got {body.beam_width}")
+    result, unknown, fallback = await engine.recommend(
+        body.history, body.k, body.exclude_history, body.beam_width
+    )
+    return RecommendResponse(
+        items=[
+            ScoredItem(item_id=i, score=s)
+            for i, s in zip(result.item_ids, result.scores, strict=True)
+        ],
+        model_version=engine.rec.bundle.version,
+        unknown_items=unknown,
+        fallback=fallback,
+    )

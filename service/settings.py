@@ -1,0 +1,93 @@
+"""Service configuration, read from the environment (prefix FLEXCODE_) by pydantic-settings.
+
+Nothing is read at import time: `Settings()` is built by the app factory (or passed in by
+a test), so every app instance has its own configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Keys that are obviously not secrets; production refuses them.
+_PLACEHOLDER_KEYS = {"changeme", "change-me", "secret", "password", "test", "dev", "key"}
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the deploy files set exactly these names."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEXCODE_", extra="ignore")
+
+    # Bundle directory, or a bundle root holding a LATEST file that names the current one.
+    bundle_path: Path = Path("bundles")
+    # auto = CUDA when available, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch or onnx (onnxruntime: CUDA EP on GPU, CPU EP otherwise). Default: the faster
+    # one on the benchmark machine (scripts/bench_service.py, reports/bench_service.json).
+    backend: Literal["torch", "onnx"] = "torch"
+    # Empty = embedded mode: in-process cache + SQLite journal (one node).
+    redis_url: str = ""
+    redis_prefix: str = "flexcode"
+    journal_path: Path = Path("data/journal.sqlite3")
+    # Bearer keys accepted by write routes; empty = no auth (development only).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    environment: Literal["development", "production"] = "development"
+
+    max_history: int = Field(200, ge=1, le=100_000)
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_beam_width: int = Field(200, ge=1, le=10_000)
+    # Beam width when a request gives none (raised to k when k is larger). Excluded history
+    # items are masked at the last step only, so the beam keeps a margin over k.
+    default_beam_width: int = Field(30, ge=1, le=10_000)
+    max_items_per_request: int = Field(256, ge=1, le=100_000)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    batch_max_size: int = Field(32, ge=1, le=4096)
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    log_level: str = "info"
+
+    # Start-up: one recommend and one encode before the service reports ready.
+    warmup: bool = True
+    # Redis reconnect backoff: first wait, doubling up to the cap (seconds).
+    redis_backoff_initial_s: float = Field(0.2, gt=0)
+    redis_backoff_max_s: float = Field(5.0, gt=0)
+    # Torch intra-op threads for inference; 0 = leave torch's default.
+    torch_threads: int = Field(0, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug")
+        if value.lower() not in levels:
+            raise ValueError(f"log_level must be one of {levels}, got {value!r}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _production_needs_keys(self) -> Settings:
+        if self.environment != "production":
+            return self
+        if not self.api_keys:
+            raise ValueError(
+                "FLEXCODE_API_KEYS is required when FLEXCODE_ENVIRONMENT=production "
+                "(comma-separated bearer keys for POST /items)"
+            )
+        weak = [k for k in self.api_keys if k.lower() in _PLACEHOLDER_KEYS or len(k) < 16]
+        if weak:
+            raise ValueError(
+                "FLEXCODE_API_KEYS holds a placeholder or short key (< 16 characters); "
+                "production needs real secrets"
+            )
+        return self
+
+    @property
+    def redis_enabled(self) -> bool:
+        return bool(self.redis_url.strip())

@@ -1,0 +1,240 @@
+"""The service through real HTTP (embedded mode unless stated): recommend, items, health,
+metrics, bad input, restart durability, start-up refusals, torch vs ONNX."""
+
+import asyncio
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.bundle import resolve_bundle_path
+from service.app import StartupError, create_app
+from tests.service.conftest import running_app
+from tests.service.fakes import FakeTextEncoder
+
+pytestmark = pytest.mark.anyio
+
+HISTORIES = [["item-1", "item-5"], ["item-7"], ["item-3", "item-9", "item-11", "item-2"]]
+
+
+async def test_recommend_skips_unknown_and_excludes_history(make_settings) -> None:
+    async with running_app(make_settings()) as (client, _):
+        r = await client.post("/recommend", json={"history": ["item-1", "nope", "item-5"], "k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["unknown_items"] == ["nope"] and body["fallback"] is None
+        ids = [it["item_id"] for it in body["items"]]
+        assert len(ids) == 5 and len(set(ids)) == 5
+        assert not {"item-1", "item-5"} & set(ids)
+        scores = [it["score"] for it in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert body["model_version"].startswith("tiny-")
+
+
+async def test_popularity_fallback_and_long_history(make_settings) -> None:
+    async with running_app(make_settings()) as (client, _):
+        for history in ([], ["ghost-1", "ghost-2"]):
+            r = await client.post("/recommend", json={"history": history, "k": 3})
+            assert r.status_code == 200 and r.json()["fallback"] == "popularity"
+            assert len(r.json()["items"]) == 3
+        # 150 items > the model's max_len (12): cut to the most recent, still answered.
+        long = [f"item-{1 + i % 60}" for i in range(150)]
+        r = await client.post(
+            "/recommend", json={"history": long, "k": 3, "exclude_history": False}
+        )
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+
+
+async def test_added_items_are_served_and_idempotent(make_settings) -> None:
+    async with running_app(make_settings()) as (client, _):
+        new = [{"item_id": f"new-{i}", "title": "Same title", "brand": "Acme"} for i in range(3)]
+        r = await client.post("/items", json={"items": new})
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        assert [it["status"] for it in items] == ["added"] * 3
+        tokens = [tuple(it["tokens"]) for it in items]
+        assert len(set(tokens)) == 3 and len({t[:-1] for t in tokens}) == 1  # dedup differs
+        assert all(it["origin"] == "added" and 0 <= it["n_cf"] <= 3 for it in items)
+        again = await client.post("/items", json={"items": new[:1]})
+        assert again.json()["items"][0]["status"] == "unchanged"
+        assert tuple(again.json()["items"][0]["tokens"]) == tokens[0]
+        conflict = await client.post(
+            "/items", json={"items": [{"item_id": "new-0", "title": "Changed"}]}
+        )
+        assert conflict.status_code == 409 and "replace" in conflict.json()["detail"]
+        replaced = await client.post(
+            "/items", json={"items": [{"item_id": "new-0", "title": "Changed"}], "replace": True}
+        )
+        assert replaced.status_code == 200 and replaced.json()["items"][0]["status"] == "replaced"
+        bundle = await client.post("/items", json={"items": [{"item_id": "item-2", "title": "x"}]})
+        assert bundle.status_code == 409 and "bundle" in bundle.json()["detail"]
+
+        got = await client.get("/items/new-1")
+        assert got.status_code == 200 and tuple(got.json()["tokens"]) == tokens[1]
+        assert (await client.get("/items/item-4")).json()["origin"] == "bundle"
+        assert (await client.get("/items/missing")).status_code == 404
+
+        # New items are recommendable: in history (known, excluded) and as results.
+        r = await client.post("/recommend", json={"history": ["new-1"], "k": 60, "beam_width": 80})
+        assert r.status_code == 200 and r.json()["unknown_items"] == []
+        ids = {it["item_id"] for it in r.json()["items"]}
+        assert "new-1" not in ids and {"new-0", "new-2"} & ids
+
+
+async def test_restart_keeps_added_items_embedded(make_settings) -> None:
+    settings = make_settings()
+    async with running_app(settings) as (client, _):
+        r = await client.post("/items", json={"items": [{"item_id": "keep-me", "title": "Kept"}]})
+        tokens = r.json()["items"][0]["tokens"]
+    async with running_app(settings) as (client, _):
+        got = await client.get("/items/keep-me")
+        assert got.status_code == 200 and got.json()["tokens"] == tokens
+        ready = (await client.get("/readyz")).json()
+        assert ready["added_items"] == 1 and ready["store"] == {"mode": "embedded", "up": True}
+
+
+async def test_api_key_required_when_configured(make_settings) -> None:
+    key = "k" * 32
+    async with running_app(make_settings(api_keys=[key])) as (client, _):
+        body = {"items": [{"item_id": "auth-1", "title": "x"}]}
+        assert (await client.post("/items", json=body)).status_code == 401
+        bad = await client.post("/items", json=body, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        ok = await client.post("/items", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200
+        assert (await client.post("/recommend", json={"history": []})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        ("/recommend", {"history": ["item-1"], "k": 0}, "k"),
+        ("/recommend", {"history": ["item-1"], "k": 101}, "k must be <= 100"),
+        ("/recommend", {"history": ["item-1"] * 201}, "at most 200"),
+        ("/recommend", {"history": ["item-1"], "beam_width": 201}, "beam_width must be"),
+        ("/recommend", {"history": ["item-1"], "k": 20, "beam_width": 10}, "beam_width (10)"),
+        ("/recommend", {"history": "item-1"}, "history"),
+        ("/recommend", {"history": [""]}, "1 to 256"),
+        ("/recommend", {"history": [], "unknown_field": 1}, "unknown_field"),
+        ("/items", {"items": []}, "items"),
+        ("/items", {"items": [{"item_id": "a"}]}, "title"),
+        ("/items", {"items": [{"item_id": "a", "title": "t", "x": {"y": 1}}]}, "'x'"),
+        ("/items", {"items": [{"item_id": "a", "title": "t"}] * 2}, "more than once"),
+        ("/items", {"items": [{"item_id": f"a{i}", "title": "t"} for i in range(257)]}, "256"),
+    ],
+)
+async def test_bad_input_is_a_4xx_with_a_message(make_settings, path, body, needle) -> None:
+    async with running_app(make_settings()) as (client, _):
+        r = await client.post(path, json=body)
+        assert 400 <= r.status_code < 500, r.text
+        assert needle in r.json()["detail"], r.json()
+
+
+async def test_malformed_and_oversized_bodies(make_settings) -> None:
+    async with running_app(make_settings(max_body_bytes=2048)) as (client, _):
+        headers = {"Content-Type": "application/json"}
+        r = await client.post("/recommend", content=b"{not json", headers=headers)
+        assert r.status_code == 422 and "JSON" in r.json()["detail"]
+        big = {"history": ["item-1"] * 100, "pad": "x" * 5000}
+        r = await client.post("/recommend", json=big)
+        assert r.status_code == 413 and "2048" in r.json()["detail"]
+
+        async def chunks():  # no Content-Length: the limit counts what arrives
+            for _ in range(10):
+                yield b" " * 1000
+
+        r = await client.post("/recommend", content=chunks(), headers=headers)
+        assert r.status_code == 413
+        assert (await client.get("/nowhere")).status_code == 404
+
+
+async def test_health_and_metrics(make_settings) -> None:
+    async with running_app(make_settings()) as (client, _):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        await client.post("/recommend", json={"history": ["item-1"], "k": 2})
+        await client.post("/items", json={"items": [{"item_id": "m-1", "title": "x"}]})
+        await client.get("/items/m-1")
+        await client.get("/items/nothing-here")
+        text = (await client.get("/metrics")).text
+        for name in (
+            "flexcode_http_request_duration_seconds_bucket",
+            "flexcode_beam_search_duration_seconds_bucket",
+            "flexcode_batch_size_bucket",
+            "flexcode_cache_hits_total",
+            "flexcode_cache_misses_total",
+            "flexcode_items_added_total 1.0",
+            "flexcode_catalog_items 61.0",
+            "flexcode_redis_up 0.0",
+        ):
+            assert name in text, name
+        assert re.search(r'flexcode_model_info\{backend="torch",device="cpu",version="tiny-', text)
+        assert (
+            'route="/items/{item_id}",status="404"' in text.replace('method="GET",', "")
+            or 'route="/items/{item_id}"' in text
+        )
+        assert 'route="/recommend"' in text
+        assert 'route="/metrics"' not in text and 'route="/healthz"' not in text
+
+
+async def test_concurrent_requests_are_micro_batched(make_settings) -> None:
+    async with running_app(make_settings(batch_max_wait_ms=50)) as (client, _):
+        results = await asyncio.gather(
+            *(client.post("/recommend", json={"history": h, "k": 3}) for h in HISTORIES * 4)
+        )
+        assert all(r.status_code == 200 for r in results)
+        text = (await client.get("/metrics")).text
+        count = float(re.search(r"flexcode_batch_size_count (\S+)", text).group(1))
+        assert count < 12  # 12 requests (and the warm-up) in fewer batches
+        # Batching does not change answers.
+        alone = await client.post("/recommend", json={"history": HISTORIES[2], "k": 3})
+        assert alone.json()["items"] == results[2].json()["items"]
+
+
+async def test_torch_and_onnx_return_the_same_top_k(make_settings) -> None:
+    tops = {}
+    for backend in ("torch", "onnx"):
+        settings = make_settings(backend=backend)
+        async with running_app(settings) as (client, _):
+            tops[backend] = []
+            for history in HISTORIES:
+                r = await client.post("/recommend", json={"history": history, "k": 10})
+                tops[backend].append([it["item_id"] for it in r.json()["items"]])
+            text = (await client.get("/metrics")).text
+            assert f'backend="{backend}"' in text
+    assert tops["torch"] == tops["onnx"]
+
+
+async def test_corrupted_bundle_stops_start_up(bundle_root: Path, make_settings, tmp_path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle_path(bundle_root), copy)
+    with (copy / "generator.safetensors").open("r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02\x03")
+    app = create_app(make_settings(bundle_path=copy), text_encoder=FakeTextEncoder())
+    with pytest.raises(StartupError, match=r"generator\.safetensors: sha256"):
+        async with app.router.lifespan_context(app):
+            pass
+    original = resolve_bundle_path(bundle_root)
+    shutil.copy(original / "generator.safetensors", copy / "generator.safetensors")
+    (copy / "items.npz").unlink()
+    with pytest.raises(StartupError, match=r"items\.npz: listed in manifest\.json but missing"):
+        async with app.router.lifespan_context(app):
+            pass
+    shutil.copy(original / "items.npz", copy / "items.npz")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StartupError, match="incompatible bundle format 99"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+async def test_wrong_text_encoder_stops_start_up(make_settings) -> None:
+    app = create_app(make_settings(), text_encoder=FakeTextEncoder(model_id="other-model"))
+    with pytest.raises(StartupError, match="other-model"):
+        async with app.router.lifespan_context(app):
+            pass
