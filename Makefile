@@ -19,12 +19,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps recbole==1.2.1
 	touch $@
 
-# The main job on the embedded default, as far as the pipeline goes today: on
-# MovieLens-100K, SASRec (stage A), text embeddings (B) and the dual-codebook tokenizer
-# (C), reusing whatever runs/ml-100k already holds; then SASRec's test metrics.
+# The service on the embedded default: if bundles/ holds no bundle yet, train one on
+# MovieLens-100K first (stages A-D + export, 10-20 min on 2 CPU cores), then serve it on
+# http://127.0.0.1:8000 with an in-process cache and a local journal (no Redis needed).
 run: setup
-	$(BIN)/flexcode train tokenizer --dataset ml-100k --run-dir runs/ml-100k
-	$(BIN)/flexcode evaluate runs/ml-100k --dataset ml-100k
+	$(BIN)/flexcode serve --train-if-missing
 
 test: setup lint
 	$(BIN)/pytest
@@ -41,4 +40,4 @@ bench-synthetic: setup
 	$(BIN)/python scripts/bench_synthetic.py --items 1000000 --interactions 10000000 --preprocess
 
 clean:
-	rm -rf $(VENV) artifacts reports .pytest_cache .ruff_cache
+	rm -rf $(VENV) artifacts reports logs .pytest_cache .ruff_cache

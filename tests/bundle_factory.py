@@ -16,7 +16,7 @@ import torch
 
 from models.alignment import AlignmentConfig
 from models.bundle import BundleContents, BundleExistsError, write_bundle
-from models.cold_start import aligned_cf_vectors, aligned_sem_vectors
+from models.cold_start import aligned_cf_vectors, build_imputation_index, nearest_warm
 from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
 from models.generator import Generator, GeneratorConfig
 from models.router import Router, RouterConfig, router_features
@@ -26,6 +26,7 @@ from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_ne
 TEXT_DIM, CF_DIM = 24, 16  # small stand-ins for MiniLM (384) and SASRec (64)
 N_LEVELS, CODEBOOK = 4, 8
 TEXT_MODEL_ID = "tiny-random-text-encoder;max_seq_length=128"
+MAX_IMPUTATION_CANDIDATES = 10_000
 
 
 def tiny_contents(n_items: int = 60, budget: int = 3, seed: int = 0) -> BundleContents:
@@ -55,13 +56,18 @@ def tiny_contents(n_items: int = 60, budget: int = 3, seed: int = 0) -> BundleCo
     popularity[1:3] = (5, 7)  # at least two warm items: the scaler and the index need them
     warm = popularity > 0
 
-    # Cold items: CF codes of the nearest warm item in the aligned space.
+    # Cold items: CF codes of the nearest warm item in the aligned space, as export does.
+    # Random weights make the choice arbitrary anyway, so large catalogs (scale benchmarks)
+    # search only the first MAX_IMPUTATION_CANDIDATES warm items to build in seconds.
     warm_ids = np.flatnonzero(warm)
     vectors = aligned_cf_vectors(tokenizer, cf_codes[warm_ids])  # (W, P)
     cold_ids = np.flatnonzero(~warm)[1:]
     if cold_ids.size:
-        nearest = (aligned_sem_vectors(tokenizer, sem_codes[cold_ids]) @ vectors.T).argmax(1)
-        cf_codes[cold_ids] = cf_codes[warm_ids[nearest]]
+        candidates = warm_ids[:MAX_IMPUTATION_CANDIDATES]
+        index = build_imputation_index(vectors[:MAX_IMPUTATION_CANDIDATES])
+        cf_codes[cold_ids] = cf_codes[
+            nearest_warm(tokenizer, sem_codes[cold_ids], index, candidates)
+        ]
 
     features = router_features(popularity, None, None, n_users=50)  # (N + 1, 4)
     router = Router(RouterConfig(budget=budget, hidden_dim=8)).fit_scaler(features)

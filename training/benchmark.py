@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,19 +50,48 @@ class BenchmarkPlan:
             raise ValueError("a benchmark needs at least one model and one seed")
 
 
+def _run_job(
+    model: str, seed: int, dataset: ProcessedDataset, context: RunContext, threads: int
+) -> tuple[dict, dict, float]:
+    """One (model, seed) cell: (metrics, test user counts, seconds). Top-level so a
+    worker process can run it."""
+    if threads:  # a spawned worker: its own thread budget and log handler
+        torch.set_num_threads(threads)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logger.info("benchmark: %s seed %d", model, seed)
+    start = time.perf_counter()
+    result = MODEL_RUNNERS[model](dataset, seed, context)
+    return result.metrics, result.counts, time.perf_counter() - start
+
+
 def run_benchmark(
-    dataset: ProcessedDataset, plan: BenchmarkPlan, context: RunContext, command: str
+    dataset: ProcessedDataset,
+    plan: BenchmarkPlan,
+    context: RunContext,
+    command: str,
+    workers: int = 1,
 ) -> dict:
+    """Every (model, seed) of the plan. workers > 1 runs that many cells at once in
+    spawned processes with one torch thread each: on a small CPU box, independent
+    single-threaded runs use the cores better than one run's intra-op threads. Each
+    cell is seeded on its own, so the figures do not depend on `workers`."""
+    jobs = [(model, seed) for model in plan.models for seed in plan.seeds]
+    if workers <= 1:
+        outputs = [_run_job(m, s, dataset, context, 0) for m, s in jobs]
+    else:
+        spawn = multiprocessing.get_context("spawn")  # fork after torch threads can hang
+        with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+            futures = [pool.submit(_run_job, m, s, dataset, context, 1) for m, s in jobs]
+            outputs = [f.result() for f in futures]
     per_seed: dict[str, list[dict]] = {}
     seconds: dict[str, list[float]] = {}
-    for model in plan.models:
-        for seed in plan.seeds:
-            logger.info("benchmark: %s seed %d", model, seed)
-            start = time.perf_counter()
-            result = MODEL_RUNNERS[model](dataset, seed, context)
-            seconds.setdefault(model, []).append(time.perf_counter() - start)
-            per_seed.setdefault(model, []).append(result.metrics)
-            counts = result.counts
+    for (model, _), (metrics, _, elapsed) in zip(jobs, outputs, strict=True):
+        per_seed.setdefault(model, []).append(metrics)
+        seconds.setdefault(model, []).append(elapsed)
+    counts = outputs[-1][1]  # the same test users for every model
+    machine = machine_info(context.device)
+    machine["benchmark_workers"] = workers
     return {
         "dataset": dataset.name,
         "seeds": list(plan.seeds),
@@ -70,7 +101,7 @@ def run_benchmark(
         "seconds_per_seed": {m: [round(s, 1) for s in v] for m, v in seconds.items()},
         "test_users": counts,
         "dataset_summary": dataset.summary(),
-        "machine": machine_info(context.device),
+        "machine": machine,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -307,6 +307,9 @@ def benchmark(
     run_dir: Annotated[
         Path | None, typer.Option(help="a `train tokenizer` run, needed by the FlexCode variants")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="(model, seed) runs at once, one torch thread each")
+    ] = 1,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json and results.md to OUT."""
     from training.baselines import RunContext
@@ -331,7 +334,7 @@ def benchmark(
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
     )
-    results = run_benchmark(ds, plan, context, _command_line(ctx))
+    results = run_benchmark(ds, plan, context, _command_line(ctx), workers=workers)
     json_path, md_path = write_results(results, out)
     typer.echo(results_markdown(results))
     typer.echo(f"wrote {json_path} and {md_path}")
@@ -406,8 +409,8 @@ def train_generator_cmd(
     device: DeviceOpt = "auto",
     seed: int = 0,
     variant: VariantOpt = "full",
-    max_epochs: Annotated[int, typer.Option(help="phase-1 epoch cap")] = 8,
-    finetune_epochs: Annotated[int, typer.Option(help="phase-2 (hard layout) epoch cap")] = 16,
+    max_epochs: Annotated[int, typer.Option(help="phase-1 epoch cap")] = 4,
+    finetune_epochs: Annotated[int, typer.Option(help="phase-2 (hard layout) epoch cap")] = 12,
     patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 2,
     eval_users: Annotated[int, typer.Option(help="validation users per evaluation; 0 = all")] = 0,
 ) -> None:
@@ -477,8 +480,8 @@ def train_pipeline_cmd(
     variant: VariantOpt = "full",
     sasrec_max_epochs: Annotated[int, typer.Option(help="stage A epoch cap")] = 200,
     tokenizer_epochs: Annotated[int, typer.Option(help="stage C epochs")] = 300,
-    generator_max_epochs: Annotated[int, typer.Option(help="stage D phase-1 epoch cap")] = 8,
-    finetune_epochs: Annotated[int, typer.Option(help="stage D phase-2 epoch cap")] = 16,
+    generator_max_epochs: Annotated[int, typer.Option(help="stage D phase-1 epoch cap")] = 4,
+    finetune_epochs: Annotated[int, typer.Option(help="stage D phase-2 epoch cap")] = 12,
 ) -> None:
     """Everything: stages A-D on DATASET, then export a serving bundle to BUNDLE_ROOT.
     Stages the run directory already holds are reused. Under torchrun (`torchrun

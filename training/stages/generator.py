@@ -87,10 +87,10 @@ class GeneratorTrainConfig:
     # short phases with early stopping lose little and keep a run to a few minutes.
     lr: float = 2e-3
     batch_size: int = 64
-    max_epochs: int = 8  # phase 1 (router + generator, soft masks) upper bound
+    max_epochs: int = 4  # phase 1 (router + generator, soft masks) upper bound
     patience: int = 2  # evaluations without a validation NDCG@10 gain before stopping
     eval_every: int = 4  # epochs between validation passes
-    finetune_epochs: int = 16  # phase 2: frozen router, hard layout, hard masks
+    finetune_epochs: int = 12  # phase 2: frozen router, hard layout, hard masks
     grad_clip: float = 1.0
     seed: int = 0
     beam_width: int = 30  # >= top-10 + a margin for excluded history items
