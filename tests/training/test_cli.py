@@ -4,16 +4,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.training.tiny_pipeline import SMALL_SYNTHETIC, tiny_pipeline_args
 from training.cli import app
 
-SMALL = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-items",
-    "300",
-    "--synthetic-interactions",
-    "6000",
-]
+SMALL = SMALL_SYNTHETIC
 
 
 @pytest.mark.slow
@@ -139,27 +133,7 @@ def test_tune_on_user_data_writes_ranked_results(tmp_path):
 def test_train_pipeline_exports_a_bundle_that_loads(tmp_path):
     from models.bundle import load_bundle
 
-    args = [
-        "train",
-        "pipeline",
-        *SMALL,
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--bundle-root",
-        str(tmp_path / "bundles"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--device",
-        "cpu",
-        "--sasrec-max-epochs",
-        "2",
-        "--tokenizer-epochs",
-        "5",
-        "--generator-max-epochs",
-        "2",
-        "--finetune-epochs",
-        "1",
-    ]
+    args = tiny_pipeline_args(tmp_path)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tmp_path / "bundles")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.tiny_pipeline import tiny_pipeline_args
 from training.distributed import (
     DistContext,
     all_reduce_sum,
@@ -67,30 +68,7 @@ def test_pipeline_under_torchrun_with_two_cpu_processes(tmp_path):
         "--nproc_per_node=2",
         "-m",
         "training.cli",
-        "train",
-        "pipeline",
-        "--dataset",
-        "synthetic",
-        "--synthetic-items",
-        "300",
-        "--synthetic-interactions",
-        "6000",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--bundle-root",
-        str(tmp_path / "bundles"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--device",
-        "cpu",
-        "--sasrec-max-epochs",
-        "2",
-        "--tokenizer-epochs",
-        "5",
-        "--generator-max-epochs",
-        "2",
-        "--finetune-epochs",
-        "1",
+        *tiny_pipeline_args(tmp_path),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
