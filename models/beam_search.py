@@ -3,8 +3,10 @@
 The index comes from `models.prefix_index` (built offline by NumPy); here every step is a
 few fixed-shape tensor ops over (B requests, W beams, W_k child slots): index_select the
 padded child-token rows of every beam's node (a missing node reads the padding row), gather
-the model's log-probs at those tokens, add the beam scores, mask padding slots with -inf
-(-inf and NaN log-probs are invalid too), and keep the best W of the W * W_k candidates
+the model's scores at those tokens, mask padding slots with -inf (-inf and NaN scores are
+invalid too), renormalise them over the valid children (`restrict`: the softmax of each
+step is over the tokens that can follow the prefix, so a finished sequence's score is
+log P(item)), add the beam scores, and keep the best W of the W * W_k candidates
 per request with one topk; only the W picked candidates then have their child read
 (table[row, slot]). The first step runs over the dense (V,) root mask instead. There is no
 Python loop over requests, beams or items; the only loop is over the L + 1 depths.
@@ -110,12 +112,25 @@ def _select(
     return val, idx
 
 
+def restrict(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Log-softmax over the valid entries of `dim` only: invalid entries are -inf (or NaN,
+    which counts as invalid) and stay -inf; a slice with no valid entry is all -inf.
+
+    This is what makes an item's summed token log-probs log P(item): at every step the
+    distribution is over the prefix's valid next tokens, not the whole vocabulary, so no
+    mass leaks to tokens that cannot follow and rare prefixes are not penalised."""
+    logits = logits.masked_fill(logits.isnan(), NEG_INF)
+    lse = torch.logsumexp(logits, dim=dim, keepdim=True)
+    return torch.where(lse > NEG_INF, logits - lse, NEG_INF)
+
+
 def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
     """(B, W, V) log-probs, (B, W) beam scores, (B, W, S) child tokens (-1 = padding slot)
-    -> (B, W, S) candidate scores score + logp[token], -inf at padding slots."""
+    -> (B, W, S) candidate scores score + log P(token | prefix) restricted to the beam's
+    children, -inf at padding slots."""
     # Clamped gather: padding slots read token 0 and are masked just below.
-    cand = logp.gather(2, tok.clamp(min=0)).add_(score[:, :, None])
-    return cand.masked_fill_(tok < 0, NEG_INF)
+    cand = logp.gather(2, tok.clamp(min=0)).masked_fill_(tok < 0, NEG_INF)
+    return restrict(cand, dim=2).add_(score[:, :, None])
 
 
 def _is_empty(index: DeviceIndex) -> bool:
@@ -163,7 +178,8 @@ def constrained_beam_search(
         column 0 is `bos_token`, then the t tokens generated so far (t = 0 .. D - 1); at
         t = 0 all W beams are the same BOS. Beams that died (fewer valid prefixes than W)
         carry PAD (0) tokens, so embedding lookups stay in range. log_probs: (B, W, V)
-        float, V = index vocab_size; scores accumulate in its dtype.
+        float, V = index vocab_size: log-probs or logits, either way each step renormalises
+        them over the beam's valid next tokens; scores accumulate in its dtype.
     index_tensors: DeviceIndex, or a (base, overlay) pair of them (`OverlayIndex`).
     exclude: optional (B, E) int64 item ids to drop per request (e.g. its history), -1
         padding. Excluded leaves are masked at the last step only, so earlier steps may
@@ -175,8 +191,9 @@ def constrained_beam_search(
         (the last one included) with parent (B, W) int64, the beam in [0, W) each new beam
         extends, so KV caches can follow the surviving beams.
 
-    Returns (item_ids (B, top_k) int64, -1 padding; scores (B, top_k) total log-probs,
-    -inf padding; tokens (B, top_k, D) int64, -1 padding), best first. A candidate whose
+    Returns (item_ids (B, top_k) int64, -1 padding; scores (B, top_k) log P(item), the sum
+    of the restricted per-step log-probs, -inf padding; tokens (B, top_k, D) int64, -1
+    padding), best first. A candidate whose
     score is -inf or NaN (the model forbids a token) is treated as invalid.
 
     Ties: at the last step, equal scores go to the lower item id; at earlier steps to the
@@ -226,7 +243,7 @@ def constrained_beam_search(
         if t == 0:
             # All beams are the same BOS: expand beam 0 only, over the dense root tables.
             # Candidate j is token j, so positions order candidates by token.
-            cand = logp[:, 0, :].masked_fill(root_invalid, NEG_INF)
+            cand = restrict(logp[:, 0, :].masked_fill(root_invalid, NEG_INF), dim=1)
             if last:
                 item = root_item.expand(n_req, vocab)
             slots, tok = vocab, None
@@ -309,3 +326,79 @@ def constrained_beam_search(
     items = torch.where(alive, torch.where(node_b >= 0, node_b, node_o)[:, :top_k], -1)
     tokens = torch.where(alive[:, :, None], history[:, :top_k, 1:], -1)
     return items, score[:, :top_k], tokens
+
+
+def sequence_log_probs(
+    log_probs: torch.Tensor,
+    tokens: torch.Tensor,
+    index_tensors: DeviceIndex | tuple[DeviceIndex, DeviceIndex],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced scores of given token sequences under the same restricted softmax
+    as `constrained_beam_search`: training's loss, the rescoring of candidates found
+    another way, and exact full-catalogue scoring all go through here.
+
+    log_probs: (M, D, V) the model's scores (log-probs or logits) of token t of sequence m
+        given its first t tokens; tokens: (M, D) int64 the sequences.
+    index_tensors: DeviceIndex, or a (base, overlay) pair (valid children = the union).
+    Returns ((M, D) float log P(token t | prefix), the softmax taken over the prefix's
+    valid next tokens, -inf from the first token that is not a valid child on; (M,) int64
+    the item id of each sequence, -1 where it is no item of the index).
+    """
+    base, over = _check_index(index_tensors)
+    if over is not None and _is_empty(over):
+        over = None
+    n, depth, vocab = log_probs.shape
+    if tuple(tokens.shape) != (n, depth) or depth != base.depth or vocab != base.vocab_size:
+        raise ValueError(
+            f"log_probs (M, {base.depth}, {base.vocab_size}) and tokens (M, {base.depth}) "
+            f"expected, got {tuple(log_probs.shape)} and {tuple(tokens.shape)}"
+        )
+    scores = log_probs.masked_fill(log_probs.isnan(), NEG_INF)
+    tokens = tokens.to(base.device)
+    in_vocab = ((tokens >= 0) & (tokens < vocab)).all(dim=1)
+    tokens = torch.where(in_vocab[:, None], tokens, 0)
+    root_valid, root_b = base.root_mask, base.root_child
+    root_o = torch.full_like(root_b, -1)
+    if over is not None:
+        root_valid, root_o = root_valid | over.root_mask, over.root_child
+    out = []
+    node_b = node_o = None
+    for t in range(depth):
+        tok = tokens[:, t : t + 1]  # (M, 1)
+        if t == 0:
+            kids = torch.arange(vocab, device=base.device).masked_fill(~root_valid, -1)
+            kids = kids[None].expand(n, -1)
+            found = root_valid[tok[:, 0]]
+            new_b, new_o = root_b[tok[:, 0]], root_o[tok[:, 0]]
+        else:
+            tb = base.tokens[t - 1]
+            rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1)
+            kids_b = tb.index_select(0, rows_b)  # (M, Wb) ascending, -1 padding last
+            found_b, new_b = _lookup_sorted(
+                kids_b, base.children[t - 1].index_select(0, rows_b), tok
+            )
+            kids, found, new_b = kids_b, found_b[:, 0], new_b[:, 0]
+            new_o = torch.full_like(new_b, -1)
+            if over is not None:
+                to = over.tokens[t - 1]
+                rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1)
+                kids_o = to.index_select(0, rows_o)
+                found_o, new_o = _lookup_sorted(
+                    kids_o, over.children[t - 1].index_select(0, rows_o), tok
+                )
+                in_b, _ = _lookup_sorted(kids_b, kids_b, kids_o)
+                kids = torch.cat([kids_b, torch.where(in_b, -1, kids_o)], dim=1)
+                found, new_o = found | found_o[:, 0], new_o[:, 0]
+        # log P(tok | prefix) = score[tok] - logsumexp(score over the valid children)
+        cand = scores[:, t].gather(1, kids.clamp(min=0)).masked_fill(kids < 0, NEG_INF)
+        lse = torch.logsumexp(cand, dim=1)
+        target = scores[:, t].gather(1, tok)[:, 0]
+        out.append(torch.where(found & (target > NEG_INF), target - lse, NEG_INF))
+        node_b, node_o = torch.where(found, new_b, -1), torch.where(found, new_o, -1)
+    log_p = torch.stack(out, dim=1)
+    dead = ~in_vocab | torch.isneginf(log_p).any(dim=1)
+    # Once a token is invalid the prefix has left the index: every later token is -inf too.
+    log_p = log_p.masked_fill(torch.isneginf(log_p).cumsum(dim=1) > 0, NEG_INF)
+    log_p = log_p.masked_fill(~in_vocab[:, None], NEG_INF)
+    items = torch.where(dead, -1, torch.where(node_b >= 0, node_b, node_o))
+    return log_p, items

@@ -12,8 +12,9 @@ nothing of training:
     generator.safetensors    Generator state dict
     items.npz                per internal id (row 0 = padding): external_ids (fixed-width
                              unicode), sem_codes, cf_codes (cold ones imputed), item_tokens
-                             (the served L + 1 tokens), n_cf (Lcol), alpha, popularity;
-                             plus new_item_features (4,) and imputation_ids (W,)
+                             (the served L + 1 tokens), n_cf (Lcol), alpha, popularity,
+                             item_vectors (the dense head's table, (N + 1, C) float32);
+                             plus imputation_ids (W,)
     prefix_index.npz         the PrefixIndex arrays over items 1..N (never rebuilt at load)
     imputation.faiss         IndexFlatIP over the L2-normalised aligned CF projections of
                              warm items: a new item's CF codes are copied from its nearest
@@ -38,7 +39,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,8 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-from models.cold_start import build_imputation_index
+from models.cold_start import ColdStart, build_imputation_index
+from models.decoding import DecodingConfig
 from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
 from models.generator import Generator, GeneratorConfig
 from models.prefix_index import PrefixIndex, build_prefix_index
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dense + generative heads, item vectors, monotone router
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 ONNX_GRAPHS = ("history_encoder", "token_decoder")
@@ -73,7 +75,7 @@ ITEM_ARRAYS = (
     "n_cf",
     "alpha",
     "popularity",
-    "new_item_features",
+    "item_vectors",
     "imputation_ids",
 )
 PREFIX_ARRAYS = (
@@ -106,6 +108,7 @@ class BundleManifest:
     created_at: str  # ISO 8601 UTC
     dataset: dict  # {"name", "fingerprint", "n_items"}
     # {"tokenizer", "router", "generator", "layout": their to_dict(), "budget": L,
+    #  "decoding": DecodingConfig fields (beam width, dense weight, dense candidates),
     #  "text_model_id": the sentence encoder new items' text must be embedded with}
     config: dict
     files: dict[str, str]  # relative path -> sha256 hex; every file except manifest.json
@@ -159,7 +162,9 @@ class BundleContents:
     item_tokens: (N + 1, L + 1) int64 served tokens, row 0 = zeros.
     n_cf: (N + 1,) int64 Lcol per item; alpha: (N + 1,) float32 the router's CF share.
     popularity: (N + 1,) int64 training interaction counts (fallback ranking).
-    new_item_features: (4,) float32 raw router features of an item with no interactions.
+    item_vectors: (N + 1, C) float32 the served item vectors (`Generator.item_vectors`
+    with the hard masks of each item's split); row 0 zeros.
+    decoding: the DecodingConfig stage D chose on validation (dense weight w).
     imputation_vectors: (W, P) float32 L2-normalised aligned CF projections of warm items;
     imputation_ids: (W,) int64 their internal ids.
     """
@@ -176,7 +181,8 @@ class BundleContents:
     n_cf: np.ndarray
     alpha: np.ndarray
     popularity: np.ndarray
-    new_item_features: np.ndarray
+    item_vectors: np.ndarray
+    decoding: DecodingConfig
     imputation_vectors: np.ndarray
     imputation_ids: np.ndarray
     text_model_id: str
@@ -203,7 +209,8 @@ class Bundle:
     n_cf: np.ndarray
     alpha: np.ndarray
     popularity: np.ndarray
-    new_item_features: np.ndarray
+    item_vectors: np.ndarray
+    decoding: DecodingConfig
     prefix_index: PrefixIndex  # over items 1..N, built at export
     imputation_index: faiss.Index  # IndexFlatIP; row r <-> imputation_ids[r]
     imputation_ids: np.ndarray
@@ -217,6 +224,19 @@ class Bundle:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    def cold_start(self) -> ColdStart:
+        """The cold-start path (text embedding -> codes, split, vector) of this bundle."""
+        return ColdStart(
+            tokenizer=self.tokenizer,
+            router=self.router,
+            generator=self.generator,
+            layout=self.layout,
+            budget=self.budget,
+            imputation_index=self.imputation_index,
+            imputation_ids=self.imputation_ids,
+            cf_codes_table=self.cf_codes,
+        )
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -288,7 +308,7 @@ def _check_contents(c: BundleContents) -> None:
         "n_cf": (n_rows,),
         "alpha": (n_rows,),
         "popularity": (n_rows,),
-        "new_item_features": (c.router.config.n_features,),
+        "item_vectors": (n_rows, c.generator.config.hidden),
     }
     for name, shape in expect.items():
         got = np.asarray(getattr(c, name)).shape
@@ -347,7 +367,7 @@ def _serialise(contents: BundleContents, onnx_files: dict[str, bytes]) -> dict[s
         "n_cf": np.asarray(c.n_cf, dtype=np.int64),
         "alpha": np.asarray(c.alpha, dtype=np.float32),
         "popularity": np.asarray(c.popularity, dtype=np.int64),
-        "new_item_features": np.asarray(c.new_item_features, dtype=np.float32),
+        "item_vectors": np.asarray(c.item_vectors, dtype=np.float32),
         "imputation_ids": np.asarray(c.imputation_ids, dtype=np.int64),
     }
     prefix_arrays = {name: getattr(prefix, name) for name in PREFIX_ARRAYS}
@@ -419,6 +439,7 @@ def write_bundle(
             "generator": contents.generator.config.to_dict(),
             "layout": contents.layout.to_dict(),
             "budget": int(contents.budget),
+            "decoding": asdict(contents.decoding),
             "text_model_id": str(contents.text_model_id),
         },
         files=hashes,
@@ -592,9 +613,10 @@ def _config(manifest: BundleManifest, bundle_dir: Path):
         return (
             DualTokenizerConfig.from_dict(cfg["tokenizer"]),
             RouterConfig.from_dict(cfg["router"]),
-            GeneratorConfig(**cfg["generator"]),
+            GeneratorConfig.from_dict(cfg["generator"]),
             TokenLayout.from_dict(cfg["layout"]),
             int(cfg["budget"]),
+            DecodingConfig(**cfg["decoding"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(
@@ -612,6 +634,7 @@ def _check_loaded(b: Bundle) -> None:
         "n_cf": (b.n_cf.shape, (n_rows,)),
         "alpha": (b.alpha.shape, (n_rows,)),
         "popularity": (b.popularity.shape, (n_rows,)),
+        "item_vectors": (b.item_vectors.shape, (n_rows, b.generator.config.hidden)),
         "sem_codes": (b.sem_codes.shape[:1], (n_rows,)),
         "cf_codes": (b.cf_codes.shape[:1], (n_rows,)),
         "imputation_ids": (b.imputation_ids.shape, (b.imputation_index.ntotal,)),
@@ -636,7 +659,7 @@ def load_bundle(path: Path, device: torch.device | str = "cpu", verify: bool = T
     device = torch.device(device)
     bundle_dir = resolve_bundle_path(path)
     manifest = verify_bundle(bundle_dir) if verify else _read_manifest(bundle_dir)
-    tok_cfg, router_cfg, gen_cfg, layout, budget = _config(manifest, bundle_dir)
+    tok_cfg, router_cfg, gen_cfg, layout, budget, decoding = _config(manifest, bundle_dir)
     tokenizer = _load_module(DualTokenizer(tok_cfg), bundle_dir / "tokenizer.safetensors", device)
     router = _load_module(Router(router_cfg), bundle_dir / "router.safetensors", device)
     generator = _load_module(Generator(gen_cfg), bundle_dir / "generator.safetensors", device)
@@ -660,6 +683,7 @@ def load_bundle(path: Path, device: torch.device | str = "cpu", verify: bool = T
         generator=generator,
         layout=layout,
         budget=budget,
+        decoding=decoding,
         prefix_index=prefix,
         imputation_index=imputation_index,
         onnx_paths={g: bundle_dir / f"{g}.onnx" for g in ONNX_GRAPHS},

@@ -3,8 +3,9 @@
 The same path serves the cold-holdout evaluation (training) and POST /items (serving):
 
   text embedding -> semantic RQ-VAE -> semantic codes
-  router features of an item with no interactions -> alpha -> n_cf = round(alpha * L)
+  the router at zero interactions -> alpha (its floor, cold_alpha) -> n_cf = round(alpha * L)
   semantic codes -> aligned (CCA) space -> nearest warm item's CF projection -> its CF codes
+  codes under that split, no id, + text -> the item's vector for the dense head
 
 A cold item's own CF embedding was never trained, so its collaborative codes have to be
 borrowed; the aligned space is where text meets co-consumption, which is what the
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 
 from models.dual_tokenizer import DualTokenizer
+from models.generator import Generator, ItemFeatures
 from models.router import Router
-from models.tokens import TokenLayout, code_sequences
+from models.tokens import CF, SEM, TokenLayout, code_sequences
 
 
 def build_imputation_index(vectors: np.ndarray) -> faiss.Index:
@@ -76,7 +78,7 @@ def nearest_warm(
 @dataclass(frozen=True)
 class NewItemCodes:
     """Codes of M new items. prefixes: (M, L) int64 code tokens in the order the item is
-    written (CF levels first, then semantic), without the dedup token."""
+    written (its dominant codebook first), without the dedup token."""
 
     sem_codes: np.ndarray  # (M, L_max) int64
     cf_codes: np.ndarray  # (M, L_max) int64, borrowed from `neighbours`
@@ -84,43 +86,81 @@ class NewItemCodes:
     alpha: np.ndarray  # (M,) float32 CF share
     n_cf: np.ndarray  # (M,) int64 CF tokens of the L
     prefixes: np.ndarray  # (M, L) int64 (`models.tokens.code_sequences`)
+    vectors: np.ndarray  # (M, C) float32 item vectors for the dense head
 
 
-@torch.no_grad()
-def tokenize_new_items(
-    tokenizer: DualTokenizer,
-    router: Router,
-    sem_embeddings: np.ndarray,
-    new_item_features: np.ndarray,
-    imputation_index: faiss.Index,
-    imputation_ids: np.ndarray,
-    cf_codes_table: np.ndarray,
-    budget: int,
+def served_item_features(
     layout: TokenLayout,
-) -> NewItemCodes:
-    """Codes of M new items from their (M, D_sem) text embeddings (module docstring).
-
-    new_item_features: (4,) raw router features of an item with no interactions (every
-    new item gets the same ones: popularity, age and uncertainty are unknown).
-    cf_codes_table: (N + 1, L_max) CF codes of the catalog; imputation_ids index into it.
-    """
-    sem_embeddings = np.asarray(sem_embeddings, dtype=np.float32)
-    if sem_embeddings.ndim != 2:
-        raise ValueError(f"sem_embeddings must be (M, D), got {sem_embeddings.shape}")
-    device = next(tokenizer.parameters()).device
-    n = sem_embeddings.shape[0]
-    sem_codes = tokenizer.encode_sem(torch.as_tensor(sem_embeddings, device=device)).cpu().numpy()
-    neighbours = nearest_warm(tokenizer, sem_codes, imputation_index, imputation_ids)
-    cf_codes = np.asarray(cf_codes_table, dtype=np.int64)[neighbours]
-    features = np.broadcast_to(np.asarray(new_item_features, dtype=np.float32), (n, 4))
-    features = torch.as_tensor(features.copy(), device=router.positions.device)
-    alpha = router(features)
-    n_cf = router.hard_split(alpha).cpu().numpy().astype(np.int64)
-    return NewItemCodes(
-        sem_codes=sem_codes.astype(np.int64),
-        cf_codes=cf_codes,
-        neighbours=neighbours,
-        alpha=alpha.float().cpu().numpy(),
-        n_cf=n_cf,
-        prefixes=code_sequences(cf_codes, sem_codes, n_cf, budget, layout),
+    budget: int,
+    ids: np.ndarray,
+    cf_codes: np.ndarray,
+    sem_codes: np.ndarray,
+    n_cf: np.ndarray,
+    text: np.ndarray | None,
+    device: torch.device,
+) -> ItemFeatures:
+    """ItemFeatures of M items as serving writes them: their first `budget` levels of
+    each codebook with the HARD masks of their split (M, L); ids (M,) (0 = none)."""
+    levels = np.arange(budget)[None, :]
+    cf_tok = layout.code_token(CF, levels, np.asarray(cf_codes)[:, :budget])
+    sem_tok = layout.code_token(SEM, levels, np.asarray(sem_codes)[:, :budget])
+    n_cf_t = torch.as_tensor(np.asarray(n_cf, dtype=np.int64), device=device)[:, None]
+    k = torch.arange(1, budget + 1, device=device)
+    return ItemFeatures(
+        ids=torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device),
+        cf_tokens=torch.as_tensor(cf_tok, device=device),
+        sem_tokens=torch.as_tensor(sem_tok, device=device),
+        cf_weight=(k <= n_cf_t).float(),
+        sem_weight=(k <= budget - n_cf_t).float(),
+        text=None if text is None else torch.as_tensor(text, dtype=torch.float32, device=device),
     )
+
+
+@dataclass
+class ColdStart:
+    """Everything the cold-start path reads, from one bundle (or stage D's results).
+
+    cf_codes_table: (N + 1, L_max) CF codes of the catalogue; imputation_ids index into it
+    and name the rows of `imputation_index`.
+    """
+
+    tokenizer: DualTokenizer
+    router: Router
+    generator: Generator
+    layout: TokenLayout
+    budget: int
+    imputation_index: faiss.Index
+    imputation_ids: np.ndarray
+    cf_codes_table: np.ndarray
+
+    @torch.no_grad()
+    def tokenize(self, sem_embeddings: np.ndarray) -> NewItemCodes:
+        """Codes and vectors of M new items from their (M, D_sem) text embeddings."""
+        sem_embeddings = np.asarray(sem_embeddings, dtype=np.float32)
+        if sem_embeddings.ndim != 2:
+            raise ValueError(f"sem_embeddings must be (M, D), got {sem_embeddings.shape}")
+        device = next(self.tokenizer.parameters()).device
+        n = sem_embeddings.shape[0]
+        sem_codes = self.tokenizer.encode_sem(torch.as_tensor(sem_embeddings, device=device))
+        sem_codes = sem_codes.cpu().numpy().astype(np.int64)
+        neighbours = nearest_warm(
+            self.tokenizer, sem_codes, self.imputation_index, self.imputation_ids
+        )
+        cf_codes = np.asarray(self.cf_codes_table, dtype=np.int64)[neighbours]
+        alpha = self.router(torch.zeros(n, device=self.router.positions.device))
+        n_cf = self.router.hard_split(alpha).cpu().numpy().astype(np.int64)
+        gen_device = next(self.generator.parameters()).device
+        text = sem_embeddings if self.generator.config.text_dim else None
+        features = served_item_features(
+            self.layout, self.budget, np.zeros(n), cf_codes, sem_codes, n_cf, text, gen_device
+        )
+        vectors = self.generator.item_vectors(features).float().cpu().numpy()
+        return NewItemCodes(
+            sem_codes=sem_codes,
+            cf_codes=cf_codes,
+            neighbours=neighbours,
+            alpha=alpha.float().cpu().numpy(),
+            n_cf=n_cf,
+            prefixes=code_sequences(cf_codes, sem_codes, n_cf, self.budget, self.layout),
+            vectors=vectors,
+        )

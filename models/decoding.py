@@ -1,54 +1,264 @@
-"""Recommendation = the generator's user state + constrained beam search over the index.
+"""Recommendation = user state -> candidates -> one mixed score -> top k.
 
 One function for evaluation and serving, so the served model decodes exactly as it was
-measured. `generator` is anything with `user_state(HistoryItems) -> (B, C)` and
-`next_token_log_probs(state, prefix) -> (B, W, V)`: the torch Generator or the ONNX one.
+measured. For each request:
+
+  1. the user state h from the history's item vectors;
+  2. candidates: the items constrained beam search finds under the generative head
+     (`models.beam_search`), plus the dense head's best non-excluded items; items added
+     at serving time are in both (their tokens are in the overlay index, their vectors in
+     the item table), so a new item can be returned the moment it is added;
+  3. every candidate's score, computed exactly for each one:
+        score = (1 - w) * log P_gen(item) + w * log P_dense(item),   w = dense_weight,
+     log P_gen by teacher forcing under the restricted softmax (the same number beam
+     search reaches for the items it finds), log P_dense the dense head's log-softmax;
+  4. excluded items (the history) dropped, the best k returned.
+
+The dense candidates alone hold at least k non-excluded items whenever the catalogue has
+k, so every request gets k results. w = 0 ranks by the generative head only, w = 1 by the
+dense head only.
+
+`model` is anything with the `ServingModel` methods: the torch Generator or the ONNX one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from models.beam_search import constrained_beam_search
-from models.generator import HistoryItems
+from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.prefix_index import DeviceIndex
 
+NEG_INF = float("-inf")
+IndexTensors = DeviceIndex | tuple[DeviceIndex, DeviceIndex]
 
-class TokenGenerator(Protocol):
-    def user_state(self, history: HistoryItems) -> torch.Tensor: ...
+
+class ServingModel(Protocol):
+    def user_state(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor: ...
 
     def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor: ...
+
+    def token_log_probs(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The items a request can be answered with, as the decoder reads them.
+
+    item_vectors: (R, C) float the dense head's item vectors (row 0 padding).
+    item_tokens: (R, L + 1) int64 every row's served tokens (row 0 zeros).
+    index: the prefix index over those tokens (a DeviceIndex, or (base, overlay)).
+    live: optional (R,) bool, rows that may be returned (False for padding and for rows
+        of items that were replaced); None = every row but 0.
+    """
+
+    item_vectors: torch.Tensor
+    item_tokens: torch.Tensor
+    index: IndexTensors
+    live: torch.Tensor | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.item_vectors.shape[0])
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    beam_width: int = 50  # generative candidates per request
+    dense_weight: float = 0.5  # w in the mixed score; chosen on validation by stage D
+    dense_candidates: int = 50  # dense-head candidates per request (at least k are used)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dense_weight <= 1.0:
+            raise ValueError(f"dense_weight must lie in [0, 1], got {self.dense_weight}")
+        for name in ("beam_width", "dense_candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DecodingConfig.{name} must be a positive int, got {value!r}")
+
+
+def _excluded_mask(exclude: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """(B, E) excluded ids (-1 padding), (B, M) candidate rows -> (B, M) bool excluded."""
+    if exclude is None or exclude.shape[1] == 0:
+        return torch.zeros_like(rows, dtype=torch.bool)
+    ex = exclude.sort(dim=1).values
+    pos = torch.searchsorted(ex, rows.contiguous()).clamp_(max=ex.shape[1] - 1)
+    return ex.gather(1, pos) == rows
+
+
+def generative_log_probs(
+    model: ServingModel, state: torch.Tensor, rows: torch.Tensor, catalogue: Catalogue
+) -> torch.Tensor:
+    """(B, C) states, (B, M) candidate rows -> (B, M) log P_gen(row) by teacher forcing
+    under the restricted softmax; -inf for rows whose tokens are not in the index."""
+    batch, m = rows.shape
+    tokens = catalogue.item_tokens[rows.clamp(min=0)]  # (B, M, L + 1)
+    logits = model.token_log_probs(state, tokens)  # (B, M, L + 1, V)
+    log_p, found = sequence_log_probs(
+        logits.reshape(batch * m, *logits.shape[2:]),
+        tokens.reshape(batch * m, -1),
+        catalogue.index,
+    )
+    ok = (found.view(batch, m) == rows) & (rows > 0)
+    return torch.where(ok, log_p.sum(dim=1).view(batch, m), NEG_INF)
+
+
+def _dedupe(rows: torch.Tensor) -> torch.Tensor:
+    """(B, M) rows -> (B, M) rows with repeats (after their first occurrence) set to -1."""
+    order = rows.sort(dim=1, stable=True)
+    repeat = torch.zeros_like(rows, dtype=torch.bool)
+    repeat[:, 1:] = order.values[:, 1:] == order.values[:, :-1]
+    out = rows.clone()
+    out.scatter_(1, order.indices, torch.where(repeat, -1, order.values))
+    return out
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What `find_candidates` found for B requests; M candidate slots per request.
+
+    rows: (B, M) int64 item rows, -1 for an empty slot (each row appears once).
+    generative: (B, M) log P_gen(row), -inf for empty slots; None when not computed.
+    dense: (B, M) log P_dense(row), -inf for empty slots.
+    eligible: (B, M) bool, a real row that is neither excluded nor dead.
+    """
+
+    rows: torch.Tensor
+    generative: torch.Tensor | None
+    dense: torch.Tensor
+    eligible: torch.Tensor
+
+    def scores(self, dense_weight: float) -> torch.Tensor:
+        """(B, M) the mixed score at w = dense_weight, -inf where not eligible."""
+        if dense_weight < 1.0 and self.generative is None:
+            raise ValueError("these candidates have no generative scores (found with w = 1)")
+        score = self.dense * dense_weight if dense_weight > 0 else torch.zeros_like(self.dense)
+        if dense_weight < 1.0:
+            score = score + (1.0 - dense_weight) * self.generative
+        return score.masked_fill(~self.eligible, NEG_INF)
+
+
+def _blocked_rows(
+    batch: int, catalogue: Catalogue, exclude: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """(B, R) bool rows never to return: padding, dead rows, each request's exclusions."""
+    blocked = torch.zeros(batch, catalogue.n_rows, dtype=torch.bool, device=device)
+    if exclude is not None and exclude.shape[1]:
+        ex = exclude.to(device)
+        blocked.scatter_(1, ex.clamp(min=0), ex >= 0)  # -1 padding lands on row 0
+    if catalogue.live is not None:
+        blocked |= ~catalogue.live[None]
+    blocked[:, 0] = True
+    return blocked
+
+
+@torch.no_grad()
+def find_candidates(
+    model: ServingModel,
+    history: torch.Tensor,
+    catalogue: Catalogue,
+    config: DecodingConfig,
+    exclude: torch.Tensor | None = None,
+    top_k: int = 1,
+    generative: bool | None = None,
+) -> Candidates:
+    """Steps 1-3 of the module docstring for (B, T) history rows (left-padded with 0).
+
+    exclude: optional (B, E) int64 rows never to return, -1 padding. top_k: at least this
+    many dense candidates are taken. generative: whether to run the beam search and score
+    log P_gen (default: when config.dense_weight < 1)."""
+    if exclude is not None and (exclude.dtype != torch.int64 or exclude.ndim != 2):
+        raise ValueError("exclude must be an int64 tensor (B, E) of item rows, -1 padding")
+    generative = config.dense_weight < 1.0 if generative is None else generative
+    vectors = catalogue.item_vectors
+    batch = history.shape[0]
+    state = model.user_state(vectors[history], history != 0)  # (B, C)
+    dense_all = torch.log_softmax(state.float() @ vectors.float().T, dim=1)  # (B, R)
+    blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device)
+    n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
+    found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
+    if generative:
+
+        def step(tokens: torch.Tensor, _: None) -> tuple[torch.Tensor, None]:
+            # Column 0 is BOS; the decoder is conditioned on the state instead.
+            return model.next_token_log_probs(state, tokens[:, :, 1:]), None
+
+        width = config.beam_width
+        beam_rows, _, _ = constrained_beam_search(
+            step, catalogue.index, batch, width, width, exclude=exclude
+        )
+        found.append(beam_rows)
+    rows = _dedupe(torch.cat(found, dim=1))  # (B, M), -1 = none
+    safe = rows.clamp(min=0)
+    eligible = (rows > 0) & ~blocked.gather(1, safe)
+    dense = dense_all.gather(1, safe).masked_fill(rows < 0, NEG_INF)
+    gen = None
+    if generative:
+        gen = generative_log_probs(model, state, safe, catalogue).masked_fill(rows < 0, NEG_INF)
+    return Candidates(rows=rows, generative=gen, dense=dense, eligible=eligible)
+
+
+def top_k_of(
+    candidates: Candidates, dense_weight: float, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 4: (rows (B, top_k) int64 best first, -1 only when fewer than top_k rows are
+    eligible; scores (B, top_k), -inf padding)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    score = candidates.scores(dense_weight)
+    k = min(top_k, score.shape[1])
+    best, pick = score.topk(k, dim=1)
+    rows = torch.where(best > NEG_INF, candidates.rows.gather(1, pick), -1)
+    if k < top_k:  # fewer candidate slots than top_k: a catalogue smaller than top_k
+        rows = torch.nn.functional.pad(rows, (0, top_k - k), value=-1)
+        best = torch.nn.functional.pad(best, (0, top_k - k), value=NEG_INF)
+    return rows, best
 
 
 @torch.no_grad()
 def recommend_top_k(
-    generator: TokenGenerator,
-    history: HistoryItems,
-    index_tensors: DeviceIndex | tuple[DeviceIndex, DeviceIndex],
-    beam_width: int,
+    model: ServingModel,
+    history: torch.Tensor,
+    catalogue: Catalogue,
     top_k: int,
+    config: DecodingConfig,
     exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """history: (B, T) histories in token form -> (item_ids (B, top_k) int64, -1 padding;
-    scores (B, top_k) total log-probabilities, -inf padding), best first.
+    """history: (B, T) item rows, left-padded with 0 -> (rows (B, top_k) int64, best
+    first, -1 padding only when fewer than top_k rows are eligible; scores (B, top_k), the
+    mixed score of the module docstring, -inf padding).
 
-    exclude: optional (B, E) int64 item ids never to return (-1 padding); the beam needs
-    a margin over top_k for them (see `constrained_beam_search`).
+    exclude: optional (B, E) int64 rows never to return (e.g. the history), -1 padding.
     """
-    states = generator.user_state(history)  # (B, C)
+    candidates = find_candidates(model, history, catalogue, config, exclude, top_k)
+    return top_k_of(candidates, config.dense_weight, top_k)
 
-    def step(tokens: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
-        # tokens carries a BOS column first; the decoder is conditioned on the state instead.
-        return generator.next_token_log_probs(states, tokens[:, :, 1:]), state
 
-    items, scores, _ = constrained_beam_search(
-        step,
-        index_tensors,
-        batch_size=int(states.shape[0]),
-        beam_width=beam_width,
-        top_k=top_k,
-        exclude=exclude,
-    )
-    return items, scores
+@torch.no_grad()
+def exact_scores(
+    model: ServingModel,
+    history: torch.Tensor,
+    catalogue: Catalogue,
+    dense_weight: float,
+    chunk_sequences: int = 8192,
+) -> torch.Tensor:
+    """(B, T) histories -> (B, R) the mixed score of EVERY row (no beam, no candidates):
+    the ranking beam search approximates, for diagnostics. Row 0 and non-live rows -inf."""
+    vectors = catalogue.item_vectors
+    state = model.user_state(vectors[history], history != 0)
+    dense = torch.log_softmax(state.float() @ vectors.float().T, dim=1)
+    score = dense_weight * dense if dense_weight > 0 else torch.zeros_like(dense)
+    if dense_weight < 1.0:
+        all_rows = torch.arange(catalogue.n_rows, device=dense.device)
+        gen = torch.empty_like(dense)
+        chunk = max(1, chunk_sequences // state.shape[0])  # bounds the (B, chunk, L+1, V) logits
+        for start in range(0, catalogue.n_rows, chunk):
+            rows = all_rows[start : start + chunk][None].expand(state.shape[0], -1)
+            gen[:, start : start + chunk] = generative_log_probs(model, state, rows, catalogue)
+        score = score + (1.0 - dense_weight) * gen
+    score[:, 0] = NEG_INF
+    if catalogue.live is not None:
+        score = score.masked_fill(~catalogue.live[None], NEG_INF)
+    return score

@@ -1,171 +1,258 @@
-"""The generator (ARG): a history encoder over ITEM positions and a small token decoder.
+"""The generator (ARG): one user encoder, two heads over the same item vectors.
 
-METHOD.md's "cheap and strong" design. Each history item enters as ONE vector, the
-mask-weighted sum of the embeddings of its candidate tokens (its first L levels of each
-codebook, weighted by the router's masks, plus its dedup token); a causal transformer
-runs over those item positions, so the sequence length is #items, not #items x L. A
-small causal transformer then decodes the next item's L + 1 tokens from the user state.
+An item is a vector composed of everything known about it (`Generator.item_vectors`):
 
-With soft masks (training) the router receives gradients from the generation loss
-through the history side; with hard masks the input equals the sum of the item's L + 1
-served tokens' embeddings, which is the layout the served model is fine-tuned on.
+    v_i = id_emb[id_i] + sum_l m_cf[i, l] tok_emb[CF level-l code of i]
+                       + sum_l m_sem[i, l] tok_emb[SEM level-l code of i]
+                       (+ text_proj(text embedding of i), optional)
+
+with the router's masks m (`models.router`): soft in training, so the router learns from
+the next-item loss of every item it routes, as a history input and as a target; 0/1 when
+served, so an item's codes enter exactly as its served tokens say.
+
+An item without an id of its own (a cold item, or one added at serving time) has id 0,
+whose embedding is zero, so it is written by its codes (and text) alone. Training drops
+whole items' ids at random (`id_dropout`) so that id-free path is trained too.
+
+A causal transformer over the history's item vectors gives the user state h. Two heads
+read it:
+
+  dense head       log-softmax over the catalogue of h . v_i (tied with the inputs,
+                   like SASRec): precise on items with many interactions.
+  generative head  a small causal decoder that writes the next item's L + 1 tokens (its
+                   router layout of CF and SEM codes, then a dedup token); each step's
+                   softmax is restricted to the valid next tokens of the prefix index
+                   (`models.beam_search.sequence_log_probs`), so the summed token
+                   log-probs are log P(item). It ranks by shared code prefixes, so tail
+                   and new items borrow strength from their neighbours, and it is what
+                   constrained beam search decodes at serving time.
+
+The served score mixes both (`models.decoding`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.sasrec import CausalSelfAttentionBlock, SASRecConfig
+from models.beam_search import sequence_log_probs
+from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
+from models.prefix_index import DeviceIndex
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     vocab_size: int  # TokenLayout.vocab_size
-    budget: int  # L: every item has L + 1 tokens (L codes + 1 dedup)
-    max_len: int = 50  # history items seen; generation cost grows with it
-    hidden: int = 64  # matches the tuned SASRec on ML-100K-sized data
+    budget: int  # L: every item is written with L + 1 tokens (L codes + 1 dedup)
+    n_ids: int  # rows of the id table: N + 1 (row 0 = no id); items added later get id 0
+    code_levels: int  # levels of EACH codebook an item vector sums
+    text_dim: int = 0  # width of the text embedding projected into item vectors; 0 = none
+    max_len: int = 200  # history items seen (SASRec's reproductions: 200 on dense data)
+    hidden: int = 64  # the tuned SASRec's width on ML-100K-sized data
     n_layers: int = 2  # history encoder blocks
     decoder_layers: int = 1  # the decoder reads at most L + 1 positions
     n_heads: int = 2
     dropout: float = 0.2
+    ffn: str = "swiglu"  # gated blocks (models.blocks); "gelu" is SASRec's
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "budget", "n_ids", "code_levels", "max_len", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GeneratorConfig.{name} must be a positive int, got {value!r}")
+        self.block_config()  # validates ffn and heads
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(self.hidden, self.n_heads, self.dropout, self.ffn)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def blocks_config(self) -> SASRecConfig:
-        # The transformer block is shared with SASRec; only its width fields matter.
-        return SASRecConfig(
-            n_items=1, hidden=self.hidden, n_heads=self.n_heads, dropout=self.dropout
-        )
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneratorConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"GeneratorConfig: unknown keys {unknown}; expected {sorted(names)}")
+        return cls(**data)
 
 
-class HistoryItems(NamedTuple):
-    """A batch of histories in token form; T positions, left-padded (pad rows all zero).
+class ItemFeatures(NamedTuple):
+    """What item vectors are composed of, for R item rows (row 0 = padding).
 
-    cf_tokens, sem_tokens: (B, T, L) token ids of the first L levels of each codebook.
-    cf_mask, sem_mask: (B, T, L) weights of those tokens (router masks, soft or hard).
-    dedup_tokens: (B, T) the dedup token of each item (0 = padding position).
+    ids: (R,) int64 id-table row, 0 for items without an id of their own.
+    cf_tokens, sem_tokens: (R, code_levels) int64 vocabulary ids of the first levels of
+        each codebook (row 0: PAD tokens).
+    cf_weight, sem_weight: (R, code_levels) float weights of those levels: the router's
+        masks (soft in training, 0/1 when served), or None for weight 1 everywhere.
+    text: (R, text_dim) float32 text embeddings, or None when the config has text_dim 0.
     """
 
+    ids: torch.Tensor
     cf_tokens: torch.Tensor
     sem_tokens: torch.Tensor
-    cf_mask: torch.Tensor
-    sem_mask: torch.Tensor
-    dedup_tokens: torch.Tensor
+    cf_weight: torch.Tensor | None = None
+    sem_weight: torch.Tensor | None = None
+    text: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> ItemFeatures:
+        return ItemFeatures(*(None if x is None else x.to(device) for x in self))
 
-def _causal_blocks(config: GeneratorConfig, n_layers: int) -> nn.ModuleList:
-    return nn.ModuleList(CausalSelfAttentionBlock(config.blocks_config()) for _ in range(n_layers))
-
-
-def _causal_mask(valid: torch.Tensor) -> torch.Tensor:
-    """valid: (B, T) bool -> (B, 1, T, T) attention mask; a padded query sees itself so
-    no row is empty. Built from arange comparisons (not torch.eye/tril), which export to
-    ONNX ops onnxruntime runs for bool tensors."""
-    pos = torch.arange(valid.shape[1], device=valid.device)
-    eye = pos[:, None] == pos[None, :]  # (T, T)
-    causal = pos[None, :] <= pos[:, None]  # (T, T) key <= query
-    return ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
+    def rows(self, index: torch.Tensor) -> ItemFeatures:
+        return ItemFeatures(*(None if x is None else x[index] for x in self))
 
 
 class Generator(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_emb = nn.Embedding(config.vocab_size, config.hidden, padding_idx=0)
-        self.item_pos = nn.Embedding(config.max_len, config.hidden)
-        self.history_blocks = _causal_blocks(config, config.n_layers)
-        self.ln_history = nn.LayerNorm(config.hidden)
-        self.token_pos = nn.Embedding(config.budget + 1, config.hidden)
-        self.decoder_blocks = _causal_blocks(config, config.decoder_layers)
-        self.ln_decoder = nn.LayerNorm(config.hidden)
+        c = config.hidden
+        self.id_emb = nn.Embedding(config.n_ids, c, padding_idx=0)
+        self.token_emb = nn.Embedding(config.vocab_size, c, padding_idx=0)  # input codes
+        self.text_proj = nn.Linear(config.text_dim, c, bias=False) if config.text_dim else None
+        self.item_pos = nn.Embedding(config.max_len, c)
+        blocks = config.block_config()
+        self.history_blocks = nn.ModuleList(
+            CausalSelfAttentionBlock(blocks) for _ in range(config.n_layers)
+        )
+        self.ln_history = nn.LayerNorm(c)
+        self.token_pos = nn.Embedding(config.budget + 1, c)
+        self.decoder_blocks = nn.ModuleList(
+            CausalSelfAttentionBlock(blocks) for _ in range(config.decoder_layers)
+        )
+        self.ln_decoder = nn.LayerNorm(c)
+        # Output token embeddings of their own: an input code embedding says what an item
+        # IS, an output one what the user wants NEXT at that step of the tree.
+        self.token_out = nn.Embedding(config.vocab_size, c)
         self.dropout = nn.Dropout(config.dropout)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
-        self.token_emb.weight.data[0].zero_()
+        self.apply(init_weights)
 
-    # --- history side ------------------------------------------------------------
-    def item_inputs(self, history: HistoryItems) -> torch.Tensor:
-        """(B, T, C): mask-weighted sum of each history item's token embeddings."""
-        cf = (self.token_emb(history.cf_tokens) * history.cf_mask[..., None]).sum(dim=2)
-        sem = (self.token_emb(history.sem_tokens) * history.sem_mask[..., None]).sum(dim=2)
-        return cf + sem + self.token_emb(history.dedup_tokens)
+    # --- training ------------------------------------------------------------------
+    def forward(
+        self,
+        seq: torch.Tensor,
+        targets: torch.Tensor,
+        features: ItemFeatures,
+        item_tokens: torch.Tensor,
+        index: DeviceIndex,
+        id_keep: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Next-item losses at every history position.
 
-    def encode_history(self, history: HistoryItems) -> torch.Tensor:
-        """(B, T, C) user state after each history position."""
-        length = history.dedup_tokens.shape[1]
+        seq: (B, T) item rows, left-padded with 0; targets: (B, T) the row that follows
+        each position (0 where none); features: the catalogue's ItemFeatures; item_tokens:
+        (R, L + 1) every row's served tokens; index: the prefix index over them.
+        Returns SUMMED losses over the n target positions (the trainer divides by a
+        constant, so every target weighs the same): {"dense": cross-entropy of the dense
+        head, "generative": -log P_gen(target) under the restricted softmax}.
+        """
+        table = self.item_vectors(features, id_keep)  # (R, C)
+        states = self.encode(table[seq], seq != 0)  # (B, T, C)
+        has_target = targets != 0
+        state, target = states[has_target], targets[has_target]  # (n, C), (n,)
+        logits = state @ table.T  # (n, R)
+        logits[:, 0] = float("-inf")
+        dense = F.cross_entropy(logits.float(), target, reduction="sum")
+        tokens = item_tokens[target]  # (n, L + 1)
+        token_logits = self.decode(state, tokens[:, :-1]).float()  # (n, L + 1, V)
+        log_p, _ = sequence_log_probs(token_logits, tokens, index)
+        return {"dense": dense, "generative": -log_p.sum()}
+
+    # --- items -------------------------------------------------------------------
+    def item_vectors(
+        self, features: ItemFeatures, id_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(R, C) item vectors (module docstring). A padding row (id 0, PAD tokens, zero
+        text, as row 0 of every table) is zero: padding_idx rows and a bias-free projection.
+
+        id_keep: optional (R,) float 0/1, training's id dropout: a 0 row is written
+        without its id embedding everywhere it appears in the step (input and target)."""
+        ids = self.id_emb(features.ids)
+        if id_keep is not None:
+            ids = ids * id_keep[:, None]
+        cf = self.token_emb(features.cf_tokens)  # (R, levels, C)
+        sem = self.token_emb(features.sem_tokens)
+        if features.cf_weight is not None:
+            cf = cf * features.cf_weight[..., None]
+        if features.sem_weight is not None:
+            sem = sem * features.sem_weight[..., None]
+        vectors = ids + cf.sum(1) + sem.sum(1)
+        if self.text_proj is not None:
+            if features.text is None:
+                raise ValueError("this generator projects text embeddings: pass features.text")
+            vectors = vectors + self.text_proj(features.text.float())
+        return vectors
+
+    # --- user state --------------------------------------------------------------
+    def encode(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """history: (B, T) item vectors (B, T, C), left-padded; valid: (B, T) bool ->
+        (B, T, C) user state after each position."""
+        length = history.shape[1]
         if length > self.config.max_len:
             raise ValueError(
                 f"history of {length} items exceeds max_len={self.config.max_len}; "
                 "keep the most recent max_len items"
             )
-        valid = history.dedup_tokens != 0  # (B, T)
+        # Positions count back from the most recent item (as SASRec's), so trimmed
+        # left padding does not shift them.
         positions = torch.arange(
             self.config.max_len - length, self.config.max_len, device=valid.device
         )
-        x = self.item_inputs(history) * self.config.hidden**0.5 + self.item_pos(positions)[None]
+        x = history * self.config.hidden**0.5 + self.item_pos(positions)[None]
         x = self.dropout(x)
-        mask = _causal_mask(valid)
+        mask = causal_mask(valid)
         for block in self.history_blocks:
             x = block(x, mask)
         return self.ln_history(x)
 
-    # --- token decoder -----------------------------------------------------------
-    def decode_logits(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Logits for the next token of an item.
+    @torch.no_grad()
+    def user_state(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) history item vectors, (B, T) valid -> (B, C) the state after the last."""
+        return self.encode(history, valid)[:, -1]
 
-        state: (N, C) user states; prefix: (N, t) the item's tokens so far, 0 <= t <= L.
-        Returns (N, t + 1, V): at position j, the distribution of token j given
-        state and prefix[:, :j].
-        """
+    # --- heads -------------------------------------------------------------------
+    def decode(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """state: (N, C); prefix: (N, t) the item's first t tokens, 0 <= t <= L ->
+        (N, t + 1, V) logits: at position j, of token j given state and prefix[:, :j]."""
         length = prefix.shape[1] + 1
         x = torch.cat([state[:, None], self.token_emb(prefix)], dim=1)  # (N, t + 1, C)
         x = x + self.token_pos(torch.arange(length, device=x.device))[None]
         x = self.dropout(x)
-        mask = _causal_mask(torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
+        mask = causal_mask(torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
         for block in self.decoder_blocks:
             x = block(x, mask)
-        return self.ln_decoder(x) @ self.token_emb.weight.T  # (N, t + 1, V)
-
-    def forward(
-        self, history: HistoryItems, target_tokens: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Next-item generation at every history position.
-
-        target_tokens: (B, T, L + 1) the tokens of the item that follows each position
-            (all 0 where there is none).
-        Returns (logits (n, L + 1, V) at the n positions with a target, summed
-        cross-entropy over their tokens), or, without targets, (the final user states
-        (B, C), None).
-        """
-        states = self.encode_history(history)  # (B, T, C)
-        if target_tokens is None:
-            return states[:, -1], None
-        has_target = target_tokens[..., 0] != 0  # (B, T)
-        targets = target_tokens[has_target]  # (n, L + 1)
-        logits = self.decode_logits(states[has_target], targets[:, :-1])  # (n, L + 1, V)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
-        )
-        return logits, loss
-
-    @torch.no_grad()
-    def user_state(self, history: HistoryItems) -> torch.Tensor:
-        """(B, C) the state the decoder starts from for each request."""
-        return self.encode_history(history)[:, -1]
+        return self.ln_decoder(x) @ self.token_out.weight.T
 
     @torch.no_grad()
     def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """state: (B, C), prefix: (B, W, t) beams -> (B, W, V) log-probabilities of token t.
+        """state: (B, C), prefix: (B, W, t) beams -> (B, W, V) log-probs of token t over
+        the whole vocabulary; the decoding kernel renormalises them over valid children.
 
         Recomputes the decoder over the (at most L + 1) prefix tokens: cheaper than a KV
-        cache at these lengths, and stateless, so beams need no cache reordering.
-        """
+        cache at these lengths, and stateless, so beams need no cache reordering."""
         batch, width, t = prefix.shape
         flat_state = state[:, None].expand(batch, width, -1).reshape(batch * width, -1)
-        logits = self.decode_logits(flat_state, prefix.reshape(batch * width, t))[:, -1]
+        logits = self.decode(flat_state, prefix.reshape(batch * width, t))[:, -1]
         return F.log_softmax(logits.float(), dim=-1).view(batch, width, -1)
+
+    @torch.no_grad()
+    def token_log_probs(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: state (B, C), tokens (B, M, L + 1) candidate items ->
+        (B, M, L + 1, V) log-probs of each token given the ones before it (whole
+        vocabulary; `models.beam_search.sequence_log_probs` restricts them)."""
+        batch, m, depth = tokens.shape
+        flat_state = state[:, None].expand(batch, m, -1).reshape(batch * m, -1)
+        logits = self.decode(flat_state, tokens.reshape(batch * m, depth)[:, :-1])
+        return F.log_softmax(logits.float(), dim=-1).view(batch, m, depth, -1)
+
+    @staticmethod
+    def dense_log_probs(state: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """(B, C) states, (R, C) item vectors -> (B, R) log P_dense(item); row 0 (padding)
+        is -inf."""
+        logits = state.float() @ item_vectors.float().T
+        logits[:, 0] = float("-inf")
+        return F.log_softmax(logits, dim=-1)

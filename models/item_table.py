@@ -1,8 +1,11 @@
-"""Per-item code tokens and router masks: how an item id becomes the generator's input.
+"""The served catalogue as the decoder reads it, growing as items are added.
 
-Shared by training (stage D) and serving (the engine), so both build a history the same
-way. Items are rows: row 0 is padding, rows 1..N the catalog, and `extend` appends items
-added at serving time (ids continue after the last row).
+Rows: 0 = padding, 1..N the bundle's items, N + 1.. items added at serving time (ids
+continue after the last row). Each row has an item vector (the dense head's table and the
+history's input) and its L + 1 served tokens; the bundle's tokens are indexed by the base
+prefix index, added ones by an overlay (`models.prefix_index.OverlayIndex`) that the
+decoder searches together with the base. Replacing an added item gives it a new row and
+retires the old one (not live: never returned, still readable in a history).
 """
 
 from __future__ import annotations
@@ -10,96 +13,73 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.generator import HistoryItems
-from models.tokens import CF, SEM, TokenLayout, item_tokens
+from models.decoding import Catalogue
+from models.prefix_index import DeviceIndex, OverlayIndex, PrefixIndex
 
 
 class ItemTable:
-    """Code tokens of the first L levels of both codebooks, on one device.
-
-    cf_codes, sem_codes: (N + 1, L_max) codes (row 0 = padding, any value); budget L.
-    cf_tokens, sem_tokens: (N + 1, L) int64 tensors via layout.code_token, row 0 = PAD.
-    """
-
     def __init__(
         self,
-        cf_codes: np.ndarray,
-        sem_codes: np.ndarray,
-        budget: int,
-        layout: TokenLayout,
+        vectors: np.ndarray | torch.Tensor,
+        tokens: np.ndarray,
+        base_index: PrefixIndex,
         device: torch.device | str = "cpu",
     ) -> None:
-        cf_codes = np.asarray(cf_codes, dtype=np.int64)
-        sem_codes = np.asarray(sem_codes, dtype=np.int64)
-        if cf_codes.shape != sem_codes.shape or cf_codes.ndim != 2:
-            raise ValueError(
-                f"cf_codes and sem_codes must be (N + 1, L_max) of one shape, got "
-                f"{cf_codes.shape} and {sem_codes.shape}"
-            )
-        if not 1 <= budget <= cf_codes.shape[1]:
-            raise ValueError(f"budget must be in [1, {cf_codes.shape[1]}], got {budget}")
-        self.budget = budget
-        self.layout = layout
+        """vectors: (N + 1, C) float; tokens: (N + 1, L + 1) int64 (row 0 zeros);
+        base_index: the prefix index over rows 1..N's tokens."""
         self.device = torch.device(device)
-        self.cf_codes = np.zeros((0, cf_codes.shape[1]), dtype=np.int64)
-        self.sem_codes = np.zeros_like(self.cf_codes)
-        self.cf_tokens = torch.zeros((0, budget), dtype=torch.int64, device=self.device)
-        self.sem_tokens = torch.zeros_like(self.cf_tokens)
-        self.extend(cf_codes, sem_codes)
-        self.cf_codes[0] = self.sem_codes[0] = 0
-        self.cf_tokens[0] = self.sem_tokens[0] = 0
+        self.vectors = torch.as_tensor(vectors, dtype=torch.float32).to(self.device)
+        self.tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
+        if self.vectors.shape[0] != self.tokens.shape[0]:
+            raise ValueError(
+                f"{self.vectors.shape[0]} item vectors for {self.tokens.shape[0]} token rows"
+            )
+        self.n_base = int(self.tokens.shape[0]) - 1
+        self.live = torch.ones(self.tokens.shape[0], dtype=torch.bool, device=self.device)
+        self.live[0] = False
+        self.overlay = OverlayIndex(base_index)
+        self._base_tensors: DeviceIndex = base_index.to_tensors(self.device)
+        self._overlay_tensors: DeviceIndex = self.overlay.overlay.to_tensors(self.device)
 
     @property
     def n_rows(self) -> int:
-        return self.cf_codes.shape[0]
+        return int(self.tokens.shape[0])
 
-    def extend(self, cf_codes: np.ndarray, sem_codes: np.ndarray) -> np.ndarray:
-        """Append (M, L_max) codes of M new items; returns their (M,) int64 row ids."""
-        cf_codes = np.asarray(cf_codes, dtype=np.int64).reshape(-1, self.cf_codes.shape[1])
-        sem_codes = np.asarray(sem_codes, dtype=np.int64).reshape(cf_codes.shape)
-        levels = np.arange(self.budget)[None, :]
-        cf_tok = self.layout.code_token(CF, levels, cf_codes[:, : self.budget])
-        sem_tok = self.layout.code_token(SEM, levels, sem_codes[:, : self.budget])
-        ids = np.arange(self.n_rows, self.n_rows + len(cf_codes), dtype=np.int64)
-        self.cf_codes = np.concatenate([self.cf_codes, cf_codes])
-        self.sem_codes = np.concatenate([self.sem_codes, sem_codes])
-        self.cf_tokens = torch.cat([self.cf_tokens, torch.as_tensor(cf_tok, device=self.device)])
-        self.sem_tokens = torch.cat([self.sem_tokens, torch.as_tensor(sem_tok, device=self.device)])
-        return ids
-
-    def hard_tokens(self, n_cf: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N + 1,) n_cf -> (N + 1, L + 1) int64 item tokens with dedup (row 0 = zeros)."""
-        n_cf = np.asarray(n_cf.cpu() if isinstance(n_cf, torch.Tensor) else n_cf, dtype=np.int64)
-        out = np.zeros((self.n_rows, self.budget + 1), dtype=np.int64)
-        out[1:] = item_tokens(
-            self.cf_codes[1:], self.sem_codes[1:], n_cf[1:], self.budget, self.layout
-        )
-        return out
-
-    def hard_masks(self, n_cf: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M,) n_cf -> (cf_mask, sem_mask) (M, L) float 0/1 (as Router.hard_masks)."""
-        if isinstance(n_cf, torch.Tensor):
-            n_cf = n_cf.to(self.device)[:, None]
+    def add(
+        self, vectors: np.ndarray, tokens: np.ndarray, retire: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Append M rows ((M, C) vectors, (M, L + 1) tokens); `retire`: rows (of earlier
+        added items) they replace. Returns the new rows. Nothing changes when the tokens
+        clash with a live row (ValueError)."""
+        vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1, self.tokens.shape[1])
+        rows = np.arange(self.n_rows, self.n_rows + len(tokens), dtype=np.int64)
+        retire = np.zeros(0, np.int64) if retire is None else np.asarray(retire, np.int64)
+        live = self.live.clone()
+        live[torch.as_tensor(retire, device=self.device)] = False
+        if len(retire):  # rebuild the overlay from the added rows that stay live
+            overlay = OverlayIndex(self.overlay.base)
+            keep = np.flatnonzero(live[self.n_base + 1 :].cpu().numpy()) + self.n_base + 1
+            overlay.add(
+                np.concatenate([self.tokens[keep].cpu().numpy(), tokens]),
+                np.concatenate([keep, rows]),
+            )
         else:
-            n_cf = torch.as_tensor(np.asarray(n_cf), device=self.device)[:, None]
-        k = torch.arange(1, self.budget + 1, device=self.device)
-        return (k <= n_cf).float(), (k <= self.budget - n_cf).float()
+            overlay = self.overlay
+            overlay.add(tokens, rows)  # validates before it changes anything
+        # Only after everything that can fail: grow the tables.
+        self.overlay = overlay
+        self.vectors = torch.cat([self.vectors, vectors])
+        self.tokens = torch.cat([self.tokens, torch.as_tensor(tokens, device=self.device)])
+        self.live = torch.cat([live, torch.ones(len(rows), dtype=torch.bool, device=self.device)])
+        self._overlay_tensors = overlay.overlay.to_tensors(self.device)
+        return rows
 
-    def history(
-        self,
-        items: torch.Tensor,
-        cf_mask: torch.Tensor,
-        sem_mask: torch.Tensor,
-        dedup_tokens: torch.Tensor,
-    ) -> HistoryItems:
-        """items: (B, T) item ids (0 = padding); cf_mask, sem_mask: (B, T, L) masks of those
-        items; dedup_tokens: (N + 1,) each item's dedup token under the current layout.
-        Padding positions get zero masks and token 0."""
-        valid = (items != 0)[..., None].to(cf_mask.dtype)
-        return HistoryItems(
-            cf_tokens=self.cf_tokens[items],
-            sem_tokens=self.sem_tokens[items],
-            cf_mask=cf_mask * valid,
-            sem_mask=sem_mask * valid,
-            dedup_tokens=dedup_tokens[items],
+    def catalogue(self) -> Catalogue:
+        """What `models.decoding` reads (a consistent snapshot of the current state)."""
+        return Catalogue(
+            item_vectors=self.vectors,
+            item_tokens=self.tokens,
+            index=(self._base_tensors, self._overlay_tensors),
+            live=self.live,
         )

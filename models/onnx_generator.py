@@ -1,12 +1,16 @@
 """The generator as two ONNX graphs, and an onnxruntime drop-in for `Generator` at decoding.
 
-history_encoder  (cf_tokens, sem_tokens (B, T, L) int64, cf_mask, sem_mask (B, T, L) float32,
-                 dedup_tokens (B, T) int64) -> state (B, C) float32: `Generator.user_state`.
+history_encoder  (history (B, T, C) float32 item vectors, valid (B, T) bool) -> state
+                 (B, C) float32: `Generator.user_state`.
 token_decoder    (state (N, C) float32, prefix (N, t) int64, 0 <= t <= L) -> log_probs
-                 (N, V) float32 of token t: `Generator.next_token_log_probs` with the beams
-                 flattened into N.
+                 (N, t + 1, V) float32, the log-softmax of every position:
+                 `Generator.decode`. Beam search reads the last position
+                 (`next_token_log_probs`), candidate rescoring all of them
+                 (`token_log_probs`).
 
-B, T, N and t are dynamic. The legacy (TorchScript) exporter is used: the torch.export
+Item vectors (the dense head's table and the history's inputs) are not in a graph: they
+are computed once per item (`Generator.item_vectors`) and looked up. B, T, N and t are
+dynamic. The legacy (TorchScript) exporter is used: the torch.export
 based one needs onnxscript, which is not a dependency, and these two graphs have no
 control flow that tracing would miss (the decoder's loop over L + 1 positions lives in the
 beam search, outside the graph). An empty prefix (t = 0, the first decoding step) runs
@@ -26,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.generator import Generator, GeneratorConfig, HistoryItems
+from models.generator import Generator, GeneratorConfig
 
 logger = logging.getLogger(__name__)
 
 ONNX_TOLERANCE = 1e-4  # max abs difference of log-probs/states accepted at export
 OPSET = 17  # LayerNormalization is native from 17; onnxruntime >= 1.17 runs it
-HISTORY_INPUTS = ("cf_tokens", "sem_tokens", "cf_mask", "sem_mask", "dedup_tokens")
+HISTORY_INPUTS = ("history", "valid")
 
 
 class OnnxExportError(ValueError):
@@ -44,9 +48,8 @@ class _HistoryEncoder(nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, cf_tokens, sem_tokens, cf_mask, sem_mask, dedup_tokens):
-        history = HistoryItems(cf_tokens, sem_tokens, cf_mask, sem_mask, dedup_tokens)
-        return self.generator.encode_history(history)[:, -1]  # (B, C)
+    def forward(self, history, valid):
+        return self.generator.encode(history, valid)[:, -1]  # (B, C)
 
 
 class _TokenDecoder(nn.Module):
@@ -55,32 +58,21 @@ class _TokenDecoder(nn.Module):
         self.generator = generator
 
     def forward(self, state, prefix):
-        logits = self.generator.decode_logits(state, prefix)[:, -1]  # (N, V)
+        logits = self.generator.decode(state, prefix)  # (N, t + 1, V)
         return F.log_softmax(logits.float(), dim=-1)
 
 
 def sample_history(
     config: GeneratorConfig, batch: int = 3, length: int = 8, seed: int = 0
-) -> HistoryItems:
-    """Random left-padded histories (B = batch, T = min(length, max_len)) for checks:
-    random tokens in [3, V), soft masks in [0, 1], row b has T - b valid positions (at
-    least one), padding positions all zero."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random left-padded histories for checks: ((B, T, C) item vectors, zero at padding;
+    (B, T) valid), T = min(length, max_len); row b has T - b valid positions (at least
+    one)."""
     g = torch.Generator().manual_seed(seed)
     length = min(length, config.max_len)
-    shape = (batch, length, config.budget)
     valid = torch.arange(length)[None, :] >= torch.arange(batch)[:, None].clamp(max=length - 1)
-    valid_f = valid[..., None].float()  # (B, T, 1)
-
-    def tokens(size):
-        return torch.randint(3, config.vocab_size, size, generator=g)
-
-    return HistoryItems(
-        cf_tokens=tokens(shape) * valid[..., None],
-        sem_tokens=tokens(shape) * valid[..., None],
-        cf_mask=torch.rand(shape, generator=g) * valid_f,
-        sem_mask=torch.rand(shape, generator=g) * valid_f,
-        dedup_tokens=tokens((batch, length)) * valid,
-    )
+    history = torch.randn(batch, length, config.hidden, generator=g) * 0.1 * valid[..., None]
+    return history, valid
 
 
 def _export(module: nn.Module, args: tuple, names: list[str], axes: dict, out: str) -> bytes:
@@ -123,7 +115,7 @@ def export_generator_onnx(generator: Generator) -> dict[str, bytes]:
                 _TokenDecoder(gen),
                 (state, prefix),
                 ["state", "prefix"],
-                {"state": {0: "n"}, "prefix": {0: "n", 1: "t"}, "log_probs": {0: "n"}},
+                {"state": {0: "n"}, "prefix": {0: "n", 1: "t"}, "log_probs": {0: "n", 1: "t1"}},
                 "log_probs",
             ),
         }
@@ -194,62 +186,67 @@ class OnnxGenerator:
         return self
 
     @torch.no_grad()
-    def user_state(self, history: HistoryItems) -> torch.Tensor:
-        """(B, C) float32 user state of each history (see `Generator.user_state`)."""
-        length = history.dedup_tokens.shape[1]
+    def user_state(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) history item vectors, (B, T) valid -> (B, C) float32 user states."""
+        length = history.shape[1]
         if length > self.config.max_len:
             raise ValueError(
                 f"history of {length} items exceeds max_len={self.config.max_len}; "
                 "keep the most recent max_len items"
             )
-        feeds = {
-            "cf_tokens": _numpy(history.cf_tokens, np.int64),
-            "sem_tokens": _numpy(history.sem_tokens, np.int64),
-            "cf_mask": _numpy(history.cf_mask, np.float32),
-            "sem_mask": _numpy(history.sem_mask, np.float32),
-            "dedup_tokens": _numpy(history.dedup_tokens, np.int64),
-        }
+        feeds = {"history": _numpy(history, np.float32), "valid": _numpy(valid, np.bool_)}
         (state,) = self.history_session.run(["state"], feeds)
         return torch.from_numpy(state).to(self.device)
+
+    def _decode(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """state (N, C), prefix (N, t) -> (N, t + 1, V) log-probs of every position."""
+        feeds = {"state": _numpy(state, np.float32), "prefix": _numpy(prefix, np.int64)}
+        (log_probs,) = self.decoder_session.run(["log_probs"], feeds)
+        return torch.from_numpy(log_probs).to(self.device)
 
     @torch.no_grad()
     def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """state: (B, C), prefix: (B, W, t) -> (B, W, V) float32 log-probs of token t."""
         batch, width, t = prefix.shape
         flat_state = state[:, None].expand(batch, width, -1).reshape(batch * width, -1)
-        feeds = {
-            "state": _numpy(flat_state, np.float32),
-            "prefix": _numpy(prefix.reshape(batch * width, t), np.int64),
-        }
-        (log_probs,) = self.decoder_session.run(["log_probs"], feeds)
-        return torch.from_numpy(log_probs).to(self.device).view(batch, width, -1)
+        log_probs = self._decode(flat_state, prefix.reshape(batch * width, t))[:, -1]
+        return log_probs.view(batch, width, -1)
+
+    @torch.no_grad()
+    def token_log_probs(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """state: (B, C), tokens: (B, M, L + 1) -> (B, M, L + 1, V) teacher-forced
+        log-probs (see `Generator.token_log_probs`)."""
+        batch, m, depth = tokens.shape
+        flat_state = state[:, None].expand(batch, m, -1).reshape(batch * m, -1)
+        log_probs = self._decode(flat_state, tokens.reshape(batch * m, depth)[:, :-1])
+        return log_probs.view(batch, m, depth, -1)
 
 
 def check_onnx_against_torch(
     generator: Generator,
     onnx_files: dict[str, bytes | Path],
-    sample: HistoryItems | None = None,
+    sample: tuple[torch.Tensor, torch.Tensor] | None = None,
     seed: int = 0,
 ) -> float:
     """Max abs difference between the ONNX graphs and torch (float32, CPU, eval).
 
-    sample: histories to compare on (default `sample_history(config)`, batch 3). Compares
-    the user states, then the next-token log-probs for every prefix length t = 0 .. L
-    (random code prefixes, 2 beams per request). Returns the largest difference seen.
-    """
+    sample: (history vectors, valid) to compare on (default `sample_history(config)`).
+    Compares the user states, then the decoder's log-probs at every position for every
+    prefix length t = 0 .. L (random code prefixes, 2 per request). Returns the largest
+    difference seen."""
     gen = copy.deepcopy(generator).float().cpu().eval()
     cfg = gen.config
     onnx_gen = OnnxGenerator.from_files(cfg, onnx_files)
-    sample = sample_history(cfg, seed=seed) if sample is None else sample
-    sample = HistoryItems(*(x.cpu() for x in sample))
+    history, valid = sample_history(cfg, seed=seed) if sample is None else sample
+    history, valid = history.cpu().float(), valid.cpu()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        state = gen.user_state(sample)
-        diff = (onnx_gen.user_state(sample) - state).abs().max().item()
+        state = gen.user_state(history, valid)
+        diff = (onnx_gen.user_state(history, valid) - state).abs().max().item()
         for t in range(cfg.budget + 1):
-            prefix = torch.randint(3, cfg.vocab_size, (state.shape[0], 2, t), generator=g)
-            ref = gen.next_token_log_probs(state, prefix)
-            got = onnx_gen.next_token_log_probs(state, prefix)
+            tokens = torch.randint(3, cfg.vocab_size, (state.shape[0], 2, t + 1), generator=g)
+            ref = gen.token_log_probs(state, tokens)
+            got = onnx_gen.token_log_probs(state, tokens)
             diff = max(diff, (got - ref).abs().max().item())
     return float(diff)
 

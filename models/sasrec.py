@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
+
 
 @dataclass(frozen=True)
 class SASRecConfig:
@@ -24,83 +26,75 @@ class SASRecConfig:
     n_heads: int = 2  # 32-d heads
     dropout: float = 0.2  # tuned (docs/method.md); 0.5 underfits at 64-d
     ffn_mult: int = 4  # feed-forward width = ffn_mult * hidden
+    # The id + content variant (the honest cold-start peer, METHOD.md): an item's input
+    # and output vector is its id embedding plus a projection of its text embedding, and
+    # training drops a share of ids so the text-only path ranks too. 0 = plain SASRec.
+    text_dim: int = 0
+    id_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-class CausalSelfAttentionBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
-
-    def __init__(self, config: SASRecConfig) -> None:
-        super().__init__()
-        self.n_heads = config.n_heads
-        self.ln_attn = nn.LayerNorm(config.hidden)
-        self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
-        self.proj = nn.Linear(config.hidden, config.hidden)
-        self.ln_ffn = nn.LayerNorm(config.hidden)
-        self.ffn = nn.Sequential(
-            nn.Linear(config.hidden, config.ffn_mult * config.hidden),
-            nn.GELU(),
-            nn.Linear(config.ffn_mult * config.hidden, config.hidden),
-            nn.Dropout(config.dropout),
-        )
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C); allowed: (B, 1, T, T) bool, True where a query may attend a key."""
-        batch, length, channels = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).split(channels, dim=2)
-        # (B, T, C) -> (B, heads, T, C / heads)
-        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
-        # No dropout on attention weights: on CPU it costs a quarter of the step (a
-        # Bernoulli draw per (head, query, key)) and did not change validation NDCG.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        y = y.transpose(1, 2).reshape(batch, length, channels)
-        x = x + self.resid_dropout(self.proj(y))
-        return x + self.ffn(self.ln_ffn(x))
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(self.hidden, self.n_heads, self.dropout, "gelu", self.ffn_mult)
 
 
 class SASRec(nn.Module):
-    def __init__(self, config: SASRecConfig) -> None:
+    """text: (N + 1, text_dim) item text embeddings when config.text_dim > 0; id_rows:
+    (N + 1,) the id row of each item (0 = no trained id, e.g. a cold item), default all."""
+
+    def __init__(
+        self,
+        config: SASRecConfig,
+        text: torch.Tensor | None = None,
+        id_rows: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.item_emb = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
+        self.text_proj = None
+        if config.text_dim:
+            if text is None or tuple(text.shape) != (config.n_items + 1, config.text_dim):
+                raise ValueError(f"SASRec with text_dim={config.text_dim} needs (N + 1, D) text")
+            self.text_proj = nn.Linear(config.text_dim, config.hidden, bias=False)
+            self.register_buffer("text", torch.as_tensor(text, dtype=torch.float32))
+            rows = torch.arange(config.n_items + 1) if id_rows is None else id_rows
+            self.register_buffer("id_rows", torch.as_tensor(rows, dtype=torch.int64))
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            CausalSelfAttentionBlock(config) for _ in range(config.n_layers)
+            CausalSelfAttentionBlock(config.block_config()) for _ in range(config.n_layers)
         )
         self.ln_out = nn.LayerNorm(config.hidden)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+    def item_table(self) -> torch.Tensor:
+        """(N + 1, C) input and output item vectors: the id embeddings, plus the text
+        projection (with training's id dropout) in the id + content variant."""
+        if self.text_proj is None:
+            return self.item_emb.weight
+        ids = self.item_emb(self.id_rows)
+        if self.training and self.config.id_dropout > 0:
+            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
+            ids = ids * keep
+        table = ids + self.text_proj(self.text)
+        return table * (torch.arange(table.shape[0], device=table.device) != 0)[:, None]
 
-    def encode(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq: (B, T) item ids, left-padded with 0, T <= max_len -> (B, T, C) states."""
+    def encode(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """seq: (B, T) item ids, left-padded with 0, T <= max_len -> (B, T, C) states.
+        table: the step's `item_table()` (computed here when None)."""
         length = seq.shape[1]
         # Positions count back from the most recent item, so a batch whose left padding
         # was trimmed (T < max_len) gets the same position ids as the untrimmed one.
         positions = torch.arange(
             self.config.max_len - length, self.config.max_len, device=seq.device
         )
-        x = self.item_emb(seq) * self.config.hidden**0.5 + self.pos_emb(positions)[None]
+        table = self.item_table() if table is None else table
+        x = table[seq] * self.config.hidden**0.5 + self.pos_emb(positions)[None]
         x = self.emb_dropout(x)
-        causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
-        # Keys that are padding are hidden; a padded query still sees itself, so no row
-        # of the mask is empty (an empty row would give NaN).
-        allowed = causal[None] & (seq != 0)[:, None, :]
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=seq.device)[None]
+        allowed = causal_mask(seq != 0)  # padding keys hidden
         for block in self.blocks:
-            x = block(x, allowed[:, None])
+            x = block(x, allowed)
         return self.ln_out(x)
 
     def forward(
@@ -113,11 +107,12 @@ class SASRec(nn.Module):
         every target position equally across batches of uneven fill. Without targets,
         logits are for the last position of each row: (B, N + 1), loss None.
         """
-        states = self.encode(seq)  # (B, T, C)
+        table = self.item_table()  # (N + 1, C), one id-dropout draw per step
+        states = self.encode(seq, table)  # (B, T, C)
         if targets is None:
-            return states[:, -1] @ self.item_emb.weight.T, None
+            return states[:, -1] @ table.T, None
         mask = targets != 0
-        logits = states[mask] @ self.item_emb.weight.T  # (n, N + 1)
+        logits = states[mask] @ table.T  # (n, N + 1)
         logits[:, 0] = float("-inf")  # never predict padding
         loss = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
         return logits, loss

@@ -9,12 +9,15 @@ Vocabulary (one id space shared by both codebooks):
 
 so a token id alone says which codebook and level it encodes (`TokenLayout.describe`).
 
-An item with router split Lcol (of a budget L) is written as its first Lcol CF levels,
-then its first L - Lcol SEM levels (residual quantisation is coarse to fine, so a prefix
-of levels is meaningful), then one dedup token: always L + 1 tokens. Items whose L code
-tokens collide get dedup ids 0, 1, 2, ... in item order (as TIGER does), which makes every
-item's L + 1 tokens unique. Two items with different splits never collide: their first
-differing position holds tokens from different blocks.
+An item with router split Lcol (of a budget L) is written with its first Lcol CF levels and
+its first L - Lcol SEM levels (residual quantisation is coarse to fine, so a prefix of
+levels is meaningful), its DOMINANT codebook first: CF first when Lcol >= L - Lcol, else
+SEM first; then one dedup token, always L + 1 tokens. The order puts the router's choice
+into the first token, the one that carries most of an item's uncertainty: head items
+start with a collaborative code, tail and new items with a semantic one. Items whose L
+code tokens collide get dedup ids 0, 1, 2, ... in item order (as TIGER does), which makes
+every item's L + 1 tokens unique. Two items with different splits never collide: their
+sequences of (codebook, level) blocks differ at some position.
 
 Everything here is pure NumPy and vectorised over items (loops run over levels only).
 """
@@ -133,6 +136,12 @@ class TokenLayout:
         return cls(**{n: int(data[n]) for n in names})
 
 
+def cf_first(n_cf: np.ndarray, budget: int) -> np.ndarray:
+    """(N,) bool: whether an item with n_cf CF tokens of `budget` is written CF first
+    (its dominant codebook; ties, Lcol = L / 2, go to CF like the router's rounding)."""
+    return np.asarray(n_cf) >= budget - np.asarray(n_cf)
+
+
 def code_sequences(
     cf_codes: np.ndarray,
     sem_codes: np.ndarray,
@@ -144,8 +153,8 @@ def code_sequences(
 
     cf_codes: (N, >= L) CF codes per level; sem_codes: (N, >= L) SEM codes per level;
     n_cf: (N,) Lcol per item in [0, budget], or one int for every item; budget: L, in
-    [1, layout.n_levels]. Returns (N, L) int64 token ids: the first Lcol CF levels, then
-    the first L - Lcol SEM levels.
+    [1, layout.n_levels]. Returns (N, L) int64 token ids: the first Lcol CF levels and
+    the first L - Lcol SEM levels, the dominant codebook's first (`cf_first`).
     """
     cf = _int_array(cf_codes, "cf_codes")
     sem = _int_array(sem_codes, "sem_codes")
@@ -169,16 +178,18 @@ def code_sequences(
     n_cf_arr = np.broadcast_to(n_cf_arr, (n_items,))
     _check_range(n_cf_arr, 0, budget + 1, "n_cf", " (round alpha * L to ints first)")
 
+    first_cf = cf_first(n_cf_arr, budget)  # (N,)
+    n_first = np.where(first_cf, n_cf_arr, budget - n_cf_arr)  # tokens of the first codebook
+    rows = np.arange(n_items)
     out = np.empty((n_items, budget), dtype=np.int64)
     for pos in range(budget):
-        from_cf = pos < n_cf_arr  # (N,)
-        # The SEM level at this position; clipped where the position is a CF one (unused).
-        sem_level = np.clip(pos - n_cf_arr, 0, budget - 1)  # (N,)
-        sem_code = np.take_along_axis(sem, sem_level[:, None], axis=1)[:, 0]  # (N,)
+        in_first = pos < n_first  # (N,)
+        from_cf = in_first == first_cf  # first block and CF-first, or second and SEM-first
+        level = np.where(in_first, pos, pos - n_first)  # (N,) level within its codebook
         out[:, pos] = np.where(
             from_cf,
-            layout.code_token(CF, pos, cf[:, pos]),
-            layout.code_token(SEM, sem_level, sem_code),
+            layout.code_token(CF, level, cf[rows, level]),
+            layout.code_token(SEM, level, sem[rows, level]),
         )
     return out
 

@@ -49,7 +49,8 @@ class ItemRecord:
 
     prefix: its L code tokens; base: first dedup id free after the bundle's items with
     this prefix; dedup: the assigned dedup id (-1 before assignment); seq: store-wide
-    revision (larger = newer; a replace gets a new one).
+    revision (larger = newer; a replace gets a new one); vector: its item vector for the
+    dense head (C floats, this bundle's), so every replica serves it the same way.
     """
 
     id: str
@@ -60,13 +61,16 @@ class ItemRecord:
     sem: tuple[int, ...]
     alpha: float
     n_cf: int
+    vector: tuple[float, ...] = ()
     dedup: int = -1
     seq: int = 0
     at: float = 0.0
 
     def to_json(self) -> str:
         data = asdict(self)
-        data.update(prefix=list(self.prefix), cf=list(self.cf), sem=list(self.sem))
+        data.update(
+            prefix=list(self.prefix), cf=list(self.cf), sem=list(self.sem), vector=list(self.vector)
+        )
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -81,6 +85,7 @@ class ItemRecord:
             sem=tuple(int(x) for x in data["sem"]),
             alpha=float(data["alpha"]),
             n_cf=int(data["n_cf"]),
+            vector=tuple(float(x) for x in data.get("vector") or ()),
             dedup=int(data.get("dedup", -1)),
             seq=int(data.get("seq", 0)),
             at=float(data.get("at", 0.0)),

@@ -21,17 +21,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from models.bundle import Bundle
-from models.cold_start import tokenize_new_items
-from models.decoding import TokenGenerator, recommend_top_k
+from models.cold_start import NewItemCodes
+from models.decoding import ServingModel, recommend_top_k
 from models.item_table import ItemTable
-from models.prefix_index import OverlayIndex, PrefixIndex
+from models.prefix_index import PrefixIndex
 from models.text_encoder import item_description
 from service.batching import MicroBatcher
 from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord
@@ -135,7 +135,7 @@ class Recommender:
     """Model state and the synchronous operations on it (all on the inference thread)."""
 
     def __init__(
-        self, bundle: Bundle, generator: TokenGenerator, device: torch.device, backend: str
+        self, bundle: Bundle, generator: ServingModel, device: torch.device, backend: str
     ) -> None:
         self.bundle = bundle
         self.generator = generator
@@ -143,14 +143,10 @@ class Recommender:
         self.backend = backend
         self.layout = bundle.layout
         self.budget = bundle.budget
+        self.decoding = bundle.decoding  # what stage D measured; beam width per request
         self.max_len = int(bundle.generator.config.max_len)
-        self.table = ItemTable(
-            bundle.cf_codes, bundle.sem_codes, bundle.budget, self.layout, device
-        )
-        n_cf = torch.as_tensor(np.asarray(bundle.n_cf, dtype=np.int64))
-        self.cf_mask, self.sem_mask = self.table.hard_masks(n_cf)  # (R, L) each
-        tokens = np.asarray(bundle.item_tokens, dtype=np.int64)
-        self.dedup_tokens = torch.as_tensor(tokens[:, -1], device=device)  # (R,)
+        self.table = ItemTable(bundle.item_vectors, bundle.item_tokens, bundle.prefix_index, device)
+        self.cold_start = bundle.cold_start()
         self.n_bundle = bundle.n_items
         # A plain dict: one hash lookup per id. (A pandas Index of 1M strings took 0.3-0.9 s
         # per get_indexer call under pandas 3, which made /recommend scale with the catalog.)
@@ -160,9 +156,6 @@ class Recommender:
             raise ValueError("bundle external_ids are not unique")
         del self.bundle_ids[""]  # row 0 is padding, never an item
         self.base_index = bundle.prefix_index
-        self.overlay = OverlayIndex(bundle.prefix_index)
-        self._base_tensors = bundle.prefix_index.to_tensors(device)
-        self.index_tensors = (self._base_tensors, self.overlay.overlay.to_tensors(device))
         self.added: dict[str, AddedState] = {}
         self.row_to_added: dict[int, str] = {}  # internal row -> external id (added items)
         pop = np.asarray(bundle.popularity, dtype=np.int64).copy()
@@ -219,7 +212,7 @@ class Recommender:
     # --- recommendation ---
     def recommend_batch(self, queries: list[RecQuery]) -> list[RecResult]:
         """Groups by beam width (a request's result never depends on its batch mates'
-        settings) and runs one user-state + beam search call per group."""
+        settings) and runs one user-state + decoding call per group."""
         results: list[RecResult | None] = [None] * len(queries)
         groups: dict[int, list[int]] = {}
         for i, q in enumerate(queries):
@@ -241,22 +234,21 @@ class Recommender:
         exclude = np.full((batch, n_ex), -1, dtype=np.int64)
         for b, q in enumerate(queries):
             exclude[b, : len(q.exclude)] = q.exclude
-        seq = torch.as_tensor(items, device=self.device)
-        history = self.table.history(seq, self.cf_mask[seq], self.sem_mask[seq], self.dedup_tokens)
-        ids, scores = recommend_top_k(
+        k = max(q.k for q in queries)
+        rows, scores = recommend_top_k(
             self.generator,
-            history,
-            self.index_tensors,
-            beam_width=width,
-            top_k=width,
+            torch.as_tensor(items, device=self.device),
+            self.table.catalogue(),
+            top_k=k,
+            config=replace(self.decoding, beam_width=width),
             exclude=torch.as_tensor(exclude, device=self.device),
         )
-        ids, scores = ids.cpu().numpy(), scores.float().cpu().numpy()
+        rows, scores = rows.cpu().numpy(), scores.float().cpu().numpy()
         out = []
         for b, q in enumerate(queries):
-            keep = ids[b] > 0
-            rows, vals = ids[b][keep][: q.k], scores[b][keep][: q.k]
-            out.append(RecResult([self.external_id(int(r)) for r in rows], vals.tolist()))
+            keep = rows[b] > 0
+            found, vals = rows[b][keep][: q.k], scores[b][keep][: q.k]
+            out.append(RecResult([self.external_id(int(r)) for r in found], vals.tolist()))
         return out
 
     def popular_items(self, k: int, exclude: np.ndarray) -> RecResult:
@@ -267,19 +259,8 @@ class Recommender:
         )
 
     # --- cold start ---
-    def tokenize(self, embeddings: np.ndarray) -> tuple[np.ndarray, object]:
-        b = self.bundle
-        codes = tokenize_new_items(
-            b.tokenizer,
-            b.router,
-            embeddings,
-            b.new_item_features,
-            b.imputation_index,
-            b.imputation_ids,
-            b.cf_codes,
-            b.budget,
-            b.layout,
-        )
+    def tokenize(self, embeddings: np.ndarray) -> tuple[np.ndarray, NewItemCodes]:
+        codes = self.cold_start.tokenize(embeddings)
         base = bundle_next_dedup(self.base_index, codes.prefixes, self.layout.dedup_offset)
         return base, codes
 
@@ -300,41 +281,20 @@ class Recommender:
             recs = [r for r in recs if r.id not in self.bundle_ids]
         if not recs:
             return 0
-        replaced = any(r.id in self.added for r in recs)
-        cf = np.array([r.cf for r in recs], dtype=np.int64)
-        sem = np.array([r.sem for r in recs], dtype=np.int64)
-        rows = self.table.extend(cf, sem)  # a replaced item gets a new row; the old is orphaned
-        n_cf = torch.as_tensor([r.n_cf for r in recs], dtype=torch.int64)
-        cf_mask, sem_mask = self.table.hard_masks(n_cf)
-        dedup = torch.as_tensor(
-            [self.layout.dedup_offset + r.dedup for r in recs], device=self.device
-        )
+        hidden = self.table.vectors.shape[1]
+        if any(len(r.vector) != hidden for r in recs):
+            raise ValueError(f"stored item vectors must have {hidden} values (this bundle's)")
+        retire = np.array([self.added[r.id].row for r in recs if r.id in self.added], np.int64)
         token_rows = np.array(
             [[*r.prefix, self.layout.dedup_offset + r.dedup] for r in recs], dtype=np.int64
         )
+        vectors = np.array([r.vector for r in recs], dtype=np.float32)
+        rows = self.table.add(vectors, token_rows, retire)  # raises before changing anything
         new_added = dict(self.added)
         for rec, row in zip(recs, rows, strict=True):
             new_added[rec.id] = AddedState(int(row), rec)
-        if replaced:  # rebuild the overlay without the replaced rows
-            overlay = OverlayIndex(self.base_index)
-            live = list(new_added.values())
-            overlay.add(
-                np.array([[*s.record.prefix, self.layout.dedup_offset + s.record.dedup]
-                          for s in live], dtype=np.int64),
-                np.array([s.row for s in live], dtype=np.int64),
-            )  # fmt: skip
-        else:
-            overlay = self.overlay
-            overlay.add(token_rows, rows)
-        # Only after everything that can fail: swap the state in.
-        self.overlay = overlay
-        self.cf_mask = torch.cat([self.cf_mask, cf_mask])
-        self.sem_mask = torch.cat([self.sem_mask, sem_mask])
-        self.dedup_tokens = torch.cat([self.dedup_tokens, dedup])
-        self.added = new_added
-        for rec, row in zip(recs, rows, strict=True):
             self.row_to_added[int(row)] = rec.id
-        self.index_tensors = (self._base_tensors, overlay.overlay.to_tensors(self.device))
+        self.added = new_added
         return len(recs)
 
 
@@ -501,6 +461,7 @@ class Engine:
                         sem=tuple(int(c) for c in codes.sem_codes[i]),
                         alpha=round(float(codes.alpha[i]), 6),
                         n_cf=int(codes.n_cf[i]),
+                        vector=tuple(float(v) for v in codes.vectors[i]),
                         at=round(now, 3),
                     )
                 )

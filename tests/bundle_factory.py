@@ -16,10 +16,16 @@ import torch
 
 from models.alignment import AlignmentConfig
 from models.bundle import BundleContents, BundleExistsError, write_bundle
-from models.cold_start import aligned_cf_vectors, build_imputation_index, nearest_warm
+from models.cold_start import (
+    aligned_cf_vectors,
+    build_imputation_index,
+    nearest_warm,
+    served_item_features,
+)
+from models.decoding import DecodingConfig
 from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
 from models.generator import Generator, GeneratorConfig
-from models.router import Router, RouterConfig, router_features
+from models.router import Router, RouterConfig
 from models.rqvae import RQVAEConfig
 from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_needed
 
@@ -29,8 +35,11 @@ TEXT_MODEL_ID = "tiny-random-text-encoder;max_seq_length=128"
 MAX_IMPUTATION_CANDIDATES = 10_000
 
 
-def tiny_contents(n_items: int = 60, budget: int = 3, seed: int = 0) -> BundleContents:
-    """Random but consistent BundleContents over n_items items at token budget L."""
+def tiny_contents(
+    n_items: int = 60, budget: int = 3, seed: int = 0, dedup_slack: int = 2
+) -> BundleContents:
+    """Random but consistent BundleContents over n_items items at token budget L, with
+    `dedup_slack` spare dedup ids per code prefix for items added later."""
     if not 1 <= budget <= N_LEVELS:
         raise ValueError(f"budget must lie in [1, {N_LEVELS}], got {budget}")
     torch.manual_seed(seed)
@@ -69,31 +78,43 @@ def tiny_contents(n_items: int = 60, budget: int = 3, seed: int = 0) -> BundleCo
             nearest_warm(tokenizer, sem_codes[cold_ids], index, candidates)
         ]
 
-    features = router_features(popularity, None, None, n_users=50)  # (N + 1, 4)
-    router = Router(RouterConfig(budget=budget, hidden_dim=8)).fit_scaler(features)
-    torch.nn.init.normal_(router.mlp[-1].weight, std=1.0)  # a non-constant split
-    router.eval()
+    router = Router(RouterConfig(budget=budget)).init_slope(popularity).eval()
     with torch.no_grad():
-        alpha = router(torch.as_tensor(features)).numpy().astype(np.float32)
+        alpha = router(torch.as_tensor(popularity)).numpy().astype(np.float32)
         n_cf = router.hard_split(torch.as_tensor(alpha)).numpy()
     n_cf[0] = 0
 
-    probe = TokenLayout(CODEBOOK, N_LEVELS, 1)
+    probe = TokenLayout(CODEBOOK, budget, 1)
     needed = max(
         max_dedup_needed(code_sequences(cf_codes[1:], sem_codes[1:], k, budget, probe))
         for k in range(budget + 1)
     )
-    layout = TokenLayout(CODEBOOK, N_LEVELS, needed + 2)
+    layout = TokenLayout(CODEBOOK, budget, needed + dedup_slack)
     tokens = np.zeros((rows, budget + 1), dtype=np.int64)
     tokens[1:] = item_tokens(cf_codes[1:], sem_codes[1:], n_cf[1:], budget, layout)
 
     generator = Generator(
         GeneratorConfig(
-            vocab_size=layout.vocab_size, budget=budget, max_len=12, hidden=16, n_heads=2
+            vocab_size=layout.vocab_size,
+            budget=budget,
+            n_ids=rows,
+            code_levels=budget,
+            text_dim=TEXT_DIM,
+            max_len=12,
+            hidden=16,
+            n_heads=2,
         )
     ).eval()
     for p in generator.parameters():  # larger weights than the init: peaked, distinct scores
         torch.nn.init.normal_(p, std=0.3)
+    ids = np.where(warm, np.arange(rows), 0)
+    text = sem_x.numpy()
+    text[0] = 0.0
+    features = served_item_features(
+        layout, budget, ids, cf_codes, sem_codes, n_cf, text, torch.device("cpu")
+    )
+    with torch.no_grad():
+        item_vectors = generator.item_vectors(features).numpy()
 
     external_ids = np.array([""] + [f"item-{i}" for i in range(1, rows)])
     return BundleContents(
@@ -109,7 +130,8 @@ def tiny_contents(n_items: int = 60, budget: int = 3, seed: int = 0) -> BundleCo
         n_cf=n_cf.astype(np.int64),
         alpha=alpha,
         popularity=popularity,
-        new_item_features=features[0].astype(np.float32),
+        item_vectors=item_vectors,
+        decoding=DecodingConfig(beam_width=20, dense_weight=0.5, dense_candidates=20),
         imputation_vectors=vectors,
         imputation_ids=warm_ids.astype(np.int64),
         text_model_id=TEXT_MODEL_ID,

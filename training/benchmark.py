@@ -1,14 +1,20 @@
 """`flexcode benchmark`: train and evaluate several models over several seeds in one run.
 
-Writes results.json (shape below, read by later tooling) and results.md into the
-output directory, and prints the tables.
+Writes into the output directory:
 
-    {"dataset": str, "seeds": [int], "command": str,
-     "models": {MODEL: {GROUP: {METRIC: {"mean": x, "std": y}}}}, ...}
+    results.json   {"dataset", "seeds", "command", "models": {ROW: {GROUP: {METRIC: {"mean",
+                   "std"}}}}, "per_seed", "diagnostics": {ROW: {NAME: {"mean", "std"}}},
+                   "comparisons": {ROW: {GROUP: paired bootstrap vs the baseline}}, ...}
+    results.md     the same as tables
+    ranks.npz      per-user test ranks, one (S, U) array per row (the bootstrap's input)
 
-GROUP is all/head/tail/cold and METRIC one of recall@5, ndcg@5, recall@10, ndcg@10;
-a group with no test user has null figures. std is the sample standard deviation over
-seeds (0 for a single seed).
+A ROW is a model name, or "model/part" for the parts a runner reports beside its own
+figure (FlexCode: "/dense", "/generative", "/exact"). GROUP is all/head/tail/cold and
+METRIC one of recall@5, ndcg@5, recall@10, ndcg@10; a group with no test user has null
+figures. std is the sample standard deviation over seeds (0 for a single seed).
+Comparisons: every row against the baseline model (default sasrec), per-user NDCG@10
+differences on the same test users averaged over seeds, with a bootstrap interval
+(`training.stats.paired_bootstrap`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 
 from training.baselines import MODEL_RUNNERS, RunContext
 from training.data.preprocess import GROUPS, ProcessedDataset
-from training.evaluate import METRICS
+from training.evaluate import METRICS, EvalResult
+from training.stats import paired_bootstrap, per_user_ndcg
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +57,14 @@ class BenchmarkPlan:
             raise ValueError("a benchmark needs at least one model and one seed")
 
 
+def _row(model: str, part: str) -> str:
+    return model if not part else f"{model}/{part}"
+
+
 def _run_job(
     model: str, seed: int, dataset: ProcessedDataset, context: RunContext, threads: int
-) -> tuple[dict, dict, float]:
-    """One (model, seed) cell: (metrics, test user counts, seconds). Top-level so a
+) -> tuple[dict[str, EvalResult], dict, float]:
+    """One (model, seed) cell: (results by row, diagnostics, seconds). Top-level so a
     worker process can run it."""
     if threads:  # a spawned worker: its own thread budget and log handler
         torch.set_num_threads(threads)
@@ -61,8 +72,10 @@ def _run_job(
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logger.info("benchmark: %s seed %d", model, seed)
     start = time.perf_counter()
-    result = MODEL_RUNNERS[model](dataset, seed, context)
-    return result.metrics, result.counts, time.perf_counter() - start
+    out = MODEL_RUNNERS[model](dataset, seed, context)
+    results, diagnostics = ({"": out}, {}) if isinstance(out, EvalResult) else out
+    rows = {_row(model, part): result for part, result in results.items()}
+    return rows, diagnostics, time.perf_counter() - start
 
 
 def run_benchmark(
@@ -71,11 +84,14 @@ def run_benchmark(
     context: RunContext,
     command: str,
     workers: int = 1,
-) -> dict:
-    """Every (model, seed) of the plan. workers > 1 runs that many cells at once in
-    spawned processes with one torch thread each: on a small CPU box, independent
-    single-threaded runs use the cores better than one run's intra-op threads. Each
-    cell is seeded on its own, so the figures do not depend on `workers`."""
+    baseline: str | None = "sasrec",
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Every (model, seed) of the plan; returns (results, per-row (S, U) rank arrays).
+
+    workers > 1 runs that many cells at once in spawned processes with one torch thread
+    each: on a small CPU box, independent single-threaded runs use the cores better than
+    one run's intra-op threads. Each cell is seeded on its own, so the figures do not
+    depend on `workers`."""
     jobs = [(model, seed) for model in plan.models for seed in plan.seeds]
     if workers <= 1:
         outputs = [_run_job(m, s, dataset, context, 0) for m, s in jobs]
@@ -85,25 +101,60 @@ def run_benchmark(
             futures = [pool.submit(_run_job, m, s, dataset, context, 1) for m, s in jobs]
             outputs = [f.result() for f in futures]
     per_seed: dict[str, list[dict]] = {}
+    ranks: dict[str, list[np.ndarray]] = {}
+    diagnostics: dict[str, list[dict]] = {}
     seconds: dict[str, list[float]] = {}
-    for (model, _), (metrics, _, elapsed) in zip(jobs, outputs, strict=True):
-        per_seed.setdefault(model, []).append(metrics)
+    counts = None
+    for (model, _), (rows, diag, elapsed) in zip(jobs, outputs, strict=True):
+        for row, result in rows.items():
+            per_seed.setdefault(row, []).append(result.metrics)
+            ranks.setdefault(row, []).append(result.ranks)
+            counts = result.counts  # the same test users for every model
+        if diag:
+            diagnostics.setdefault(model, []).append(diag)
         seconds.setdefault(model, []).append(elapsed)
-    counts = outputs[-1][1]  # the same test users for every model
+    rank_arrays = {row: np.stack(r) for row, r in ranks.items()}
+    groups = outputs[-1][0][next(iter(outputs[-1][0]))].target_groups
     machine = machine_info(context.device)
     machine["benchmark_workers"] = workers
-    return {
+    results = {
         "dataset": dataset.name,
         "seeds": list(plan.seeds),
         "command": command,
-        "models": {m: aggregate(runs) for m, runs in per_seed.items()},
-        "per_seed": {m: [_json_safe(r) for r in runs] for m, runs in per_seed.items()},
+        "models": {row: aggregate(runs) for row, runs in per_seed.items()},
+        "per_seed": {row: [_json_safe(r) for r in runs] for row, runs in per_seed.items()},
+        "diagnostics": {m: aggregate_flat(d) for m, d in diagnostics.items()},
+        "comparisons": compare(rank_arrays, groups, baseline),
         "seconds_per_seed": {m: [round(s, 1) for s in v] for m, v in seconds.items()},
         "test_users": counts,
         "dataset_summary": dataset.summary(),
         "machine": machine,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    return results, rank_arrays
+
+
+def compare(
+    rank_arrays: dict[str, np.ndarray], target_groups: np.ndarray, baseline: str | None
+) -> dict:
+    """Every row against `baseline`: paired bootstrap of per-user NDCG@10, by group."""
+    if baseline is None or baseline not in rank_arrays:
+        return {}
+    base = per_user_ndcg(rank_arrays[baseline])
+    out: dict[str, dict] = {}
+    for row, ranks in rank_arrays.items():
+        if row == baseline:
+            continue
+        ndcg = per_user_ndcg(ranks)
+        seeds = min(len(ndcg), len(base))  # pair seed s with seed s
+        out[row] = {"baseline": baseline}
+        for index, group in enumerate(("all", *GROUPS)):
+            users = np.ones(base.shape[1], bool) if group == "all" else target_groups == index - 1
+            if not users.any():
+                out[row][group] = None
+                continue
+            out[row][group] = paired_bootstrap(ndcg[:seeds, users], base[:seeds, users])
+    return out
 
 
 def aggregate(runs: list[dict[str, dict[str, float]]]) -> dict:
@@ -117,6 +168,30 @@ def aggregate(runs: list[dict[str, dict[str, float]]]) -> dict:
                 continue
             std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             out[group][metric] = {"mean": float(values.mean()), "std": std}
+    return out
+
+
+def _flatten(prefix: str, value: object, out: dict[str, float]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out[prefix] = float(value)
+
+
+def aggregate_flat(runs: list[dict]) -> dict:
+    """Nested numeric diagnostics of several seeds -> {"a.b": {"mean", "std"}}."""
+    flat = []
+    for run in runs:
+        values: dict[str, float] = {}
+        _flatten("", run, values)
+        flat.append(values)
+    keys = sorted(set().union(*flat))
+    out = {}
+    for key in keys:
+        values = np.array([f[key] for f in flat if key in f])
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[key] = {"mean": float(values.mean()), "std": std}
     return out
 
 
@@ -141,6 +216,10 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def _cell(figure: dict) -> str:
+    return "n/a" if figure["mean"] is None else f"{figure['mean']:.4f} ± {figure['std']:.4f}"
+
+
 def results_markdown(results: dict) -> str:
     lines = [
         f"Dataset `{results['dataset']}`, seeds {results['seeds']}, "
@@ -153,23 +232,47 @@ def results_markdown(results: dict) -> str:
         lines += [f"**{group}**", "", "| model | " + " | ".join(METRICS) + " |"]
         lines.append("|---" * (len(METRICS) + 1) + "|")
         for model, groups in results["models"].items():
-            cells = []
-            for metric in METRICS:
-                figure = groups[group][metric]
-                cells.append(
-                    "n/a"
-                    if figure["mean"] is None
-                    else f"{figure['mean']:.4f} ± {figure['std']:.4f}"
-                )
+            cells = [_cell(groups[group][metric]) for metric in METRICS]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    comparisons = results.get("comparisons") or {}
+    if comparisons:
+        base = next(iter(comparisons.values()))["baseline"]
+        lines += [
+            f"**NDCG@10 against {base}** (per-user differences on the same test users, "
+            "averaged over seeds; 95% paired bootstrap interval)",
+            "",
+            "| model | group | difference | 95% interval | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for row, by_group in comparisons.items():
+            for group in GROUP_KEYS:
+                c = by_group.get(group)
+                if not c:
+                    continue
+                ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.3f}"
+                lines.append(
+                    f"| {row} | {group} | {c['diff']:+.4f} | "
+                    f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {ratio} |"
+                )
+        lines.append("")
+    diagnostics = results.get("diagnostics") or {}
+    if diagnostics:
+        lines += ["**Diagnostics** (mean ± std over seeds)", ""]
+        for model, values in diagnostics.items():
+            lines.append(f"- {model}: " + ", ".join(f"{k} {_cell(v)}" for k, v in values.items()))
         lines.append("")
     return "\n".join(lines)
 
 
-def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
+def write_results(
+    results: dict, out_dir: Path, rank_arrays: dict[str, np.ndarray] | None = None
+) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     json_path.write_text(json.dumps(results, indent=2, allow_nan=False))
     md_path.write_text(results_markdown(results))
+    if rank_arrays:
+        np.savez(out_dir / "ranks.npz", **{k.replace("/", "__"): v for k, v in rank_arrays.items()})
     return json_path, md_path

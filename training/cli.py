@@ -49,7 +49,10 @@ CacheOpt = Annotated[Path, typer.Option(help="processed-data cache directory")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
 VariantOpt = Annotated[
     str,
-    typer.Option(help="full, fix, sid-only, cf-only, no-align, full-L3, full-L4, full-L6"),
+    typer.Option(
+        help="flexcode (what ships), or an ablation: full, fix, sid-only, cf-only, no-align, "
+        "full-L2, full-L4, full-L5"
+    ),
 ]
 
 
@@ -167,7 +170,7 @@ def train_sasrec_cmd(
     layers: int = 2,
     dropout: float = 0.2,
     lr: float = 2e-3,
-    max_epochs: int = 200,
+    max_epochs: int = 300,
 ) -> None:
     """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec.
     Under torchrun every process trains a DDP replica; rank 0 evaluates and saves."""
@@ -302,7 +305,7 @@ def benchmark(
     cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
     device: DeviceOpt = "auto",
     save_models: Annotated[bool, typer.Option(help="keep trained models under OUT")] = False,
-    sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 200,
+    sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 300,
     sasrec_max_len: Annotated[int, typer.Option(help="SASRec history window")] = 100,
     run_dir: Annotated[
         Path | None, typer.Option(help="a `train tokenizer` run, needed by the FlexCode variants")
@@ -310,8 +313,13 @@ def benchmark(
     workers: Annotated[
         int, typer.Option(help="(model, seed) runs at once, one torch thread each")
     ] = 1,
+    baseline: Annotated[
+        str, typer.Option(help="model every other is compared with (paired bootstrap)")
+    ] = "sasrec",
+    seed_offset: Annotated[int, typer.Option(help="first seed (seeds run offset..offset+n-1)")] = 0,
 ) -> None:
-    """Train and evaluate MODELS over SEEDS; write results.json and results.md to OUT."""
+    """Train and evaluate MODELS over SEEDS; write results.json, results.md and ranks.npz
+    (per-user test ranks) to OUT."""
     from training.baselines import RunContext
     from training.benchmark import BenchmarkPlan, results_markdown, run_benchmark, write_results
     from training.device import resolve_device
@@ -320,7 +328,7 @@ def benchmark(
     try:
         plan = BenchmarkPlan(
             models=tuple(m.strip() for m in models.split(",") if m.strip()),
-            seeds=tuple(range(seeds)),
+            seeds=tuple(range(seed_offset, seed_offset + seeds)),
         )
     except ValueError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -334,8 +342,10 @@ def benchmark(
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
     )
-    results = run_benchmark(ds, plan, context, _command_line(ctx), workers=workers)
-    json_path, md_path = write_results(results, out)
+    results, ranks = run_benchmark(
+        ds, plan, context, _command_line(ctx), workers=workers, baseline=baseline
+    )
+    json_path, md_path = write_results(results, out, ranks)
     typer.echo(results_markdown(results))
     typer.echo(f"wrote {json_path} and {md_path}")
 
@@ -408,10 +418,9 @@ def train_generator_cmd(
     cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
     device: DeviceOpt = "auto",
     seed: int = 0,
-    variant: VariantOpt = "full",
-    max_epochs: Annotated[int, typer.Option(help="phase-1 epoch cap")] = 4,
-    finetune_epochs: Annotated[int, typer.Option(help="phase-2 (hard layout) epoch cap")] = 12,
-    patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 2,
+    variant: VariantOpt = "flexcode",
+    max_epochs: Annotated[int, typer.Option(help="epoch cap (early stopping ends sooner)")] = 300,
+    patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 10,
     eval_users: Annotated[int, typer.Option(help="validation users per evaluation; 0 = all")] = 0,
 ) -> None:
     """Stages A-D: the router and generator on RUN_DIR's tokenizer (stages A-C are trained
@@ -425,11 +434,7 @@ def train_generator_cmd(
     try:
         ds = _load_ranked(ctx, dist_ctx)
         train_config = GeneratorTrainConfig(
-            seed=seed,
-            max_epochs=max_epochs,
-            finetune_epochs=finetune_epochs,
-            patience=patience,
-            eval_users=eval_users or None,
+            seed=seed, max_epochs=max_epochs, patience=patience, eval_users=eval_users or None
         )
         result, test = run_generator_stage(
             ds,
@@ -449,8 +454,11 @@ def train_generator_cmd(
         return
     summary = {
         "variant": variant,
+        "dense_weight": result.decoding.dense_weight,
         "valid": result.best_valid["all"],
         "test": test.metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
         "train_seconds": round(result.seconds, 1),
     }
     typer.echo(json.dumps(summary, indent=2))
@@ -477,11 +485,10 @@ def train_pipeline_cmd(
     cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
     device: DeviceOpt = "auto",
     seed: int = 0,
-    variant: VariantOpt = "full",
-    sasrec_max_epochs: Annotated[int, typer.Option(help="stage A epoch cap")] = 200,
+    variant: VariantOpt = "flexcode",
+    sasrec_max_epochs: Annotated[int, typer.Option(help="stage A epoch cap")] = 300,
     tokenizer_epochs: Annotated[int, typer.Option(help="stage C epochs")] = 300,
-    generator_max_epochs: Annotated[int, typer.Option(help="stage D phase-1 epoch cap")] = 4,
-    finetune_epochs: Annotated[int, typer.Option(help="stage D phase-2 epoch cap")] = 12,
+    generator_max_epochs: Annotated[int, typer.Option(help="stage D epoch cap")] = 300,
 ) -> None:
     """Everything: stages A-D on DATASET, then export a serving bundle to BUNDLE_ROOT.
     Stages the run directory already holds are reused. Under torchrun (`torchrun
@@ -508,9 +515,7 @@ def train_pipeline_cmd(
             run_dir,
             torch_device,
             variant,
-            GeneratorTrainConfig(
-                seed=seed, max_epochs=generator_max_epochs, finetune_epochs=finetune_epochs
-            ),
+            GeneratorTrainConfig(seed=seed, max_epochs=generator_max_epochs),
             tokenizer_train_config=TokenizerTrainConfig(epochs=tokenizer_epochs, seed=seed),
             cache_dir=cache_dir,
             sasrec_train_config=SASRecTrainConfig(max_epochs=sasrec_max_epochs, seed=seed),

@@ -34,7 +34,6 @@ from models.onnx_generator import (
     export_generator_onnx,
 )
 from models.text_encoder import MODEL_DISTRIBUTION, MODEL_NAME, TextEncoderConfig
-from models.tokens import item_tokens as build_item_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def _tokenizer_dir_name(gen_meta: dict) -> str:
 
     if gen_meta.get("tokenizer_dir"):
         return str(gen_meta["tokenizer_dir"])
-    variant = VARIANTS.get(gen_meta.get("variant", "full"))
+    variant = VARIANTS.get(gen_meta.get("variant", "flexcode"))
     return variant.tokenizer_dir if variant is not None else "tokenizer"
 
 
@@ -95,6 +94,7 @@ def export_bundle(
     torch differ by more than 1e-4, BundleError when the written bundle does not verify.
     """
     from training.stages.generator import load_generator  # training internals stay here
+    from training.stages.generator.train import served_model
     from training.stages.tokenizer import load_tokenizer
 
     start = time.perf_counter()
@@ -114,6 +114,7 @@ def export_bundle(
     result = load_generator(generator_dir, device)
     with np.load(generator_dir / "items.npz", allow_pickle=False) as data:
         items = {k: data[k] for k in data.files}
+    inputs, layout = result.inputs, result.layout
 
     n_items = int(run_info.get("items", len(items["external_ids"]) - 1))
     if len(items["external_ids"]) != n_items + 1:
@@ -121,10 +122,10 @@ def export_bundle(
             f"{generator_dir / 'items.npz'} has {len(items['external_ids']) - 1} items, "
             f"run.json says {n_items}: the artifacts come from different datasets"
         )
-    budget = int(gen_meta["budget"])
-    sem_codes = np.asarray(items["sem_codes"], dtype=np.int64)
-    cf_codes = np.asarray(items["cf_codes"], dtype=np.int64)  # cold items already imputed
-    warm = np.asarray(items["warm"], dtype=bool).copy()
+    budget = inputs.budget
+    sem_codes = np.asarray(inputs.sem_codes, dtype=np.int64)
+    cf_codes = np.asarray(inputs.cf_codes, dtype=np.int64)  # cold items already imputed
+    warm = np.asarray(inputs.warm, dtype=bool).copy()
     warm[0] = False
     _check_codes("sem_codes", sem_codes, np.asarray(codes["sem_codes"], dtype=np.int64))
     tok_warm = np.asarray(codes["warm"], dtype=bool)
@@ -134,9 +135,8 @@ def export_bundle(
             "generator/items.npz cf_codes of warm items differ from the tokenizer's: stage D "
             "was trained on another tokenizer; retrain stage D on this run's tokenizer"
         )
-    served = np.asarray(result.item_tokens, dtype=np.int64)
-    rebuilt = build_item_tokens(cf_codes[1:], sem_codes[1:], result.n_cf[1:], budget, result.layout)
-    if not np.array_equal(served[1:], rebuilt):
+    served = np.asarray(layout.item_tokens, dtype=np.int64)
+    if not np.array_equal(served, inputs.item_tokens(layout.n_cf)):
         raise ExportError(
             f"{generator_dir / 'items.npz'}: item_tokens do not follow from the codes and "
             "n_cf under the saved layout; the stage-D artifacts are inconsistent, retrain it"
@@ -146,6 +146,10 @@ def export_bundle(
     if imputation_ids.size == 0:
         raise ExportError("no warm item: the cold-start imputation index would be empty")
     imputation_vectors = aligned_cf_vectors(tokenizer, cf_codes[imputation_ids])  # (W, P)
+    # The dense head's table exactly as stage D measured it: hard masks of each split.
+    item_vectors = served_model(
+        result.generator, result.router, inputs, layout, result.decoding, device
+    ).catalogue.item_vectors
 
     logger.info("export: ONNX generator")
     onnx_files = export_generator_onnx(result.generator)
@@ -158,24 +162,24 @@ def export_bundle(
     logger.info("export: ONNX matches torch, max abs diff %.3g", onnx_diff)
 
     metrics = {"valid": result.best_valid, "onnx_max_abs_diff": onnx_diff}
-    for key in ("variant", "test"):
+    for key in ("variant", "test", "test_dense_only", "test_generative_only", "alpha"):
         if key in gen_meta:
             metrics[key] = gen_meta[key]
     contents = BundleContents(
         tokenizer=tokenizer,
         router=result.router,
         generator=result.generator,
-        layout=result.layout,
+        layout=inputs.layout,
         budget=budget,
         external_ids=np.asarray(items["external_ids"], dtype=str),
         sem_codes=sem_codes,
         cf_codes=cf_codes,
         item_tokens=served,
-        n_cf=np.asarray(result.n_cf, dtype=np.int64),
-        alpha=np.asarray(result.alpha, dtype=np.float32),
-        popularity=np.asarray(items["popularity"], dtype=np.int64),
-        # Row 0 (padding) is defined as an item with no interactions: what a new item has.
-        new_item_features=np.asarray(items["features"][0], dtype=np.float32),
+        n_cf=np.asarray(layout.n_cf, dtype=np.int64),
+        alpha=np.asarray(layout.alpha, dtype=np.float32),
+        popularity=np.asarray(inputs.counts, dtype=np.int64),
+        item_vectors=item_vectors.float().cpu().numpy(),
+        decoding=result.decoding,
         imputation_vectors=imputation_vectors,
         imputation_ids=imputation_ids,
         text_model_id=str(

@@ -30,9 +30,10 @@ from training.data.preprocess import ProcessedDataset
 from training.distributed import DistContext, barrier, single_process
 from training.evaluate import EvalResult
 from training.stages.generator import (
+    SHIPPED,
     GeneratorResult,
     GeneratorTrainConfig,
-    evaluate_generator,
+    report_on_test_split,
     save_generator,
     train_variant,
 )
@@ -183,7 +184,7 @@ def run_generator_stage(
     dataset: ProcessedDataset,
     run_dir: Path,
     device: torch.device,
-    variant: str = "full",
+    variant: str = SHIPPED,
     train_config: GeneratorTrainConfig | None = None,
     tokenizer_spec: TokenizerSpec | None = None,
     tokenizer_train_config: TokenizerTrainConfig | None = None,
@@ -214,7 +215,19 @@ def run_generator_stage(
         )
     _run_info_ok(run_dir, dataset, dist_ctx)
     train_config = train_config or GeneratorTrainConfig()
-    result = train_variant(dataset, run_dir, variant, device, train_config, distributed=dist_ctx)
+    text = None
+    if train_config.use_text:
+        # Rank 0 computed (and cached) them in stage B; the others read the cache.
+        text = ensure_semantic_embeddings(dataset, device, cache_dir)
+    result = train_variant(
+        dataset,
+        run_dir,
+        variant,
+        device,
+        train_config,
+        distributed=dist_ctx,
+        text_embeddings=text,
+    )
     if dist_ctx.is_main:
         test = _test_and_save(dataset, run_dir, variant, device, train_config, result)
     else:
@@ -231,18 +244,36 @@ def _test_and_save(
     train_config: GeneratorTrainConfig,
     result: GeneratorResult,
 ) -> EvalResult:
-    """Stage D's test metrics, artifacts (run_dir/generator) and alpha plot."""
-    test = evaluate_generator(result, dataset, device, "test")
-    extra = {"variant": variant, "test": test.metrics, "test_users": test.counts}
+    """Stage D's test metrics (the served model and each head alone), artifacts
+    (run_dir/generator) and alpha plot."""
+    results, diagnostics = report_on_test_split(result, dataset, device, exact=False)
+    test = results[""]
+    extra = {
+        "variant": variant,
+        "test": test.metrics,
+        "test_dense_only": results["dense"].metrics,
+        "test_generative_only": results["generative"].metrics,
+        "test_diagnostics": diagnostics,
+        "test_users": test.counts,
+    }
     counts = dataset.train_counts()
-    extra["alpha"] = alpha_summary(result.alpha, counts, result.n_cf)
+    extra["alpha"] = alpha_summary(result.layout.alpha, counts, result.layout.n_cf)
+    with torch.no_grad():
+        extra["alpha"]["new_item_alpha"] = float(result.router(torch.zeros(1, device=device))[0])
     save_generator(result, dataset, train_config, run_dir / "generator", extra)
     plot_alpha(
-        result.alpha, counts, run_dir / "generator" / "alpha.png", f"{dataset.name}, {variant}"
+        result.layout.alpha,
+        counts,
+        run_dir / "generator" / "alpha.png",
+        f"{dataset.name}, {variant}",
     )
     logger.info(
-        "stage D: saved %s (test NDCG@10 %.4f)",
+        "stage D: saved %s (test NDCG@10 %.4f at dense weight %.2f; dense only %.4f, "
+        "generative only %.4f)",
         run_dir / "generator",
         test.metrics["all"]["ndcg@10"],
+        result.decoding.dense_weight,
+        results["dense"].metrics["all"]["ndcg@10"],
+        results["generative"].metrics["all"]["ndcg@10"],
     )
     return test

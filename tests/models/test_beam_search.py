@@ -2,9 +2,13 @@
 
 The reference is how constrained decoding is usually written with HF
 `prefix_allowed_tokens_fn`: a dict trie, and standard beam search one request and one beam
-at a time, calling the model on each beam alone. Its tie rule is the kernel's documented
-one: at the last step (score desc, item id asc); before it (score desc, parent beam rank,
-token asc). Scores are summed in float32 like the kernel's, so they match bit for bit.
+at a time, calling the model on each beam alone. Like the kernel, it renormalises the
+model's scores over each beam's allowed next tokens (a softmax restricted to the prefix's
+children), so a finished item's score is log P(item). Its tie rule is the kernel's
+documented one: at the last step (score desc, item id asc); before it (score desc, parent
+beam rank, token asc). Scores are float32 like the kernel's but the log-sum-exp runs over a
+row of another length, so they agree to ~1e-6, not bit for bit; items, their order and
+their tokens must agree exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.beam_search import _select, constrained_beam_search
+from models.beam_search import _select, constrained_beam_search, restrict, sequence_log_probs
 from models.prefix_index import OverlayIndex, build_prefix_index
 from tests.models.test_prefix_index import random_catalog
 
@@ -63,17 +67,14 @@ def reference_beam_search(
         trie = reference_trie(rows, ids)
     depth = rows.shape[1]
 
-    def prefix_allowed_tokens_fn(prefix):
-        node = trie
-        for tok in prefix:
-            node = node[tok]
-        return sorted(node)
-
-    def leaf(prefix):
+    def node_at(prefix):
         node = trie
         for tok in prefix:
             node = node[tok]
         return node
+
+    def prefix_allowed_tokens_fn(prefix):
+        return sorted(node_at(prefix))
 
     results = []
     for b in range(batch_size):
@@ -84,13 +85,20 @@ def reference_beam_search(
             for rank, (score, prefix) in enumerate(beams):
                 tokens = torch.tensor([[[BOS, *prefix]]])
                 logp = step_fn(tokens, None)[0][0, 0]
-                for tok in prefix_allowed_tokens_fn(prefix):
-                    s = np.float32(score + np.float32(logp[tok].item()))
+                allowed = prefix_allowed_tokens_fn(prefix)
+                # The softmax over the allowed tokens only (NaN = forbidden, like -inf).
+                vals = logp[allowed]
+                vals = vals.masked_fill(vals.isnan(), -np.inf)
+                lse = np.float32(torch.logsumexp(vals, dim=0).item())
+                if lse == -np.inf:
+                    continue  # every allowed token is forbidden: the beam dies
+                for tok, val in zip(allowed, vals.tolist(), strict=True):
+                    s = np.float32(score + np.float32(np.float32(val) - lse))
                     if s == -np.inf:
                         continue
                     new = [*prefix, tok]
                     if t == depth - 1:
-                        item = leaf(new)
+                        item = node_at(new)
                         if item in banned:
                             continue
                         cands.append(((-s, item), s, new, item))
@@ -103,19 +111,28 @@ def reference_beam_search(
     return results
 
 
+SCORE_ATOL = 1e-5
+
+
 def assert_matches_reference(got, want, rows, ids):
     items, scores, tokens = got
     row_of = {int(i): tuple(r) for r, i in zip(rows.tolist(), ids.tolist(), strict=True)}
     for b, ref in enumerate(want):
         n = len(ref)
         assert items[b, :n].tolist() == [r[0] for r in ref]
-        np.testing.assert_allclose(scores[b, :n].numpy(), [r[1] for r in ref], rtol=0, atol=0)
+        np.testing.assert_allclose(
+            scores[b, :n].numpy(), [r[1] for r in ref], rtol=0, atol=SCORE_ATOL
+        )
         assert [tuple(x) for x in tokens[b, :n].tolist()] == [r[2] for r in ref]
         for item, toks in zip(items[b, :n].tolist(), tokens[b, :n].tolist(), strict=True):
             assert row_of[item] == tuple(toks)  # a real item, with its own tokens
         assert (items[b, n:] == -1).all() and (tokens[b, n:] == -1).all()
         assert torch.isneginf(scores[b, n:]).all()
         assert (scores[b, 1:n] <= scores[b, : n - 1]).all()
+        assert (scores[b, :n] <= 0).all()  # log-probabilities of items
+        # The kernel's own tie rule on its own scores: equal scores, lower item id first.
+        tied = scores[b, 1:n] == scores[b, : n - 1]
+        assert (items[b, 1:n][tied] > items[b, : n - 1][tied]).all()
 
 
 @pytest.mark.parametrize(
@@ -306,3 +323,214 @@ def test_empty_overlay_and_nan_log_probs():
     )
     plain = constrained_beam_search(with_neg_inf, index.to_tensors(), 3, 8, 5)
     assert all(torch.equal(a, b) for a, b in zip(got, plain, strict=True))
+
+
+# ---- the restricted softmax ------------------------------------------------------------
+
+
+def test_tie_rule_with_a_uniform_model():
+    """A uniform model makes exact ties at every depth: earlier steps keep the better
+    parent, then the lower token; the last step orders equal scores by item id."""
+    rows = np.array(
+        [
+            [5, 8, 12],
+            [5, 8, 13],
+            [5, 9, 12],
+            [5, 9, 13],
+            [6, 8, 12],
+            [6, 8, 13],
+            [7, 8, 12],
+            [7, 8, 13],
+        ]
+    )
+    ids = np.array([9, 3, 7, 6, 4, 2, 0, 1])  # within a leaf node, ids run against tokens
+    index = build_prefix_index(rows, ids, 20).to_tensors()
+
+    def uniform(tokens, state):
+        return torch.zeros(*tokens.shape[:2], 20), state
+
+    # Width 2: the root keeps tokens 5 and 6 of three tied ones (never 7, whose items 0
+    # and 1 have the lowest ids); 6's only child then leads, and its two items tie.
+    items, scores, tokens = constrained_beam_search(uniform, index, 1, 2, 2)
+    assert items[0].tolist() == [2, 4]
+    assert tokens[0].tolist() == [[6, 8, 13], [6, 8, 12]]
+    torch.testing.assert_close(scores[0], torch.full((2,), -np.log(6.0)), rtol=0, atol=1e-6)
+    # Wide enough for everything: four items tie at log(1/6), four more at log(1/12).
+    items, scores, tokens = constrained_beam_search(uniform, index, 1, 8, 8)
+    assert items[0].tolist() == [0, 1, 2, 4, 3, 6, 7, 9]
+    assert torch.equal(scores[0, :4], scores[0, :1].expand(4))
+    assert torch.equal(scores[0, 4:], scores[0, 4:5].expand(4))
+    torch.testing.assert_close(
+        scores[0].double().exp().sum(), torch.tensor(1.0, dtype=torch.float64)
+    )
+    want = reference_beam_search(uniform, rows, ids, 1, 8, 8)
+    assert_matches_reference((items, scores, tokens), want, rows, ids)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_restrict_is_a_softmax_over_the_valid_entries(dim):
+    gen = torch.Generator().manual_seed(dim + 5)
+    logits = torch.randn(6, 7, generator=gen) * 3
+    invalid = torch.rand(6, 7, generator=gen) < 0.4
+    nan = torch.rand(6, 7, generator=gen) < 0.15
+    x = logits.masked_fill(invalid, float("-inf")).masked_fill(nan & ~invalid, float("nan"))
+    if dim == 0:
+        x[:, 2] = float("-inf")  # a slice with no valid entry
+        x[0, 3], x[1:, 3] = float("nan"), float("-inf")  # ... and one of NaN and -inf only
+    else:
+        x[2] = float("-inf")
+        x[3, 0], x[3, 1:] = float("nan"), float("-inf")
+    out = restrict(x, dim=dim)
+    valid = torch.isfinite(x)
+    assert out.shape == x.shape and not out.isnan().any()
+    assert torch.isneginf(out[~valid]).all()  # invalid (-inf or NaN) entries stay -inf
+    total = out.exp().sum(dim=dim)
+    has_valid = valid.any(dim=dim)
+    torch.testing.assert_close(total[has_valid], torch.ones(int(has_valid.sum())))
+    assert (total[~has_valid] == 0).all() and (~has_valid).sum() == 2
+    # On the valid entries: the log-softmax of those entries alone, shift-invariant.
+    for i in range(x.shape[1 - (dim % 2)]):
+        line = x[:, i] if dim == 0 else x[i]
+        got = out[:, i] if dim == 0 else out[i]
+        keep = torch.isfinite(line)
+        if keep.any():
+            torch.testing.assert_close(got[keep], torch.log_softmax(line[keep], dim=0))
+    shifted = restrict(x + 11.0, dim=dim)
+    torch.testing.assert_close(shifted, out)
+
+
+def test_restricted_scores_do_not_penalise_a_prefix_with_few_children():
+    """Item [a, x] is the only item under a: its second token is certain once a is chosen,
+    however unlikely the model finds x over the whole vocabulary."""
+    vocab, a, b, x, y, z = 10, 3, 4, 5, 6, 7
+    rows = np.array([[a, x], [b, y], [b, z]])
+    index = build_prefix_index(rows, np.array([1, 2, 3]), vocab).to_tensors()
+    probs = torch.full((2, vocab), 1e-3)
+    probs[0, [a, b]] = 0.5
+    probs[1, [x, y, z]] = torch.tensor([0.1, 0.6, 0.3])  # x is unlikely over the vocabulary
+    logp = probs.log()
+
+    def step_fn(tokens, state):
+        return logp[tokens.shape[-1] - 1].expand(*tokens.shape[:2], vocab), state
+
+    items, scores, _ = constrained_beam_search(step_fn, index, 1, 3, 3)
+    assert items[0].tolist() == [1, 2, 3]  # unrestricted sums would rank item 2 first
+    want = np.log([0.5 * 1.0, 0.5 * 0.6 / 0.9, 0.5 * 0.3 / 0.9])
+    np.testing.assert_allclose(scores[0].numpy(), want, rtol=0, atol=1e-6)
+
+
+def teacher_forced(step_fn, rows) -> torch.Tensor:
+    """(M, D) rows -> (M, D, V) the table model's log-probs of each token given the ones
+    before it (what a decoder gives under teacher forcing)."""
+    rows = torch.as_tensor(np.asarray(rows))
+    tokens = torch.cat([torch.full((rows.shape[0], 1), BOS), rows.clamp(min=0)], dim=1)
+    return torch.stack(
+        [step_fn(tokens[None, :, : t + 1], None)[0][0] for t in range(rows.shape[1])], dim=1
+    )
+
+
+def overlay_split(seed: int, n: int = 200, n_added: int = 30):
+    rows, ids, vocab = random_catalog(seed, n=n)
+    n_base = rows.shape[0] - n_added
+    ov = OverlayIndex(build_prefix_index(rows[:n_base], ids[:n_base], vocab))
+    ov.add(rows[n_base:], ids[n_base:])
+    return rows, ids, vocab, ov, n_base
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sequence_log_probs_is_a_distribution_over_items(seed):
+    """Summed over every item of the index, P(item) = exp(sum of its token log-probs) is
+    1: with one index, and with a base + overlay pair (whose items are the union)."""
+    rows, ids, vocab, ov, n_base = overlay_split(seed + 80)
+    step_fn = make_table_model(seed, rows.shape[1], vocab)
+    logp = teacher_forced(step_fn, rows)
+    tokens = torch.as_tensor(rows)
+    merged, merged_ids = sequence_log_probs(logp, tokens, ov.merged().to_tensors())
+    over, over_ids = sequence_log_probs(logp, tokens, ov.to_tensors())
+    assert merged.shape == tokens.shape and merged.dtype == torch.float32
+    assert merged_ids.tolist() == ids.tolist() == over_ids.tolist()
+    assert torch.isfinite(merged).all() and (merged <= 0).all()
+    for log_p in (merged, over):
+        total = log_p.sum(dim=1).double().exp().sum()
+        torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(over, merged, rtol=0, atol=1e-6)
+    # The base index alone: its items sum to 1 (a different softmax), added ones are absent.
+    base, base_ids = sequence_log_probs(logp, tokens, ov.base.to_tensors())
+    assert base_ids[:n_base].tolist() == ids[:n_base].tolist()
+    assert (base_ids[n_base:] == -1).all()
+    total = base[:n_base].sum(dim=1).double().exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64))
+    assert (base[:n_base].sum(dim=1) >= merged[:n_base].sum(dim=1) - 1e-6).all()
+    # Logits work as well as log-probs: any shift per (sequence, position) cancels.
+    shift = torch.randn(logp.shape[:2], generator=torch.Generator().manual_seed(seed)) * 5
+    shifted, _ = sequence_log_probs(logp + shift[..., None], tokens, ov.to_tensors())
+    torch.testing.assert_close(shifted, over, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_overlay", [False, True])
+def test_sequence_log_probs_match_the_beam_search_scores(with_overlay):
+    rows, ids, vocab, ov, _ = overlay_split(90)
+    index = ov.to_tensors() if with_overlay else ov.merged().to_tensors()
+    step_fn = make_table_model(7, rows.shape[1], vocab)
+    items, scores, tokens = constrained_beam_search(step_fn, index, 2, 25, 25)
+    assert (items >= 0).all()
+    flat = tokens.reshape(-1, rows.shape[1])
+    log_p, found = sequence_log_probs(teacher_forced(step_fn, flat), flat, index)
+    assert found.tolist() == items.reshape(-1).tolist()
+    torch.testing.assert_close(log_p.sum(dim=1), scores.reshape(-1), rtol=0, atol=1e-5)
+    # The search with a beam as wide as the catalogue finds every item with its score.
+    n = rows.shape[0]
+    all_items, all_scores, _ = constrained_beam_search(step_fn, index, 1, n, n)
+    log_p, found = sequence_log_probs(teacher_forced(step_fn, rows), torch.as_tensor(rows), index)
+    by_id = dict(zip(found.tolist(), log_p.sum(dim=1).tolist(), strict=True))
+    want = torch.tensor([by_id[i] for i in all_items[0].tolist()])
+    torch.testing.assert_close(all_scores[0], want, rtol=0, atol=1e-5)
+
+
+def test_sequence_log_probs_of_sequences_outside_the_index():
+    rows, ids, vocab, ov, _ = overlay_split(100)
+    index = ov.to_tensors()
+    step_fn = make_table_model(8, rows.shape[1], vocab)
+    good = rows[:2]
+    bad_third = good[0].copy()
+    used = {tuple(r[:3]) for r in rows}
+    children = {r[2] for r in rows if tuple(r[:2]) == tuple(good[0, :2])}
+    bad_third[2] = next(t for t in range(3, vocab) if t not in children)  # leaves the tree
+    assert tuple(bad_third[:3]) not in used
+    bad_root = good[1].copy()
+    bad_root[0] = 2  # EOS: never a first token
+    out_of_vocab = good[0].copy()
+    out_of_vocab[3] = vocab
+    negative = good[1].copy()
+    negative[1] = -1
+    seqs = np.stack([good[0], bad_third, bad_root, out_of_vocab, negative, good[1]])
+    logp = teacher_forced(step_fn, np.minimum(seqs, vocab - 1))
+    log_p, found = sequence_log_probs(logp, torch.as_tensor(seqs), index)
+    assert found.tolist() == [ids[0], -1, -1, -1, -1, ids[1]]
+    assert torch.isfinite(log_p[[0, 5]]).all()
+    # The valid prefix keeps its log-probs; from the first token off the tree on, -inf.
+    torch.testing.assert_close(log_p[1, :2], log_p[0, :2])
+    assert torch.isneginf(log_p[1, 2:]).all()
+    assert torch.isneginf(log_p[2]).all()
+    assert torch.isneginf(log_p[3, 3]) and torch.isneginf(log_p[4, 1:]).all()
+    # A token the model forbids (-inf or NaN) makes the sequence no item too.
+    for value in (float("-inf"), float("nan")):
+        forbidding = logp.clone()
+        forbidding[0, 1, int(seqs[0, 1])] = value
+        log_p2, found2 = sequence_log_probs(forbidding, torch.as_tensor(seqs), index)
+        assert found2[0] == -1 and torch.isneginf(log_p2[0, 1:]).all()
+        assert torch.equal(log_p2[0, 0], log_p[0, 0]) and torch.equal(log_p2[5], log_p[5])
+
+
+def test_sequence_log_probs_checks_shapes():
+    rows, ids, vocab = random_catalog(110, n=30)
+    index = build_prefix_index(rows, ids, vocab).to_tensors()
+    tokens = torch.as_tensor(rows)
+    with pytest.raises(ValueError, match="log_probs"):
+        sequence_log_probs(torch.zeros(len(rows), 4, vocab + 1), tokens, index)
+    with pytest.raises(ValueError, match="log_probs"):
+        sequence_log_probs(torch.zeros(len(rows), 3, vocab), tokens[:, :3], index)
+    with pytest.raises(ValueError, match="log_probs"):
+        sequence_log_probs(torch.zeros(len(rows) + 1, 4, vocab), tokens, index)
+    with pytest.raises(ValueError, match="index_tensors"):
+        sequence_log_probs(torch.zeros(len(rows), 4, vocab), tokens, object())

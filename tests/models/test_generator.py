@@ -1,102 +1,325 @@
+"""The generator: item vectors, the causal user encoder, and its dense and generative heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
 import torch
 
-from models.generator import Generator, GeneratorConfig, HistoryItems
+from models.beam_search import constrained_beam_search, sequence_log_probs
+from models.cold_start import served_item_features
+from models.generator import Generator, GeneratorConfig, ItemFeatures
+from models.prefix_index import build_prefix_index
+from models.tokens import PAD, TokenLayout, item_tokens
 
 L = 3
-V = 40
+LAYOUT = TokenLayout(codebook_size=4, n_levels=L, dedup_size=4)
+V = LAYOUT.vocab_size
+N_ITEMS = 12
+TEXT_DIM = 5
 
 
-def history_of(cf, sem, dedup, n_cf):
-    """Hard-mask histories: cf, sem (B, T, L) tokens, dedup (B, T), n_cf (B, T) CF levels."""
-    levels = torch.arange(1, L + 1)
-    cf_mask = (levels[None, None] <= n_cf[..., None]).float()
-    sem_mask = (levels[None, None] <= (L - n_cf)[..., None]).float()
-    pad = (dedup == 0)[..., None]
-    return HistoryItems(cf, sem, cf_mask.masked_fill(pad, 0), sem_mask.masked_fill(pad, 0), dedup)
-
-
-def random_history(batch, length, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    cf = torch.randint(3, 20, (batch, length, L), generator=g)
-    sem = torch.randint(20, 36, (batch, length, L), generator=g)
-    dedup = torch.randint(36, V, (batch, length), generator=g)
-    n_cf = torch.randint(0, L + 1, (batch, length), generator=g)
-    return history_of(cf, sem, dedup, n_cf)
-
-
-def model(**overrides):
-    torch.manual_seed(0)
-    return Generator(GeneratorConfig(vocab_size=V, budget=L, max_len=8, hidden=16, **overrides))
-
-
-def test_shapes_and_summed_loss():
-    gen = model().eval()
-    history = random_history(2, 5)
-    targets = torch.randint(3, V, (2, 5, L + 1))
-    targets[0, :2] = 0  # no target at two positions
-    logits, loss = gen(history, targets)
-    assert logits.shape == (8, L + 1, V)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    state, none = gen(history)
-    assert state.shape == (2, 16) and none is None
-
-
-def test_history_is_causal_and_left_padding_is_ignored():
-    gen = model().eval()
-    history = random_history(1, 5)
-    states = gen.encode_history(history)
-    changed = history._replace(dedup_tokens=history.dedup_tokens.clone())
-    changed.dedup_tokens[0, -1] = 3
-    assert torch.allclose(states[0, :4], gen.encode_history(changed)[0, :4], atol=1e-6)
-    padded = HistoryItems(*(torch.cat([torch.zeros_like(t[:, :2]), t], dim=1) for t in history))
-    assert torch.allclose(gen.user_state(padded), gen.user_state(history), atol=1e-5)
-
-
-def test_router_masks_receive_gradient_from_the_generation_loss():
-    gen = model(dropout=0.0)
-    history = random_history(2, 4)
-    soft_cf = torch.full_like(history.cf_mask, 0.5, requires_grad=True)
-    soft = history._replace(cf_mask=soft_cf)
-    _, loss = gen(soft, torch.randint(3, V, (2, 4, L + 1)))
-    loss.backward()
-    assert soft_cf.grad is not None and soft_cf.grad.abs().sum() > 0
-
-
-def test_next_token_log_probs_match_the_teacher_forced_logits():
-    gen = model().eval()
-    state = torch.randn(2, 16)
-    prefix = torch.randint(3, V, (2, 3, 2))  # 2 requests, 3 beams, 2 tokens so far
-    step = gen.next_token_log_probs(state, prefix)
-    assert step.shape == (2, 3, V)
-    full = gen.decode_logits(state[:, None].expand(2, 3, 16).reshape(6, 16), prefix.reshape(6, 2))
-    expected = torch.log_softmax(full[:, -1], dim=-1).view(2, 3, V)
-    assert torch.allclose(step, expected, atol=1e-5)
-
-
-def test_learns_to_generate_the_next_items_tokens():
-    # Each item's next item is fixed; greedy decoding must reproduce its tokens.
-    torch.manual_seed(0)
-    n_items = 6
-    item_tokens = torch.stack(
-        [torch.tensor([3 + i, 10 + i, 20 + i, 36 + i % 4]) for i in range(n_items)]
-    )  # (items, L + 1), here all CF levels (n_cf = L)
-    seq = torch.tensor([[(s + k) % n_items for k in range(5)] for s in range(n_items)])
-    hist_tokens = item_tokens[seq]  # (B, T, L + 1)
-    history = history_of(
-        hist_tokens[..., :L], hist_tokens[..., :L], hist_tokens[..., L], torch.full(seq.shape, L)
+def catalogue(seed: int = 0, n_items: int = N_ITEMS):
+    """(features, item_tokens (R, L + 1), index) of a small random catalogue, R = N + 1,
+    written as serving writes it (hard masks of each item's split, ids 1..N)."""
+    rng = np.random.default_rng(seed)
+    rows = n_items + 1
+    cf = rng.integers(0, 4, size=(rows, L))
+    sem = rng.integers(0, 4, size=(rows, L))
+    n_cf = rng.integers(0, L + 1, size=rows)
+    text = rng.standard_normal((rows, TEXT_DIM)).astype(np.float32)
+    cf[0] = sem[0] = n_cf[0] = 0
+    text[0] = 0.0
+    features = served_item_features(
+        LAYOUT, L, np.arange(rows), cf, sem, n_cf, text, torch.device("cpu")
     )
-    targets = item_tokens[(seq + 1) % n_items]
-    gen = model(dropout=0.0)
+    # Row 0 is padding: no id, PAD tokens, zero text.
+    features = features._replace(
+        cf_tokens=features.cf_tokens.index_fill(0, torch.tensor([0]), PAD),
+        sem_tokens=features.sem_tokens.index_fill(0, torch.tensor([0]), PAD),
+    )
+    tokens = np.zeros((rows, L + 1), dtype=np.int64)
+    tokens[1:] = item_tokens(cf[1:], sem[1:], n_cf[1:], L, LAYOUT)
+    index = build_prefix_index(tokens[1:], np.arange(1, rows), V).to_tensors()
+    return features, torch.as_tensor(tokens), index
+
+
+def model(**overrides) -> Generator:
+    torch.manual_seed(0)
+    kwargs = {
+        "vocab_size": V,
+        "budget": L,
+        "n_ids": N_ITEMS + 1,
+        "code_levels": L,
+        "text_dim": TEXT_DIM,
+        "max_len": 8,
+        "hidden": 16,
+        "n_heads": 2,
+    }
+    return Generator(GeneratorConfig(**{**kwargs, **overrides}))
+
+
+def sequences(batch: int, length: int, seed: int = 0, n_items: int = N_ITEMS):
+    """(seq, targets) (B, T) item rows, left-padded; targets 0 where there is none."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, n_items + 1, (batch, length + 1), generator=g)
+    seq, targets = items[:, :-1].clone(), items[:, 1:].clone()
+    seq[0, :2] = 0  # a shorter history, left-padded
+    targets[0, :2] = 0
+    return seq, targets
+
+
+# ---- item vectors -------------------------------------------------------------------------
+
+
+def test_item_vectors_compose_ids_codes_and_text():
+    gen = model()
+    features, _, _ = catalogue()
+    with torch.no_grad():
+        vectors = gen.item_vectors(features)
+        want = (
+            gen.id_emb.weight[features.ids]
+            + (gen.token_emb.weight[features.cf_tokens] * features.cf_weight[..., None]).sum(1)
+            + (gen.token_emb.weight[features.sem_tokens] * features.sem_weight[..., None]).sum(1)
+            + features.text @ gen.text_proj.weight.T
+        )
+    assert vectors.shape == (N_ITEMS + 1, 16)
+    torch.testing.assert_close(vectors, want)
+    assert torch.equal(vectors[0], torch.zeros(16))  # the padding row is zero
+    assert (vectors[1:].abs().sum(1) > 0).all()
+    # No weights = weight 1 on every level.
+    unweighted = features._replace(cf_weight=None, sem_weight=None)
+    full = features._replace(
+        cf_weight=torch.ones_like(features.cf_weight), sem_weight=torch.ones_like(features.cf_weight)
+    )
+    torch.testing.assert_close(gen.item_vectors(unweighted), gen.item_vectors(full))
+
+
+def test_padding_row_is_zero_without_text_too():
+    gen = model(text_dim=0)
+    features, _, _ = catalogue()
+    vectors = gen.item_vectors(features._replace(text=None))
+    assert torch.equal(vectors[0], torch.zeros(16))
+    with pytest.raises(ValueError, match="text"):
+        model().item_vectors(features._replace(text=None))
+
+
+def test_id_keep_removes_the_id_part():
+    gen = model()
+    features, _, _ = catalogue()
+    keep = torch.ones(N_ITEMS + 1)
+    keep[[2, 5, 7]] = 0.0
+    with torch.no_grad():
+        dropped = gen.item_vectors(features, keep)
+        no_ids = gen.item_vectors(features._replace(ids=torch.zeros_like(features.ids)))
+        plain = gen.item_vectors(features)
+    torch.testing.assert_close(dropped[[2, 5, 7]], no_ids[[2, 5, 7]])
+    others = keep.bool()
+    torch.testing.assert_close(dropped[others], plain[others])
+    diff = (plain[[2, 5, 7]] - dropped[[2, 5, 7]]).abs().sum(1)
+    assert (diff > 0).all()  # the id embedding was really there
+    torch.testing.assert_close(plain[[2, 5, 7]] - dropped[[2, 5, 7]], gen.id_emb.weight[[2, 5, 7]])
+
+
+def test_item_features_helpers():
+    features, _, _ = catalogue()
+    picked = features.rows(torch.tensor([3, 1]))
+    assert isinstance(picked, ItemFeatures)
+    assert picked.ids.tolist() == [3, 1] and picked.text.shape == (2, TEXT_DIM)
+    assert torch.equal(picked.cf_tokens, features.cf_tokens[[3, 1]])
+    moved = features._replace(text=None).to("cpu")
+    assert moved.text is None and torch.equal(moved.sem_weight, features.sem_weight)
+
+
+# ---- the user encoder ---------------------------------------------------------------------
+
+
+def test_history_encoding_is_causal():
+    gen = model().eval()
+    features, _, _ = catalogue()
+    table = gen.item_vectors(features).detach()
+    seq = torch.tensor([[4, 6, 1, 9, 3]])
+    with torch.no_grad():
+        states = gen.encode(table[seq], seq != 0)
+        changed = gen.encode(table[torch.tensor([[4, 6, 1, 9, 11]])], seq != 0)
+    assert states.shape == (1, 5, 16)
+    assert torch.allclose(states[0, :4], changed[0, :4], atol=1e-6)  # earlier positions blind
+    assert not torch.allclose(states[0, 4], changed[0, 4], atol=1e-3)  # the last one sees it
+
+
+def test_left_padding_does_not_change_the_user_state():
+    gen = model().eval()
+    features, _, _ = catalogue()
+    table = gen.item_vectors(features).detach()
+    seq = torch.tensor([[4, 6, 1, 9, 3]])
+    history = table[seq]
+    state = gen.user_state(history, seq != 0)
+    assert state.shape == (1, 16)
+    # Padding positions: whatever vectors they hold, they are not seen.
+    garbage = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(0)) * 5
+    padded = torch.cat([garbage, history], dim=1)
+    valid = torch.cat([torch.zeros(1, 3, dtype=torch.bool), seq != 0], dim=1)
+    torch.testing.assert_close(gen.user_state(padded, valid), state, rtol=0, atol=1e-5)
+    # ... and in a batch, with rows of other lengths.
+    batch = torch.cat([padded, torch.randn(1, 8, 16)], dim=0)
+    batch_valid = torch.cat([valid, torch.ones(1, 8, dtype=torch.bool)], dim=0)
+    torch.testing.assert_close(
+        gen.user_state(batch, batch_valid)[:1], state, rtol=0, atol=1e-5
+    )
+    # An empty history is still a finite state.
+    assert torch.isfinite(gen.user_state(garbage, torch.zeros(1, 3, dtype=torch.bool))).all()
+    with pytest.raises(ValueError, match="max_len"):
+        gen.user_state(torch.zeros(1, 9, 16), torch.ones(1, 9, dtype=torch.bool))
+
+
+# ---- heads --------------------------------------------------------------------------------
+
+
+def test_decoder_shapes_and_log_probs():
+    gen = model().eval()
+    g = torch.Generator().manual_seed(1)
+    state = torch.randn(2, 16, generator=g)
+    for t in range(L + 1):
+        prefix = torch.randint(3, V, (2, 3, t), generator=g)  # 2 requests, 3 beams
+        step = gen.next_token_log_probs(state, prefix)
+        assert step.shape == (2, 3, V)
+        torch.testing.assert_close(step.logsumexp(-1), torch.zeros(2, 3))
+        flat = gen.decode(state[:, None].expand(2, 3, 16).reshape(6, 16), prefix.reshape(6, t))
+        assert flat.shape == (6, t + 1, V)
+        expected = torch.log_softmax(flat[:, -1], dim=-1).view(2, 3, V)
+        torch.testing.assert_close(step, expected, rtol=0, atol=1e-5)
+    tokens = torch.randint(3, V, (2, 4, L + 1), generator=g)
+    teacher = gen.token_log_probs(state, tokens)
+    assert teacher.shape == (2, 4, L + 1, V)
+    for t in range(L + 1):  # position t = the next-token step after the first t tokens
+        torch.testing.assert_close(
+            teacher[:, :, t], gen.next_token_log_probs(state, tokens[:, :, :t]), atol=1e-5, rtol=0
+        )
+
+
+def test_decoder_is_causal_over_the_prefix():
+    gen = model().eval()
+    state = torch.randn(1, 16)
+    prefix = torch.tensor([[5, 9, 20]])
+    with torch.no_grad():
+        a = gen.decode(state, prefix)
+        b = gen.decode(state, torch.tensor([[5, 9, 21]]))
+    torch.testing.assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3], b[:, 3])
+
+
+def test_dense_log_probs():
+    features, _, _ = catalogue()
+    gen = model().eval()
+    vectors = gen.item_vectors(features).detach()
+    state = torch.randn(3, 16)
+    log_p = Generator.dense_log_probs(state, vectors)
+    assert log_p.shape == (3, N_ITEMS + 1)
+    assert torch.isneginf(log_p[:, 0]).all()
+    torch.testing.assert_close(log_p.logsumexp(1), torch.zeros(3))
+    torch.testing.assert_close(log_p[:, 1:], torch.log_softmax(state @ vectors[1:].T, dim=1))
+
+
+# ---- training -----------------------------------------------------------------------------
+
+
+def test_forward_losses_are_sums_of_the_two_heads():
+    features, tokens, index = catalogue()
+    gen = model().eval()  # no dropout: the losses can be recomputed by hand
+    seq, targets = sequences(3, 5)
+    losses = gen(seq, targets, features, tokens, index)
+    assert set(losses) == {"dense", "generative"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        table = gen.item_vectors(features)
+        states = gen.encode(table[seq], seq != 0)
+        has = targets != 0
+        state, target = states[has], targets[has]  # 13 target positions
+        dense = Generator.dense_log_probs(state, table)
+        want_dense = -dense.gather(1, target[:, None]).sum()
+        log_p, found = sequence_log_probs(
+            gen.decode(state, tokens[target][:, :-1]), tokens[target], index
+        )
+        # The same through the serving path (teacher-forced log-probs of the whole vocab).
+        served = gen.token_log_probs(state, tokens[target][:, None])[:, 0]
+        log_p2, _ = sequence_log_probs(served, tokens[target], index)
+    assert state.shape[0] == 13 and torch.equal(found, target)
+    assert torch.isfinite(log_p).all()
+    torch.testing.assert_close(losses["dense"], want_dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["generative"], -log_p.sum(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["generative"], -log_p2.sum(), rtol=1e-5, atol=1e-4)
+    # The restricted softmax is a distribution over the catalogue's items: P(target) <= 1.
+    assert (log_p.sum(1) <= 1e-6).all()
+
+
+def test_gradients_reach_every_part():
+    features, tokens, index = catalogue()
+    gen = model()
+    seq, targets = sequences(3, 5)
+    soft_cf = features.cf_weight.clone().requires_grad_(True)
+    soft_sem = features.sem_weight.clone().requires_grad_(True)
+    soft = features._replace(cf_weight=soft_cf, sem_weight=soft_sem)
+    losses = gen(seq, targets, soft, tokens, index, id_keep=torch.ones(N_ITEMS + 1))
+    losses["generative"].backward(retain_graph=True)
+    # The generative loss trains the decoder's token embeddings, input and output.
+    assert gen.token_emb.weight.grad.abs().sum() > 0
+    assert gen.token_out.weight.grad.abs().sum() > 0
+    assert gen.token_emb.weight.grad[PAD].abs().sum() == 0  # the padding token's row
+    assert all(p.grad is not None for p in gen.decoder_blocks.parameters())
+    gen.zero_grad()
+    (losses["dense"] + losses["generative"]).backward()
+    for name, p in gen.named_parameters():
+        if name.startswith("item_pos"):  # only the positions the short batch uses
+            assert p.grad[-5:].abs().sum() > 0
+            continue
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert gen.id_emb.weight.grad[0].abs().sum() == 0
+    # ... and the router's masks, through the item vectors (history and targets).
+    assert soft_cf.grad.abs().sum() > 0 and soft_sem.grad.abs().sum() > 0
+
+
+def test_learns_the_next_item():
+    """A fixed successor per item: both heads learn it; the beam search over the prefix
+    index finds it first."""
+    torch.manual_seed(0)
+    n = 8
+    features, tokens, index = catalogue(seed=3, n_items=n)
+    gen = model(n_ids=n + 1, dropout=0.0)
+    starts = torch.arange(1, n + 1)
+    seq = torch.stack([(starts + k - 1) % n + 1 for k in range(5)], dim=1)
+    targets = seq % n + 1
     opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
-    for _ in range(200):
-        _, loss = gen(history, targets)
+    for _ in range(60):
+        losses = gen(seq, targets, features, tokens, index)
         opt.zero_grad()
-        loss.backward()
+        (losses["dense"] + losses["generative"]).backward()
         opt.step()
     gen.eval()
-    state = gen.user_state(history)
-    prefix = torch.zeros(n_items, 1, 0, dtype=torch.long)
-    for _ in range(L + 1):
-        nxt = gen.next_token_log_probs(state, prefix).argmax(-1, keepdim=True)  # (B, 1, 1)
-        prefix = torch.cat([prefix, nxt], dim=2)
-    assert torch.equal(prefix[:, 0], targets[:, -1])
+    with torch.no_grad():
+        final = gen(seq, targets, features, tokens, index)
+        assert float(final["generative"]) / targets.numel() < 0.2
+        table = gen.item_vectors(features)
+        state = gen.user_state(table[seq], seq != 0)
+        dense = Generator.dense_log_probs(state, table)
+
+    def step(prefix, s):
+        return gen.next_token_log_probs(state, prefix[:, :, 1:]), s
+
+    items, _, _ = constrained_beam_search(step, index, n, 4, 1)
+    assert torch.equal(items[:, 0], targets[:, -1])
+    assert torch.equal(dense.argmax(1), targets[:, -1])
+
+
+def test_config_checks_and_round_trip():
+    cfg = model().config
+    assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown keys"):
+        GeneratorConfig.from_dict({**cfg.to_dict(), "nope": 1})
+    for bad in ({"budget": 0}, {"n_ids": 0}, {"hidden": 15}, {"ffn": "relu"}):
+        with pytest.raises(ValueError):
+            GeneratorConfig(**{**cfg.to_dict(), **bad})
+    for ffn in ("gelu", "swiglu"):
+        gen = model(ffn=ffn).eval()
+        features, tokens, index = catalogue()
+        seq, targets = sequences(2, 4)
+        assert torch.isfinite(gen(seq, targets, features, tokens, index)["generative"])

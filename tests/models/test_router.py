@@ -6,31 +6,140 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.router import (
-    FeatureScaler,
-    Router,
-    RouterConfig,
-    popularity_bands,
-    router_features,
-)
-
-DAY = 86_400.0
+from models.router import Router, RouterConfig, popularity_bands
 
 
-def _catalog(n: int = 40, seed: int = 0) -> np.ndarray:
-    """Raw features of a small synthetic catalog (row 0 padding, a few cold items)."""
+def _counts(n: int = 40, seed: int = 0) -> np.ndarray:
+    """(N + 1,) training counts of a small synthetic catalog (row 0 padding, 3 cold items)."""
     rng = np.random.default_rng(seed)
     counts = rng.integers(1, 200, size=n + 1)
     counts[0] = 0
     counts[1:4] = 0
-    first = 1_000.0 * DAY - rng.uniform(0, 500, size=n + 1) * DAY
-    return router_features(counts, first, 1_000.0 * DAY, n_users=300)
+    return counts
 
 
 def _learned(**kw) -> Router:
-    router = Router(RouterConfig(**kw))
-    router.fit_scaler(_catalog())
+    return Router(RouterConfig(**kw)).init_slope(_counts())
+
+
+def _set_slope(router: Router, slope: float) -> Router:
+    with torch.no_grad():
+        router.raw_slope.copy_(torch.tensor(math.log(math.expm1(slope))))
     return router
+
+
+# ---- the monotone curve -----------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    raw_slope=st.floats(-2.0, 2.0),
+    cold_alpha=st.floats(0.01, 0.45),
+    low=st.integers(0, 10_000),
+    gap=st.integers(1, 10_000),
+)
+def test_learned_alpha_increases_with_count(raw_slope, cold_alpha, low, gap):
+    router = Router(RouterConfig(cold_alpha=cold_alpha))
+    with torch.no_grad():
+        router.raw_slope.fill_(raw_slope)
+    alpha = router(torch.tensor([low, low + gap]))
+    assert torch.all((alpha > 0) & (alpha <= 1))
+    assert alpha[0] <= alpha[1]
+    if alpha[1] < 0.95:  # away from float32 saturation the curve is strictly increasing
+        assert alpha[0] < alpha[1]
+
+
+def test_learned_alpha_is_strictly_increasing_over_a_catalog():
+    router = _learned()
+    counts = torch.arange(0, 2_000)
+    alpha = router(counts)
+    assert alpha.dtype == torch.float32 and alpha.shape == (2_000,)
+    assert torch.all(alpha[1:] > alpha[:-1])
+    # ints and floats give the same curve
+    torch.testing.assert_close(router(counts.double()), alpha)
+
+
+@pytest.mark.parametrize("cold_alpha", [0.1, 0.02, 0.25, 0.45])
+def test_an_item_without_interactions_gets_cold_alpha(cold_alpha):
+    router = Router(RouterConfig(cold_alpha=cold_alpha))
+    for slope in (0.01, 1.0, 7.0):
+        alpha = _set_slope(router, slope)(torch.zeros(3))
+        torch.testing.assert_close(alpha, torch.full((3,), cold_alpha), rtol=0, atol=1e-7)
+
+
+def test_default_cold_alpha_is_semantic():
+    cfg = RouterConfig()
+    assert cfg.cold_alpha < 0.3
+    router = _learned()
+    alpha = router(torch.zeros(1)).detach()
+    assert float(alpha) == pytest.approx(cfg.cold_alpha, abs=1e-7)
+    # ... below the middle of the first CF level for the default budget: no CF token
+    assert router.hard_split(alpha).item() == 0
+    for budget in (1, 2, 3, 4):
+        r = Router(RouterConfig(budget=budget))
+        assert r.hard_split(r(torch.zeros(1))).item() == 0
+
+
+def test_init_slope_puts_the_median_warm_item_at_one_half():
+    counts = np.array([0, 0, 0, 1, 3, 7, 20, 100])  # padding, 2 cold, 5 warm (median 7)
+    router = Router(RouterConfig()).init_slope(counts)
+    alpha = router(torch.as_tensor(counts)).detach()
+    assert float(alpha[5]) == pytest.approx(0.5, abs=1e-6)
+    assert torch.all(alpha[3:5] < 0.5) and torch.all(alpha[6:] > 0.5)
+    assert float(alpha[1]) == pytest.approx(0.1, abs=1e-7)
+    # Cold items and the padding row do not move the median.
+    more_cold = np.array([0, 0, 0, 0, 0, 0, 0, 1, 3, 7, 20, 100])
+    other = Router(RouterConfig()).init_slope(more_cold)
+    torch.testing.assert_close(other.slope, router.slope)
+    # A slope already fitted is overwritten, not accumulated.
+    _set_slope(other, 9.0).init_slope(counts)
+    torch.testing.assert_close(other.slope, router.slope)
+
+
+def test_init_slope_rejects_catalogs_without_warm_items():
+    with pytest.raises(ValueError, match="at least one item"):
+        Router(RouterConfig()).init_slope(np.array([5, 0, 0]))  # row 0 is not an item
+    with pytest.raises(ValueError, match=">= 0"):
+        Router(RouterConfig()).init_slope(np.array([0, 3, -1]))
+    with pytest.raises(ValueError, match="finite"):
+        Router(RouterConfig()).init_slope(np.array([0.0, 3.0, np.nan]))
+
+
+def test_slope_gets_gradient_through_the_masks():
+    router = _learned()
+    counts = torch.as_tensor(_counts(seed=1)[1:17])
+    alpha = router(counts)
+    cf, sem = router.soft_masks(alpha)
+    gen = torch.Generator().manual_seed(0)
+    emb_cf, emb_sem = torch.randn(16, 3, 8, generator=gen), torch.randn(16, 3, 8, generator=gen)
+    item = (cf.unsqueeze(-1) * emb_cf).sum(1) + (sem.unsqueeze(-1) * emb_sem).sum(1)
+    (item * torch.randn(8, generator=gen)).sum().backward()
+    assert router.raw_slope.grad is not None and router.raw_slope.grad.abs() > 0
+    # d alpha / d slope is 0 at count 0 (cold items stay at cold_alpha) and > 0 above.
+    router.zero_grad()
+    alpha = router(torch.tensor([0.0, 1.0, 50.0]))
+    (grad,) = torch.autograd.grad(alpha[0], router.raw_slope, retain_graph=True)
+    assert float(grad) == 0.0
+    (grad,) = torch.autograd.grad(alpha[1:].sum(), router.raw_slope)
+    assert float(grad) > 0.0
+
+
+@pytest.mark.parametrize(
+    ("fixed", "budget", "n_cf"),
+    [(0.5, 5, 3), (0.5, 3, 2), (0.5, 4, 2), (0.5, 6, 3), (0.0, 5, 0), (1.0, 5, 5), (1.0, 3, 3)],
+)
+def test_fixed_alpha_variants(fixed, budget, n_cf):
+    router = Router(RouterConfig(fixed_alpha=fixed, budget=budget))
+    assert not router.learned
+    assert not any(p.requires_grad for p in router.parameters())
+    counts = torch.tensor([0, 0, 1, 5, 100, 10_000, 3])  # cold items too: every item the same
+    alpha = router(counts)
+    assert torch.equal(alpha, torch.full((7,), fixed))
+    assert not alpha.requires_grad
+    split = router.hard_split(alpha)
+    assert split.dtype == torch.int64 and split.tolist() == [n_cf] * 7  # 0.5 * 5 -> 3: half up
+    # init_slope does not change a fixed router's output
+    assert torch.equal(router.init_slope(_counts())(counts), alpha)
 
 
 # ---- masks and the hard split ----------------------------------------------------------
@@ -54,14 +163,14 @@ def test_soft_masks_tend_to_hard_layout(alpha, budget):
     assert torch.allclose(sem[0], (k <= budget - n_cf).double(), atol=1e-6)
     assert int(router.hard_split(a)[0]) == n_cf
     hard_cf, hard_sem = router.hard_masks(a)
-    assert torch.equal(hard_cf, (cf > 0.5).double()) and torch.equal(hard_sem, (sem > 0.5).double())
+    assert torch.equal(hard_cf, (cf > 0.5).float()) and torch.equal(hard_sem, (sem > 0.5).float())
     assert float(hard_cf.sum() + hard_sem.sum()) == budget
 
 
 @settings(max_examples=40, deadline=None)
 @given(alpha=st.floats(0.0, 1.0), tau=st.sampled_from([1e-3, 0.1, 1.0, 5.0]))
 def test_soft_masks_keep_the_budget_at_any_tau(alpha, tau):
-    router = Router(RouterConfig(mask_tau=tau, fixed_alpha=0.5))
+    router = Router(RouterConfig(budget=5, mask_tau=tau, fixed_alpha=0.5))
     cf, sem = router.soft_masks(torch.tensor([alpha], dtype=torch.float64))
     assert cf.shape == sem.shape == (1, 5)
     assert float(cf.sum() + sem.sum()) == pytest.approx(5.0, abs=1e-9)
@@ -69,96 +178,60 @@ def test_soft_masks_keep_the_budget_at_any_tau(alpha, tau):
     assert torch.all(sem[:, :-1] >= sem[:, 1:])
 
 
-def test_mask_gradient_reaches_router_params():
-    torch.manual_seed(0)
-    router = _learned()
-    feats = torch.as_tensor(_catalog(seed=1)[1:17])
-    alpha = router(feats)
+def test_soft_masks_of_a_learned_router_sum_to_the_budget():
+    router = _learned(budget=4)
+    alpha = router(torch.as_tensor(_counts()))
     cf, sem = router.soft_masks(alpha)
-    emb_cf, emb_sem = torch.randn(16, 5, 8), torch.randn(16, 5, 8)
-    item = (cf.unsqueeze(-1) * emb_cf).sum(1) + (sem.unsqueeze(-1) * emb_sem).sum(1)  # (B, 8)
-    loss = (item * torch.randn(8)).sum()
-    loss.backward()
-    last = router.mlp[-1]
-    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
-    # The last layer starts at zero; after one step the gradient reaches the first layer too.
-    with torch.no_grad():
-        for p in router.parameters():
-            p -= 0.5 * p.grad
-    router.zero_grad()
-    alpha = router(feats)
-    cf, sem = router.soft_masks(alpha)
-    item = (cf.unsqueeze(-1) * emb_cf).sum(1) + (sem.unsqueeze(-1) * emb_sem).sum(1)
-    (item * torch.randn(8)).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in router.parameters())
+    assert cf.shape == sem.shape == (41, 4)
+    torch.testing.assert_close(cf.sum(1) + sem.sum(1), torch.full((41,), 4.0))
+    # Sharper masks approach the hard split of the same alpha.
+    sharp = Router(RouterConfig(budget=4, mask_tau=1e-4))
+    away = ((alpha * 4 - 0.5) - torch.floor(alpha * 4 - 0.5) - 0.5).abs() > 0.05
+    hard_cf, hard_sem = sharp.hard_masks(alpha)
+    soft_cf, soft_sem = sharp.soft_masks(alpha)
+    assert away.sum() > 20
+    torch.testing.assert_close(soft_cf[away], hard_cf[away], rtol=0, atol=1e-4)
+    torch.testing.assert_close(soft_sem[away], hard_sem[away], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("fixed", "budget", "n_cf"),
-    [(0.5, 5, 3), (0.5, 3, 2), (0.5, 4, 2), (0.5, 6, 3), (0.0, 5, 0), (1.0, 5, 5), (1.0, 3, 3)],
-)
-def test_fixed_alpha_variants(fixed, budget, n_cf):
-    router = Router(RouterConfig(fixed_alpha=fixed, budget=budget))
-    assert list(router.parameters()) == []
-    alpha = router(torch.randn(7, 4))  # no scaler fit needed
-    assert torch.equal(alpha, torch.full((7,), fixed))
-    assert not alpha.requires_grad
-    split = router.hard_split(alpha)
-    assert split.dtype == torch.int64 and split.tolist() == [n_cf] * 7  # 0.5 * 5 -> 3: half up
-    regs = router.regularisers(alpha, torch.randn(7, 4), torch.zeros(7, dtype=torch.long))
-    assert all(float(v) == 0.0 for v in regs.values())
-
-
-def test_hard_split_clamps_and_learned_alpha_in_unit_interval():
+def test_hard_split_clamps_and_rounds_half_up():
     router = _learned()
-    alpha = torch.tensor([-0.2, 0.0, 0.09, 0.11, 0.69, 0.71, 1.0, 1.3])
-    assert router.hard_split(alpha).tolist() == [0, 0, 0, 1, 3, 4, 5, 5]
-    alpha = router(torch.as_tensor(_catalog()))
-    assert alpha.shape == (41,) and torch.all((alpha > 0) & (alpha < 1))
-    assert torch.allclose(alpha, torch.full_like(alpha, 0.5))  # zero-initialised last layer
+    alpha = torch.tensor([-0.2, 0.0, 0.16, 0.17, 0.5, 0.83, 0.84, 1.0, 1.3])
+    assert router.hard_split(alpha).tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 3]
+    cf, sem = router.hard_masks(torch.tensor([0.0, 0.5, 1.0]))
+    assert cf.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert sem.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
 
 
-def test_forward_needs_a_fitted_scaler_and_checks_shapes():
-    router = Router(RouterConfig())
-    with pytest.raises(ValueError, match="fit_scaler"):
-        router(torch.zeros(2, 4))
-    router.fit_scaler(_catalog())
-    with pytest.raises(ValueError):
+def test_forward_and_masks_check_shapes():
+    router = _learned()
+    with pytest.raises(ValueError, match="counts"):
         router(torch.zeros(2, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="alpha"):
         router.soft_masks(torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="alpha"):
+        router.hard_split(torch.zeros(2, 1))
 
 
-def test_scaler_buffers_travel_with_the_state_dict():
+def test_slope_travels_with_the_state_dict():
     router = _learned()
     clone = Router(RouterConfig())
+    counts = torch.as_tensor(_counts(seed=3))
+    assert not torch.equal(clone(counts), router(counts))
     clone.load_state_dict(router.state_dict())
-    feats = torch.as_tensor(_catalog(seed=3))
-    assert torch.equal(clone(feats), router(feats))
-    assert bool(clone.scaler.fitted)
-
-
-def test_scaler_fits_on_warm_items_only():
-    feats = _catalog()
-    scaler = FeatureScaler(4).fit(feats)
-    warm = feats[:, 2] < 1.0
-    assert warm.sum() == 37  # rows 0..3 are cold
-    np.testing.assert_allclose(scaler.mean.numpy(), feats[warm].mean(0), rtol=1e-5)
-    z = scaler(torch.as_tensor(feats))
-    assert torch.isfinite(z).all()
-    with pytest.raises(ValueError):
-        FeatureScaler(4).fit(feats[:2])  # rows 0 and 1 are cold: nothing to fit on
+    assert torch.equal(clone(counts), router(counts))
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"budget": 0},
-        {"temperature": 0.0},
+        {"cold_alpha": 0.0},
+        {"cold_alpha": 0.5},
         {"mask_tau": -1.0},
         {"fixed_alpha": 1.5},
         {"lb_target": -0.1},
-        {"smooth_weight": -1.0},
+        {"lb_weight": -1.0},
         {"n_bands": 0},
     ],
 )
@@ -168,50 +241,13 @@ def test_config_rejects_bad_values(kwargs):
 
 
 def test_config_round_trip():
-    cfg = RouterConfig(budget=4, fixed_alpha=0.5)
+    cfg = RouterConfig(budget=4, fixed_alpha=0.5, cold_alpha=0.05)
     assert RouterConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown keys"):
         RouterConfig.from_dict({"nope": 1})
 
 
-# ---- features and bands ----------------------------------------------------------------
-
-
-def test_router_features_hand_example():
-    counts = np.array([0, 9, 1, 0])  # padding, warm, warm, cold
-    last = 100.0 * DAY
-    first = np.array([np.nan, 90.0 * DAY, 100.0 * DAY, np.nan])
-    unc = np.array([np.nan, 0.2, 0.4, np.nan])
-    x = router_features(counts, first, last, n_users=10, uncertainty=unc)
-    assert x.dtype == np.float32 and x.shape == (4, 4)
-    expected = np.array(
-        [
-            [math.log(1 / 10), 0.0, 1.0, 0.3],
-            [math.log(10 / 10), 10.0, 1 / (1 + 9 / 11), 0.2],
-            [math.log(2 / 10), 0.0, 1 / (1 + 1 / 1), 0.4],
-            [math.log(1 / 10), 0.0, 1.0, 0.3],
-        ]
-    )
-    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
-
-
-def test_router_features_without_timestamps_or_uncertainty():
-    x = router_features(np.array([0, 3, 0]), None, None, n_users=5)
-    assert np.all(np.isfinite(x))
-    np.testing.assert_allclose(x[:, 1], 0.0)
-    np.testing.assert_allclose(x[:, 2], [1.0, 0.25, 1.0])
-    np.testing.assert_allclose(x[:, 3], 0.0)
-
-
-def test_router_features_rejects_bad_input():
-    with pytest.raises(ValueError):
-        router_features(np.array([0, -1]), None, None, n_users=5)
-    with pytest.raises(ValueError):
-        router_features(np.array([0, 1]), np.array([0.0, np.nan]), 10.0, n_users=5)
-    with pytest.raises(ValueError):
-        router_features(np.array([0, 1]), np.array([0.0, 20.0]), 10.0, n_users=5)
-    with pytest.raises(ValueError):
-        router_features(np.array([0, 1]), None, None, n_users=0)
+# ---- bands and load balancing ---------------------------------------------------------
 
 
 def test_popularity_bands():
@@ -225,58 +261,54 @@ def test_popularity_bands():
     assert len(set(same[1:])) == 1  # equal counts share a band
     with pytest.raises(ValueError):
         popularity_bands(counts, 0)
-
-
-# ---- regularisers -------------------------------------------------------------------
+    with pytest.raises(ValueError):
+        popularity_bands(np.array([0]), 2)
 
 
 def test_load_balancing_weighs_bands_equally():
-    router = _learned(lb_target=0.5)
-    feats = torch.as_tensor(_catalog(n=1009))[1:]  # (1009, 4)
+    router = _learned(lb_target=0.5, lb_weight=0.1)
     band = torch.tensor([1] * 1000 + [0] * 9)  # a huge head band, a tiny tail band
-    at_target = router.regularisers(torch.full((1009,), 0.5), feats, band)
-    assert float(at_target["lb"]) == 0.0
+    assert float(router.load_balance(torch.full((1009,), 0.5), band)) == 0.0
     # Head 0.9, tail 0.1: the band average is on target although 99% of items use CF more.
     split = torch.tensor([0.9] * 1000 + [0.1] * 9)
-    assert float(router.regularisers(split, feats, band)["lb"]) == pytest.approx(0.0, abs=1e-9)
+    assert float(router.load_balance(split, band)) == pytest.approx(0.0, abs=1e-9)
     item_mean = float(split.mean())
     assert (item_mean - 0.5) ** 2 > 0.1  # an item-weighted loss would be dominated by the head
-    off = router.regularisers(torch.full((1009,), 0.7), feats, band)
-    assert float(off["lb"]) == pytest.approx(0.04, rel=1e-4)
+    off = router.load_balance(torch.full((1009,), 0.7), band)
+    assert float(off) == pytest.approx(0.1 * 0.04, rel=1e-4)  # lb_weight * (0.7 - 0.5)^2
     tail_off = torch.tensor([0.5] * 1000 + [0.1] * 9)
-    assert float(router.regularisers(tail_off, feats, band)["lb"]) == pytest.approx(0.04, rel=1e-4)
+    assert float(router.load_balance(tail_off, band)) == pytest.approx(0.1 * 0.04, rel=1e-4)
+    # Bands absent from the batch do not count: two present bands of five.
+    sparse_band = torch.tensor([4] * 1000 + [2] * 9)
+    assert float(router.load_balance(tail_off, sparse_band)) == pytest.approx(0.004, rel=1e-4)
 
 
-def test_smoothness_zero_for_constant_alpha_positive_for_varying():
-    router = _learned(smooth_k=3)
-    base = torch.as_tensor(_catalog()[10])
-    feats = base + 1e-4 * torch.randn(8, 4)  # near-identical items
-    band = torch.zeros(8, dtype=torch.long)
-    const = router.regularisers(torch.full((8,), 0.3), feats, band)
-    assert float(const["smooth"]) == 0.0
-    varying = torch.linspace(0.1, 0.9, 8, requires_grad=True)
-    regs = router.regularisers(varying, feats, band)
-    assert float(regs["smooth"].detach()) > 0.0
-    expected = 0.1 * regs["lb"] + 0.01 * regs["smooth"]
-    assert torch.allclose(regs["total"], expected)
-    regs["total"].backward()
-    assert varying.grad is not None and varying.grad.abs().sum() > 0
+def test_load_balance_trains_the_slope_towards_the_target():
+    counts = _counts(n=200)
+    router = Router(RouterConfig(lb_target=0.7, lb_weight=1.0)).init_slope(counts)
+    band = torch.as_tensor(popularity_bands(counts, 5)[1:])
+    c = torch.as_tensor(counts[1:])
+    before = router.load_balance(router(c), band)
+    before.backward()
+    before = float(before.detach())
+    assert before > 0
+    assert float(router.raw_slope.grad) < 0  # more slope = more CF = closer to 0.7
+    opt = torch.optim.SGD(router.parameters(), lr=5.0)
+    for _ in range(50):
+        opt.zero_grad()
+        loss = router.load_balance(router(c), band)
+        loss.backward()
+        opt.step()
+    assert float(router.load_balance(router(c), band).detach()) < 0.1 * before
 
 
-def test_smoothness_uses_nearest_neighbours_only():
-    router = _learned(smooth_k=1)
-    z = router.scaler.mean + router.scaler.std * torch.tensor(
-        [[0.0, 0, 0, 0], [0.01, 0, 0, 0], [5.0, 0, 0, 0], [5.01, 0, 0, 0]]
-    )
-    # Two tight pairs with equal alpha inside each pair but very different alpha between.
-    alpha = torch.tensor([0.1, 0.1, 0.9, 0.9])
-    regs = router.regularisers(alpha, z, torch.tensor([0, 0, 1, 1]))
-    assert float(regs["smooth"]) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_regularisers_check_shapes():
+def test_load_balance_is_zero_for_a_fixed_router_and_checks_shapes():
+    fixed = Router(RouterConfig(fixed_alpha=0.9, lb_weight=1.0))
+    alpha = fixed(torch.arange(10))
+    assert float(fixed.load_balance(alpha, torch.arange(10) % 2)) == 0.0
     router = _learned()
+    assert float(router.load_balance(torch.zeros(0), torch.zeros(0, dtype=torch.long))) == 0.0
     with pytest.raises(ValueError):
-        router.regularisers(torch.zeros(3), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
+        router.load_balance(torch.zeros(3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError):
-        router.regularisers(torch.zeros(3), torch.zeros(3, 4), torch.zeros(3))
+        router.load_balance(torch.zeros(3, 1), torch.zeros(3, 1, dtype=torch.long))

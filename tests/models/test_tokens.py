@@ -14,6 +14,7 @@ from models.tokens import (
     SEM,
     TokenLayout,
     assign_dedup,
+    cf_first,
     code_sequences,
     collision_rate,
     collision_rates_by_split,
@@ -69,15 +70,22 @@ def test_item_tokens_are_unique_and_decode_to_their_codes(case):
 
     info = layout.describe(tokens)
     n_cf_items = np.broadcast_to(n_cf, (n_items,))[:, None]  # (N, 1)
+    n_sem_items = budget - n_cf_items
     pos = np.arange(budget)[None, :]  # (1, L)
-    from_cf = pos < n_cf_items
+    # The dominant codebook comes first; a tie (n_cf = L / 2) goes to CF.
+    first_cf = n_cf_items >= n_sem_items  # (N, 1)
+    n_first = np.where(first_cf, n_cf_items, n_sem_items)
+    from_cf = np.where(pos < n_first, first_cf, ~first_cf)
     assert (info["kind"][:, :budget] == 1).all()
     assert (info["codebook"][:, :budget] == np.where(from_cf, CF, SEM)).all()
-    level = np.where(from_cf, pos, pos - n_cf_items)
+    level = np.where(pos < n_first, pos, pos - n_first)
     assert (info["level"][:, :budget] == level).all()
+    # every item holds exactly its n_cf CF levels 0..n_cf-1 and L - n_cf SEM levels
+    assert ((info["codebook"][:, :budget] == CF).sum(axis=1) == n_cf_items[:, 0]).all()
     rows = np.arange(n_items)[:, None]
-    expected_code = np.where(from_cf, cf[rows, pos], sem[rows, np.maximum(level, 0)])
+    expected_code = np.where(from_cf, cf[rows, level], sem[rows, level])
     assert (info["code"][:, :budget] == expected_code).all()
+    np.testing.assert_array_equal(cf_first(n_cf_items[:, 0], budget), first_cf[:, 0])
     assert (info["dedup"][:, :budget] == -1).all()
     # the last token is the dedup token, numbered as TIGER does
     assert (info["kind"][:, budget] == 2).all()
@@ -142,16 +150,58 @@ def test_hand_built_sequences():
     sem = np.array([[1, 1, 1], [1, 1, 1], [2, 2, 2]])
     # CF level l code c -> 3 + 4 l + c; SEM level l code c -> 15 + 4 l + c
     assert code_sequences(cf, sem, np.array([1, 2, 0]), 3, layout).tolist() == [
-        [3, 16, 20],  # CF level 0, then SEM levels 0 and 1
-        [3, 8, 16],
-        [17, 21, 25],
+        [16, 20, 3],  # n_cf = 1 of 3: SEM dominates, SEM levels 0 and 1, then CF level 0
+        [3, 8, 16],  # n_cf = 2 of 3: CF levels 0 and 1, then SEM level 0
+        [17, 21, 25],  # n_cf = 0: SEM levels 0, 1, 2
     ]
+    assert code_sequences(cf, sem, 3, 3, layout).tolist() == [[3, 8, 13], [3, 8, 13], [6, 10, 14]]
     dedup0 = layout.dedup_offset
     assert item_tokens(cf, sem, 2, 2, layout).tolist() == [
         [3, 8, dedup0],
         [3, 8, dedup0 + 1],
         [6, 10, dedup0],
     ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "n_cf", "want"),
+    [
+        (3, [0, 1, 2, 3], [False, False, True, True]),
+        (2, [0, 1, 2], [False, True, True]),  # the tie L / 2 goes to CF
+        (4, [1, 2, 3], [False, True, True]),
+        (1, [0, 1], [False, True]),
+    ],
+)
+def test_cf_first_is_the_dominant_codebook(budget, n_cf, want):
+    assert cf_first(np.array(n_cf), budget).tolist() == want
+
+
+def test_first_token_names_the_dominant_codebook():
+    """The router's choice is the first token: head items start with a CF code, tail and
+    new items with a SEM code; a tie (L even, n_cf = L / 2) starts with CF."""
+    layout = TokenLayout(codebook_size=4, n_levels=4, dedup_size=1)
+    cf = np.tile([[1, 2, 3, 0]], (5, 1))
+    sem = np.tile([[3, 2, 1, 0]], (5, 1))
+    seqs = code_sequences(cf, sem, np.arange(5), 4, layout)  # n_cf = 0 .. 4
+    info = layout.describe(seqs)
+    assert info["codebook"][:, 0].tolist() == [SEM, SEM, CF, CF, CF]
+    assert info["codebook"].tolist() == [
+        [SEM, SEM, SEM, SEM],
+        [SEM, SEM, SEM, CF],
+        [CF, CF, SEM, SEM],
+        [CF, CF, CF, SEM],
+        [CF, CF, CF, CF],
+    ]
+    # each codebook's levels appear in order 0, 1, 2, ... (a prefix of the levels)
+    assert info["level"].tolist() == [
+        [0, 1, 2, 3],
+        [0, 1, 2, 0],
+        [0, 1, 0, 1],
+        [0, 1, 2, 0],
+        [0, 1, 2, 3],
+    ]
+    # same codes, different splits: never the same sequence
+    assert np.unique(seqs, axis=0).shape[0] == 5
 
 
 def test_dedup_overflow_says_how_large_dedup_size_must_be():

@@ -17,12 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import torch
 from fastapi import FastAPI
 
 from models.bundle import write_bundle
-from models.generator import Generator, GeneratorConfig
-from models.tokens import TokenLayout
 from service.app import create_app
 from service.settings import Settings
 from tests.bundle_factory import tiny_contents
@@ -38,26 +35,8 @@ def anyio_backend() -> str:
 
 
 def write_roomy_bundle(root: Path, n_items: int = 60, budget: int = 3, seed: int = 0) -> Path:
-    """make_tiny_bundle with a larger dedup block: the token layout and the generator's
-    vocabulary grow by EXTRA_DEDUP ids; the item tokens do not change (the dedup block
-    starts at the same offset)."""
-    c = tiny_contents(n_items, budget, seed)
-    c.layout = TokenLayout(
-        c.layout.codebook_size, c.layout.n_levels, c.layout.dedup_size + EXTRA_DEDUP
-    )
-    torch.manual_seed(seed)
-    cfg = c.generator.config
-    c.generator = Generator(
-        GeneratorConfig(
-            vocab_size=c.layout.vocab_size,
-            budget=cfg.budget,
-            max_len=cfg.max_len,
-            hidden=cfg.hidden,
-            n_heads=cfg.n_heads,
-        )
-    ).eval()
-    for p in c.generator.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    """make_tiny_bundle with EXTRA_DEDUP more spare dedup ids per code prefix."""
+    c = tiny_contents(n_items, budget, seed, dedup_slack=2 + EXTRA_DEDUP)
     return write_bundle(root, c, now=datetime.now(timezone.utc))
 
 

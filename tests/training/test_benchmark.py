@@ -1,12 +1,15 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from training.baselines import RunContext
-from training.benchmark import BenchmarkPlan, run_benchmark
+from training.benchmark import BenchmarkPlan, compare, run_benchmark, write_results
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
+from training.evaluate import MISS
 from training.stages.sasrec import SASRecTrainConfig
+from training.stats import paired_bootstrap, per_user_ndcg
 
 
 @pytest.mark.slow
@@ -23,9 +26,54 @@ def test_parallel_workers_give_the_same_figures(tmp_path):
         progress=False,
     )
     plan = BenchmarkPlan(models=("pop", "sasrec"), seeds=(0, 1))
-    serial = run_benchmark(dataset, plan, context, "test", workers=1)
-    parallel = run_benchmark(dataset, plan, context, "test", workers=2)
+    serial, serial_ranks = run_benchmark(dataset, plan, context, "test", workers=1)
+    parallel, _ = run_benchmark(dataset, plan, context, "test", workers=2)
     assert parallel["per_seed"] == serial["per_seed"]
     assert parallel["machine"]["benchmark_workers"] == 2
     # Seeds change SASRec's figures, so the comparison above is not trivially equal.
     assert serial["per_seed"]["sasrec"][0] != serial["per_seed"]["sasrec"][1]
+    # Per-user ranks of every (model, seed) are kept, and pop is compared with sasrec.
+    assert serial_ranks["pop"].shape == (2, len(dataset.test().users))
+    assert set(serial["comparisons"]) == {"pop"}
+    assert serial["comparisons"]["pop"]["baseline"] == "sasrec"
+    write_results(serial, tmp_path / "out", serial_ranks)
+    saved = np.load(tmp_path / "out" / "ranks.npz")
+    np.testing.assert_array_equal(saved["sasrec"], serial_ranks["sasrec"])
+
+
+def test_per_user_ndcg():
+    ranks = np.array([0, 1, 9, 10, MISS])
+    np.testing.assert_allclose(
+        per_user_ndcg(ranks), [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0, 0.0]
+    )
+
+
+def test_paired_bootstrap_finds_a_real_gain_and_no_gain_in_noise():
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 900))
+    better = base + 0.05 + rng.normal(0, 0.05, size=base.shape)
+    out = paired_bootstrap(better, base, n_resamples=2000)
+    assert out["ci_low"] > 0.04 and out["ci_high"] < 0.06
+    assert out["diff"] == pytest.approx(0.05, abs=0.005)
+    assert out["p_not_better"] == 0.0
+    same = paired_bootstrap(base + rng.normal(0, 0.05, size=base.shape), base, n_resamples=2000)
+    assert same["ci_low"] < 0 < same["ci_high"]
+    # Pairing matters: a constant shift on noisy per-user values is found exactly.
+    shifted = paired_bootstrap(base + 0.001, base, n_resamples=500)
+    assert shifted["ci_low"] == pytest.approx(0.001) and shifted["ci_high"] == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="different users"):
+        paired_bootstrap(base, base[:, :10])
+
+
+def test_compare_by_group():
+    rng = np.random.default_rng(1)
+    groups = np.array([0] * 50 + [1] * 50)
+    sasrec = rng.integers(0, 20, size=(2, 100))
+    model = sasrec.copy()
+    model[:, 50:] = 0  # better on the tail only
+    out = compare({"sasrec": sasrec, "m": model}, groups, "sasrec")
+    assert set(out) == {"m"}
+    assert out["m"]["tail"]["ci_low"] > 0
+    assert out["m"]["head"]["diff"] == 0.0
+    assert out["m"]["cold"] is None  # no cold target users
+    assert compare({"m": model}, groups, "sasrec") == {}

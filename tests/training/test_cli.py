@@ -49,7 +49,14 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     # Text similarity reaches held-out items; an ID model never can.
     assert results["models"]["content-knn"]["cold"]["recall@10"]["mean"] > 0
     assert results["models"]["sasrec"]["cold"]["recall@10"]["mean"] == 0
-    assert (out / "results.md").read_text().count("| pop |") == 4
+    markdown = (out / "results.md").read_text()
+    assert markdown.count("| pop |") == 4 + 4  # 4 group tables + 4 comparison rows
+    # Every model is compared with sasrec on the same test users (paired bootstrap).
+    assert set(results["comparisons"]) == {"pop", "content-knn"}
+    cell = results["comparisons"]["pop"]["all"]
+    assert cell["ci_low"] <= cell["diff"] <= cell["ci_high"]
+    assert results["comparisons"]["pop"]["baseline"] == "sasrec"
+    assert np.load(out / "ranks.npz")["sasrec"].shape == (2, results["test_users"]["all"])
 
 
 def test_unknown_model_and_bad_dataset_are_clear_errors(tmp_path):
@@ -141,7 +148,7 @@ def test_train_pipeline_exports_a_bundle_that_loads(tmp_path):
     np.testing.assert_array_equal(bundle.external_ids, saved["external_ids"])
     np.testing.assert_array_equal(bundle.item_tokens, saved["item_tokens"])
     generator_json = json.loads((tmp_path / "run" / "generator" / "generator.json").read_text())
-    assert generator_json["variant"] == "full"
+    assert generator_json["variant"] == "flexcode"
     assert (tmp_path / "run" / "generator" / "alpha.png").stat().st_size > 0
     # A second call with --if-missing leaves the bundle alone.
     again = CliRunner().invoke(app, [*args, "--if-missing"])

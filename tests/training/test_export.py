@@ -16,7 +16,12 @@ from models.onnx_generator import OnnxGenerator
 from models.router import RouterConfig
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
 from training.export import ExportError, export_bundle
-from training.stages.generator import GeneratorTrainConfig, save_generator, train_generator
+from training.stages.generator import (
+    GeneratorTrainConfig,
+    build_item_inputs,
+    save_generator,
+    train_generator,
+)
 from training.stages.tokenizer import (
     TokenizerSpec,
     TokenizerTrainConfig,
@@ -55,21 +60,16 @@ def run_dir(tmp_path_factory):
     save_tokenizer(tok, tok_train, run / "tokenizer", None)
     codes = {"sem_codes": tok.sem_codes, "cf_codes": tok.cf_codes, "warm": tok.warm}
 
-    gen_train = GeneratorTrainConfig(
-        max_epochs=1, eval_every=1, finetune_epochs=0, eval_users=20, beam_width=10
+    gen_train = GeneratorTrainConfig(max_epochs=1, eval_users=20, beam_width=10)
+    text = sem  # the bundle's text embeddings: any (N + 1, D) table works here
+    inputs = build_item_inputs(dataset, tok.model, codes, 3, text)
+    config = GeneratorConfig(
+        vocab_size=1, budget=3, n_ids=1, code_levels=1, max_len=10, hidden=16, n_layers=1
     )
     result = train_generator(
-        dataset,
-        tok.model,
-        codes,
-        RouterConfig(budget=3),
-        GeneratorConfig(vocab_size=1, budget=3, max_len=10, hidden=16, n_layers=1),
-        gen_train,
-        CPU,
-        False,
-        cf,
+        dataset, inputs, RouterConfig(budget=3), config, gen_train, CPU, progress=False
     )
-    save_generator(result, dataset, gen_train, run / "generator", {"variant": "full"})
+    save_generator(result, dataset, gen_train, run / "generator", {"variant": "flexcode"})
     return run, dataset, result
 
 
@@ -82,31 +82,35 @@ def test_export_writes_a_verified_bundle_that_serves_like_the_run(run_dir, tmp_p
     m = b.manifest
     assert m.dataset["fingerprint"] == dataset.fingerprint
     assert m.dataset["n_items"] == b.n_items == dataset.n_items
-    assert m.metrics["variant"] == "full"
+    assert m.metrics["variant"] == "flexcode"
     for group, values in result.best_valid.items():  # NaN (an empty group) -> null
         want = {k: (v if np.isfinite(v) else None) for k, v in values.items()}
         assert m.metrics["valid"][group] == want
     assert m.metrics["onnx_max_abs_diff"] <= 1e-4
     assert m.config["text_model_id"].startswith("all-MiniLM-L6-v2@")
+    assert b.decoding == result.decoding
     np.testing.assert_array_equal(b.external_ids, dataset.item_ids)
-    np.testing.assert_array_equal(b.item_tokens, result.item_tokens)
+    np.testing.assert_array_equal(b.item_tokens, result.layout.item_tokens)
     np.testing.assert_array_equal(b.popularity, dataset.train_counts())
     warm = dataset.train_counts() > 0
     warm[0] = False
     np.testing.assert_array_equal(b.imputation_ids, np.flatnonzero(warm))
 
-    # Both the torch and the ONNX generator of the bundle rank as the trained one does.
-    table = ItemTable(b.cf_codes, b.sem_codes, b.budget, b.layout)
-    cf_mask, sem_mask = table.hard_masks(b.n_cf)
-    dedup = torch.as_tensor(b.item_tokens[:, -1])
+    # The bundle's item table, and both its torch and ONNX generators, rank as the
+    # trained model does.
+    served = result.served(CPU)
+    np.testing.assert_allclose(b.item_vectors, served.catalogue.item_vectors.numpy(), atol=1e-6)
+    table = ItemTable(b.item_vectors, b.item_tokens, b.prefix_index)
     seq = torch.as_tensor(dataset.test().history.select(np.arange(8)).last(10))
-    history = table.history(seq, cf_mask[seq], sem_mask[seq], dedup)
-    index = b.prefix_index.to_tensors()
+    exclude = torch.where(seq > 0, seq, -1)
+    want, want_scores = recommend_top_k(
+        result.generator, seq, served.catalogue, 10, result.decoding, exclude
+    )
     onnx = OnnxGenerator.from_files(b.generator.config, b.onnx_paths)
-    want, _ = recommend_top_k(result.generator, history, index, beam_width=10, top_k=10)
     for model in (b.generator, onnx):
-        got, _ = recommend_top_k(model, history, index, beam_width=10, top_k=10)
+        got, scores = recommend_top_k(model, seq, table.catalogue(), 10, b.decoding, exclude)
         torch.testing.assert_close(got, want)
+        torch.testing.assert_close(scores, want_scores, atol=1e-4, rtol=1e-4)
 
 
 def test_export_refuses_a_run_without_stage_d(run_dir, tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 
 from training.data.preprocess import Sequences
-from training.stages.sasrec import training_windows
+from training.loop import training_windows
 
 
 def test_windows_cover_every_target_once():

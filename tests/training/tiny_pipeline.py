@@ -35,6 +35,4 @@ def tiny_pipeline_args(tmp_path: Path) -> list[str]:
         "5",
         "--generator-max-epochs",
         "2",
-        "--finetune-epochs",
-        "1",
     ]

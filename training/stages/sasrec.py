@@ -11,43 +11,26 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from models.sasrec import SASRec, SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences
 from training.device import autocast, seed_everything
-from training.distributed import (
-    DistContext,
-    all_reduce_sum,
-    broadcast_module,
-    broadcast_object,
-    shard,
-    single_process,
-    wrap,
-)
-from training.early_stopping import EarlyStopping
+from training.distributed import DistContext, broadcast_module, single_process
 from training.evaluate import EvalResult, ScoreFn, evaluate_scores
+from training.loop import LoopConfig, fit, training_windows
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SASRecTrainConfig:
-    lr: float = 2e-3  # tuned on ML-100K validation (BENCHMARKS.md); 4e-3 is unstable
-    weight_decay: float = 0.0  # dropout regularises enough at this size
-    batch_size: int = 64  # small batches: ML-100K has only ~1k training windows
-    max_epochs: int = 200  # an upper bound; early stopping ends runs far sooner
-    patience: int = 10  # evaluations without a validation NDCG@10 gain before stopping
-    eval_every: int = 2  # epochs between validation passes
-    grad_clip: float = 1.0
-    seed: int = 0
+class SASRecTrainConfig(LoopConfig):
+    """The shared loop's schedule (`training.loop.LoopConfig`); SASRec adds nothing."""
 
 
 @dataclass
@@ -57,50 +40,18 @@ class SASRecResult:
     best_epoch: int
     epochs_run: int
     curve: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = True
 
 
-def training_windows(train: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut every training sequence into (input, next-item target) windows of max_len.
+class _SASRecStep(torch.nn.Module):
+    """The loop's step: the summed next-item cross-entropy of a batch."""
 
-    A user with n items has n - 1 (input, target) pairs; they are split into
-    ceil((n - 1) / max_len) windows counted back from the most recent, so every target
-    position is trained on exactly once. Windows are left-padded with 0.
-    Returns inputs, targets: (W, max_len) int64.
-    """
-    pairs = np.maximum(train.lengths - 1, 0)  # (U,)
-    n_windows = -(-pairs // max_len)  # ceil
-    users = np.repeat(np.arange(train.n_users), n_windows)
-    index_in_user = np.arange(len(users)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
-    end = pairs[users] - index_in_user * max_len  # exclusive end of the window's pairs
-    start = np.maximum(end - max_len, 0)
-    lengths = end - start
-    rows = np.repeat(np.arange(len(users)), lengths)
-    step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    cols = max_len - np.repeat(lengths, lengths) + step
-    src = np.repeat(train.offsets[users] + start, lengths) + step
-    inputs = np.zeros((len(users), max_len), dtype=np.int64)
-    targets = np.zeros((len(users), max_len), dtype=np.int64)
-    inputs[rows, cols] = train.items[src]
-    targets[rows, cols] = train.items[src + 1]
-    return inputs, targets
+    def __init__(self, model: SASRec) -> None:
+        super().__init__()
+        self.model = model
 
-
-def length_bucketed_batches(
-    lengths: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """Random batches of windows of similar length, in random order.
-
-    Most windows are much shorter than max_len; grouping similar lengths lets a batch
-    drop its shared padding (3-4x less compute on ML-100K). Safe here because the loss
-    is normalised by a constant, not per batch (METHOD.md's warning about bucketing
-    applies to per-batch means).
-    """
-    perm = torch.randperm(len(lengths), generator=generator)
-    bucket = lengths[perm] // 16
-    order = perm[torch.sort(bucket, stable=True).indices]
-    batches = list(order.split(batch_size))
-    shuffled = torch.randperm(len(batches), generator=generator)
-    return [batches[i] for i in shuffled]
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model(seq, targets)[1]
 
 
 def sasrec_score_fn(model: SASRec, device: torch.device) -> ScoreFn:
@@ -121,107 +72,49 @@ def train_sasrec(
     device: torch.device,
     progress: bool = True,
     distributed: DistContext | None = None,
+    text: np.ndarray | None = None,
 ) -> SASRecResult:
-    """Train with early stopping on validation NDCG@10; returns the best model.
-
-    distributed: under torchrun, this rank's context (`training.distributed`): every rank
-    trains a DDP replica on its shard of each epoch's batches, rank 0 validates and the
-    others follow its early-stopping decisions; all ranks return the same best model and
-    the same metrics. None: one process.
-
-    Loss weighting with W ranks: each rank divides its batch's summed loss by the same
-    constant as a single process, and DDP averages the W gradients, so a step's gradient
-    is the sum over the W batches' targets divided by W * loss_scale: every target still
-    weighs the same, the effective batch is W times larger and an epoch W times fewer
-    steps (the learning rate is not rescaled).
-    """
+    """Train with the shared loop (`training.loop.fit`: warmup, halving on plateaus, early
+    stopping on validation NDCG@10); returns the best model. distributed: under torchrun,
+    this rank's context (see `fit`); None: one process. text: (N + 1, D) item text
+    embeddings, for the id + content variant (model_config.text_dim = D); items without
+    training interactions then have no id of their own and are written by text alone."""
     dist_ctx = distributed or single_process(device)
     seed_everything(train_config.seed)
-    inputs, targets = training_windows(dataset.train_sequences(), model_config.max_len)
-    if len(inputs) == 0:
-        raise ValueError(f"{dataset.name}: no training sequence has two or more items")
-    inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
-    lengths = (targets_t != 0).sum(dim=1)
-    n_batches = math.ceil(len(inputs) / train_config.batch_size)
-    # Dividing each batch's summed loss by the same constant weights every target
-    # position equally, however full a batch happens to be.
-    loss_scale = float((targets != 0).sum()) / n_batches
-
-    model = SASRec(model_config).to(device)
-    net = wrap(model, dist_ctx)  # the model itself for one process
+    windows = training_windows(dataset.train_sequences(), model_config.max_len)
+    id_rows = None
+    if text is not None:
+        counts = dataset.train_counts()
+        id_rows = torch.as_tensor(np.where(counts > 0, np.arange(len(counts)), 0))
+        text = torch.as_tensor(text, dtype=torch.float32)
+    model = SASRec(model_config, text, id_rows).to(device)
     if dist_ctx.distributed:
         # Same init on every rank (above), different dropout masks from here on.
         torch.manual_seed(train_config.seed + dist_ctx.rank)
-        if dist_ctx.is_main:
-            logger.info(
-                "sasrec: %d processes (%s), %d of %d batches each per epoch",
-                dist_ctx.world_size,
-                dist_ctx.backend,
-                math.ceil(n_batches / dist_ctx.world_size),
-                n_batches,
-            )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
-    )
-    generator = torch.Generator().manual_seed(train_config.seed)
     validation = dataset.validation()
     groups = dataset.item_groups()
 
-    stopper = EarlyStopping(train_config.patience)
-    curve: list[dict[str, float]] = []
-    epochs = tqdm(
-        range(1, train_config.max_epochs + 1),
+    def validate() -> dict:
+        score_fn = sasrec_score_fn(model, device)
+        return evaluate_scores(score_fn, validation, groups, desc="valid").metrics
+
+    run = fit(
+        _SASRecStep(model),
+        windows,
+        train_config,
+        validate,
+        lambda: copy.deepcopy(model.state_dict()),
+        device,
         desc="sasrec",
-        disable=not progress or not dist_ctx.is_main,
+        progress=progress,
+        distributed=dist_ctx,
     )
-    epoch = 0
-    for epoch in epochs:
-        model.train()
-        total = 0.0
-        batches = length_bucketed_batches(lengths, train_config.batch_size, generator)
-        mine = shard(batches, dist_ctx)
-        for batch in mine:
-            width = int(lengths[batch].max())  # trim the shared left padding
-            seq = inputs_t[batch, -width:].to(device)
-            tgt = targets_t[batch, -width:].to(device)
-            with autocast(device):
-                _, loss = net(seq, tgt)
-            loss = loss / loss_scale
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-            optimizer.step()
-            total += loss.item()
-        # Mean over all ranks' batches; for one process: total / n_batches.
-        epoch_loss = all_reduce_sum(total, dist_ctx) / (len(mine) * dist_ctx.world_size)
-        if epoch % train_config.eval_every and epoch != train_config.max_epochs:
-            continue
-        model.eval()
-        metrics = None
-        if dist_ctx.is_main:
-            score_fn = sasrec_score_fn(model, device)
-            metrics = evaluate_scores(score_fn, validation, groups, desc="valid").metrics
-        # Every rank runs its own EarlyStopping on rank 0's score: same decisions everywhere.
-        metrics = broadcast_object(metrics, dist_ctx)
-        ndcg = metrics["all"]["ndcg@10"]
-        curve.append({"epoch": epoch, "loss": epoch_loss, "valid_ndcg@10": ndcg})
-        epochs.set_postfix(loss=f"{epoch_loss:.3f}", ndcg10=f"{ndcg:.4f}")
-        if stopper.update(ndcg):
-            state = copy.deepcopy(model.state_dict())
-            stopper.best = {"epoch": epoch, "valid": metrics, "state": state}
-        if stopper.should_stop:
-            break
-    best = stopper.best  # at least one evaluation always runs (the last epoch evaluates)
-    model.load_state_dict(best["state"])
+    model.load_state_dict(run.best)
     broadcast_module(model, dist_ctx)  # the replicas' snapshots agree; make it certain
     model.eval()
-    logger.info(
-        "sasrec: best valid NDCG@10 %.4f at epoch %d of %d",
-        stopper.best_score,
-        best["epoch"],
-        epoch,
+    return SASRecResult(
+        model, run.best_valid, run.best_epoch, run.epochs_run, run.curve, run.stopped_early
     )
-    return SASRecResult(model, best["valid"], best["epoch"], epoch, curve)
 
 
 def evaluate_sasrec(model: SASRec, dataset: ProcessedDataset, device: torch.device) -> EvalResult:
@@ -242,6 +135,7 @@ def save_sasrec(result: SASRecResult, train_config: SASRecTrainConfig, run_dir: 
         "train_config": asdict(train_config),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
         "best_valid": result.best_valid,
         "curve": result.curve,
     }
@@ -250,6 +144,9 @@ def save_sasrec(result: SASRecResult, train_config: SASRecTrainConfig, run_dir: 
 
 def load_sasrec(run_dir: Path, device: torch.device) -> SASRec:
     meta = json.loads((Path(run_dir) / "sasrec.json").read_text())
-    model = SASRec(SASRecConfig(**meta["model_config"]))
+    config = SASRecConfig(**meta["model_config"])
+    # The id + content variant's text and id rows are buffers: placeholders until loaded.
+    text = torch.zeros(config.n_items + 1, config.text_dim) if config.text_dim else None
+    model = SASRec(config, text)
     model.load_state_dict(load_file(Path(run_dir) / "sasrec.safetensors"))
     return model.to(device).eval()

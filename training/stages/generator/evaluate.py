@@ -1,0 +1,144 @@
+"""Stage D's evaluation: the served decoding (`models.decoding`), measured.
+
+`ServedModel` is what serving holds: the generator, its item table (vectors, tokens,
+prefix index) and the decoding config, including the dense weight w of the mixed score.
+`evaluate_served` ranks every evaluation user's target with exactly the serving code
+(beam search + dense candidates, rescored), for several w at once (the candidates do not
+depend on w), and reports the diagnostics the issue asks for: catalogue coverage, the
+tail share of the top 10, requests that got fewer than k results. `evaluate_exact` ranks
+the WHOLE catalogue by the same mixed score, without beam search: the gap between the two
+is what the search loses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.decoding import Catalogue, DecodingConfig, exact_scores, find_candidates, top_k_of
+from models.generator import Generator
+from training.data.preprocess import COLD, TAIL, EvalSet, Sequences
+from training.device import autocast
+from training.evaluate import EvalResult, ranks_from_scores, ranks_from_topk, summarise
+
+TOP_K = 10  # the metrics' largest cut-off
+
+
+@dataclass
+class ServedModel:
+    generator: Generator
+    catalogue: Catalogue
+    decoding: DecodingConfig
+
+    @property
+    def max_len(self) -> int:
+        return self.generator.config.max_len
+
+
+@dataclass
+class ServedEvaluation:
+    """One evaluation of the served decoding at several dense weights."""
+
+    results: dict[float, EvalResult]  # w -> metrics
+    diagnostics: dict[float, dict]  # w -> coverage, tail share, short lists
+
+    def best_weight(self) -> float:
+        """The w with the highest NDCG@10 (ties: the smaller w, i.e. more generative)."""
+        return max(sorted(self.results), key=lambda w: self.results[w].metrics["all"]["ndcg@10"])
+
+
+def padded_exclude(history: Sequences, device: torch.device) -> torch.Tensor:
+    """(B, E) int64 every history item per user, -1 padding (E = longest history, >= 1)."""
+    width = max(int(history.lengths.max(initial=0)), 1)
+    out = np.full((history.n_users, width), -1, dtype=np.int64)
+    cols = np.arange(len(history.items)) - np.repeat(history.offsets[:-1], history.lengths)
+    out[history.row_ids(), cols] = history.items
+    return torch.as_tensor(out, device=device)
+
+
+def _diagnostics(top: np.ndarray, groups: np.ndarray, n_items: int) -> dict:
+    """top: (U, k) recommended rows (-1 padding) of every evaluated user."""
+    real = top[top > 0]
+    return {
+        "coverage": float(np.unique(real).size / max(n_items, 1)),  # distinct items / catalogue
+        "distinct_items": int(np.unique(real).size),
+        "tail_share_top10": float(np.isin(groups[real], (TAIL, COLD)).mean()) if real.size else 0.0,
+        "cold_share_top10": float((groups[real] == COLD).mean()) if real.size else 0.0,
+        "short_lists": float((top <= 0).any(axis=1).mean()),  # requests with < k results
+    }
+
+
+def evaluate_served(
+    model: ServedModel,
+    eval_set: EvalSet,
+    item_groups: np.ndarray,
+    weights: tuple[float, ...] | None = None,
+    batch_size: int = 128,
+    desc: str = "evaluate",
+) -> ServedEvaluation:
+    """Rank every user's target with the served decoding at each dense weight w (default:
+    the model's own). History items are excluded (all of them, not just the last max_len)."""
+    weights = (model.decoding.dense_weight,) if weights is None else tuple(weights)
+    need_gen = min(weights) < 1.0
+    device = model.catalogue.item_vectors.device
+    n_users = len(eval_set.users)
+    tops = {w: np.full((n_users, TOP_K), -1, dtype=np.int64) for w in weights}
+    model.generator.eval()
+    starts = range(0, n_users, batch_size)
+    for start in tqdm(starts, total=len(starts), desc=desc, leave=False):
+        idx = np.arange(start, min(start + batch_size, n_users))
+        history = eval_set.history.select(idx)
+        rows = torch.as_tensor(history.last(model.max_len), device=device)
+        with torch.no_grad(), autocast(device):
+            candidates = find_candidates(
+                model.generator,
+                rows,
+                model.catalogue,
+                model.decoding,
+                padded_exclude(history, device),
+                top_k=TOP_K,
+                generative=need_gen,
+            )
+        for w in weights:
+            top, _ = top_k_of(candidates, w, TOP_K)
+            tops[w][idx] = top.cpu().numpy()
+    results, diagnostics = {}, {}
+    groups_of_targets = item_groups[eval_set.targets]
+    n_items = model.catalogue.n_rows - 1
+    for w, top in tops.items():
+        ranks = ranks_from_topk(top, eval_set.targets, eval_set.history)
+        results[w] = summarise(ranks, groups_of_targets)
+        diagnostics[w] = _diagnostics(top, item_groups, n_items)
+    return ServedEvaluation(results, diagnostics)
+
+
+def evaluate_exact(
+    model: ServedModel,
+    eval_set: EvalSet,
+    item_groups: np.ndarray,
+    dense_weight: float | None = None,
+    batch_size: int = 64,
+    desc: str = "exact",
+) -> EvalResult:
+    """Rank the WHOLE catalogue by the mixed score (no beam search, no candidate set)."""
+    w = model.decoding.dense_weight if dense_weight is None else dense_weight
+    device = model.catalogue.item_vectors.device
+    n_users = len(eval_set.users)
+    ranks = np.empty(n_users, dtype=np.int64)
+    starts = range(0, n_users, batch_size)
+    for start in tqdm(starts, total=len(starts), desc=desc, leave=False):
+        idx = np.arange(start, min(start + batch_size, n_users))
+        history = eval_set.history.select(idx)
+        rows = torch.as_tensor(history.last(model.max_len), device=device)
+        with torch.no_grad():
+            scores = exact_scores(model.generator, rows, model.catalogue, w)
+        targets = torch.as_tensor(eval_set.targets[idx], device=device)
+        ranks[idx] = ranks_from_scores(scores, targets, history)
+    return summarise(ranks, item_groups[eval_set.targets])
+
+
+def with_weight(model: ServedModel, dense_weight: float) -> ServedModel:
+    return replace(model, decoding=replace(model.decoding, dense_weight=float(dense_weight)))

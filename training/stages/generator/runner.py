@@ -1,0 +1,132 @@
+"""Stage D on a run directory (stages A-C done), for one named variant; and the benchmark
+runner that trains a variant and measures it on the test split."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.generator import GeneratorConfig
+from models.router import RouterConfig
+from training.data.preprocess import ProcessedDataset
+from training.distributed import DistContext
+from training.evaluate import EvalResult
+from training.stages.generator.evaluate import evaluate_exact, evaluate_served, with_weight
+from training.stages.generator.inputs import build_item_inputs
+from training.stages.generator.train import (
+    GeneratorResult,
+    GeneratorTrainConfig,
+    train_generator,
+)
+from training.stages.generator.variants import variant as lookup_variant
+
+logger = logging.getLogger(__name__)
+
+
+def default_generator_config() -> GeneratorConfig:
+    """The shipped architecture; the catalogue-dependent fields are set by
+    `train_generator` from the item inputs."""
+    return GeneratorConfig(vocab_size=1, budget=1, n_ids=1, code_levels=1)
+
+
+def train_variant(
+    dataset: ProcessedDataset,
+    pipeline_dir: Path,
+    variant: str,
+    device: torch.device,
+    train_config: GeneratorTrainConfig | None = None,
+    generator_config: GeneratorConfig | None = None,
+    distributed: DistContext | None = None,
+    text_embeddings: np.ndarray | None = None,
+    progress: bool = True,
+) -> GeneratorResult:
+    """Stage D for one named variant (`variants.VARIANTS`) on a run directory holding
+    stages A-C: <pipeline_dir>/tokenizer (or tokenizer-no-align). text_embeddings:
+    stage B's (N + 1, D) table when the generator reads text (None: codes and ids only)."""
+    from training.stages.tokenizer import load_tokenizer  # stage C's artifacts
+
+    spec = lookup_variant(variant)
+    tokenizer_dir = Path(pipeline_dir) / spec.tokenizer_dir
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"FlexCode ({variant}) needs a trained tokenizer in {tokenizer_dir}; run "
+            f"`flexcode train tokenizer --run-dir {pipeline_dir}` first"
+        )
+    train_config = train_config or GeneratorTrainConfig()
+    tokenizer, codes = load_tokenizer(tokenizer_dir, device)
+    levels = int(np.asarray(codes["sem_codes"]).shape[1])
+    budget = min(spec.budget, levels)
+    inputs = build_item_inputs(
+        dataset, tokenizer, codes, budget, text_embeddings, train_config.dedup_slack
+    )
+    router_config = RouterConfig(budget=budget, fixed_alpha=spec.fixed_alpha)
+    return train_generator(
+        dataset,
+        inputs,
+        router_config,
+        generator_config or default_generator_config(),
+        train_config,
+        device,
+        progress=progress,
+        distributed=distributed,
+    )
+
+
+def report_on_test_split(
+    result: GeneratorResult, dataset: ProcessedDataset, device: torch.device, exact: bool = True
+) -> tuple[dict[str, EvalResult], dict]:
+    """The served model on the test split, and each part alone:
+
+    ""            the served mixed score at the dense weight chosen on validation
+    "dense"       the dense head alone (w = 1), "generative" the generative head alone (w = 0)
+    "exact"       the served mixed score over the WHOLE catalogue, no beam search
+    Returns (those results, diagnostics: per-w coverage, tail share and short lists)."""
+    served = result.served(device)
+    test, groups = dataset.test(), dataset.item_groups()
+    w = served.decoding.dense_weight
+    weights = tuple(sorted({w, 0.0, 1.0}))
+    found = evaluate_served(served, test, groups, weights, desc="test")
+    results = {"": found.results[w], "dense": found.results[1.0], "generative": found.results[0.0]}
+    diagnostics = {
+        "dense_weight": w,
+        "served": found.diagnostics[w],
+        "dense": found.diagnostics[1.0],
+        "generative": found.diagnostics[0.0],
+    }
+    if exact:
+        results["exact"] = evaluate_exact(with_weight(served, w), test, groups)
+    return results, diagnostics
+
+
+def flexcode_runner(variant: str):
+    """A benchmark runner (training.baselines.Runner) for one FlexCode variant; reads
+    stages A-C from context.pipeline_dir (`flexcode train tokenizer --run-dir`)."""
+    lookup_variant(variant)  # unknown names fail when the plan is made, not mid-run
+
+    def run(dataset: ProcessedDataset, seed: int, context):
+        from training.pipeline import ensure_semantic_embeddings
+
+        if context.pipeline_dir is None:
+            raise FileNotFoundError(
+                f"FlexCode ({variant}) needs --run-dir: a run of `flexcode train tokenizer`"
+            )
+        train_config = replace(context.generator, seed=seed)
+        text = (
+            ensure_semantic_embeddings(dataset, context.device) if train_config.use_text else None
+        )
+        result = train_variant(
+            dataset,
+            Path(context.pipeline_dir),
+            variant,
+            context.device,
+            train_config,
+            text_embeddings=text,
+            progress=context.progress,
+        )
+        return report_on_test_split(result, dataset, context.device)
+
+    return run

@@ -1,0 +1,307 @@
+"""Stage D training: the router (PATA) and the generator (ARG), jointly, with the loop
+shared with SASRec (`training.loop.fit`).
+
+Every step:
+  - a random share `id_dropout` of the catalogue is written as a NEW item would be: id
+    embedding dropped and the router's split of an item without interactions (its
+    count read as 0), in the inputs and as targets alike. These are the synthetic cold
+    items that teach the model to rank an item it knows only by its codes and text;
+  - the router gives every item's alpha, its soft masks weight the code levels in the
+    item vectors (`models.generator`), so the router's slope is trained by the next-item
+    losses (dense and generative) of the items it routes, plus its load balancing;
+  - loss = dense cross-entropy + generative_weight * (-log P_gen(target)), summed over
+    target positions; P_gen under the restricted softmax of the current hard layout.
+
+Before every epoch the hard layout (n_cf per item, served tokens, prefix index) is
+rebuilt from the router, so generative targets follow the router as it moves. The
+snapshot of the best validation epoch keeps weights AND that epoch's layout, so what is
+saved is exactly what was measured. Validation runs the served decoding
+(`evaluate.evaluate_served`) at a grid of dense weights and keeps the best; the dense
+weight of the final model is chosen on validation at the best epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from models.decoding import Catalogue, DecodingConfig
+from models.generator import Generator, GeneratorConfig, ItemFeatures
+from models.prefix_index import DeviceIndex, build_prefix_index
+from models.router import Router, RouterConfig, popularity_bands
+from models.tokens import TokenLayout
+from training.data.preprocess import EvalSet, ProcessedDataset
+from training.device import seed_everything
+from training.distributed import DistContext, broadcast_module, broadcast_object, single_process
+from training.loop import LoopConfig, fit, training_windows
+from training.stages.generator.evaluate import ServedModel, evaluate_served
+from training.stages.generator.inputs import ItemInputs
+
+logger = logging.getLogger(__name__)
+
+DENSE_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig(LoopConfig):
+    # Share of items written as new items in a step (no id, cold split). 0.1 keeps warm
+    # accuracy (ML-100K validation) while giving the id-free path enough targets.
+    id_dropout: float = 0.1
+    generative_weight: float = 1.0  # weight of -log P_gen beside the dense cross-entropy
+    beam_width: int = 50  # generative candidates per request (validation and serving)
+    dense_candidates: int = 50  # dense-head candidates per request
+    dense_weights: tuple[float, ...] = DENSE_WEIGHT_GRID  # w grid searched on validation
+    eval_users: int | None = None  # subsample validation users (fixed rng) for speed
+    use_text: bool = True  # item vectors add a projection of the text embedding
+    # Spare dedup ids per code prefix beyond what the training catalogue needs, for cold
+    # items added at serving time.
+    dedup_slack: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if not self.dense_weights or not all(0.0 <= w <= 1.0 for w in self.dense_weights):
+            raise ValueError(
+                f"dense_weights must be a non-empty grid in [0, 1], got {self.dense_weights}"
+            )
+
+
+@dataclass
+class Layout:
+    """A hard layout: the router's split and what follows from it."""
+
+    alpha: np.ndarray  # (N + 1,) float32 CF share
+    n_cf: np.ndarray  # (N + 1,) int64
+    item_tokens: np.ndarray  # (N + 1, L + 1) int64 served tokens
+
+    def index(self, vocab_size: int, device: torch.device) -> DeviceIndex:
+        rows = np.arange(1, len(self.n_cf))
+        return build_prefix_index(self.item_tokens[1:], rows, vocab_size).to_tensors(device)
+
+
+@dataclass
+class GeneratorResult:
+    generator: Generator
+    router: Router
+    inputs: ItemInputs
+    layout: Layout
+    decoding: DecodingConfig  # dense weight chosen on validation
+    best_valid: dict[str, dict[str, float]]
+    valid_by_weight: dict[str, dict[str, dict[str, float]]]  # w -> metrics, best epoch
+    best_epoch: int = 0
+    epochs_run: int = 0
+    stopped_early: bool = True
+    curve: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        return self.inputs.layout
+
+    def served(self, device: torch.device) -> ServedModel:
+        return served_model(
+            self.generator, self.router, self.inputs, self.layout, self.decoding, device
+        )
+
+
+def hard_layout(router: Router, inputs: ItemInputs, device: torch.device) -> Layout:
+    with torch.no_grad():
+        alpha = router(torch.as_tensor(inputs.counts, device=device))
+    n_cf = router.hard_split(alpha).cpu().numpy()
+    return Layout(alpha.float().cpu().numpy(), n_cf, inputs.item_tokens(n_cf))
+
+
+def served_features(
+    router: Router, inputs: ItemInputs, n_cf: np.ndarray, device: torch.device
+) -> ItemFeatures:
+    """Item features with the HARD masks of the split, as serving writes items."""
+    k = torch.arange(1, inputs.budget + 1, device=device)
+    n_cf_t = torch.as_tensor(n_cf, device=device)[:, None]
+    cf_weight, sem_weight = (k <= n_cf_t).float(), (k <= inputs.budget - n_cf_t).float()
+    return inputs.features(device)._replace(cf_weight=cf_weight, sem_weight=sem_weight)
+
+
+def served_model(
+    generator: Generator,
+    router: Router,
+    inputs: ItemInputs,
+    layout: Layout,
+    decoding: DecodingConfig,
+    device: torch.device,
+) -> ServedModel:
+    with torch.no_grad():
+        vectors = generator.item_vectors(served_features(router, inputs, layout.n_cf, device))
+    catalogue = Catalogue(
+        item_vectors=vectors,
+        item_tokens=torch.as_tensor(layout.item_tokens, device=device),
+        index=layout.index(inputs.layout.vocab_size, device),
+    )
+    return ServedModel(generator, catalogue, decoding)
+
+
+class GeneratorStep(torch.nn.Module):
+    """One training step's loss (module docstring) with the router and the generator
+    inside, so DDP averages both's gradients. `set_layout` installs an epoch's layout."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        router: Router,
+        inputs: ItemInputs,
+        config: GeneratorTrainConfig,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.router = router
+        self.config = config
+        self.features = inputs.features(device)
+        self.counts = torch.as_tensor(inputs.counts, dtype=torch.float32, device=device)
+        self.bands = torch.as_tensor(popularity_bands(inputs.counts, router.config.n_bands))
+        self.bands = self.bands.to(device)
+        self.item_tokens: torch.Tensor | None = None
+        self.index: DeviceIndex | None = None
+
+    def set_layout(self, layout: Layout) -> None:
+        device = self.counts.device
+        self.item_tokens = torch.as_tensor(layout.item_tokens, device=device)
+        self.index = layout.index(self.generator.config.vocab_size, device)
+
+    def forward(
+        self, seq: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed next-item loss, router regulariser as a per-target mean)."""
+        counts, keep = self.counts, None
+        if self.training and self.config.id_dropout > 0:
+            keep = (
+                torch.rand(counts.shape, device=counts.device) >= self.config.id_dropout
+            ).float()
+            counts = counts * keep  # a dropped item gets the split of a new item
+        alpha = self.router(counts)
+        cf_weight, sem_weight = self.router.soft_masks(alpha)
+        features = self.features._replace(cf_weight=cf_weight, sem_weight=sem_weight)
+        losses = self.generator(seq, targets, features, self.item_tokens, self.index, keep)
+        total = losses["dense"] + self.config.generative_weight * losses["generative"]
+        full_alpha = alpha if keep is None else self.router(self.counts)
+        return total, self.router.load_balance(full_alpha[1:], self.bands[1:])
+
+
+def _subsample(eval_set: EvalSet, n: int | None, seed: int) -> EvalSet:
+    if n is None or n >= len(eval_set.users):
+        return eval_set
+    idx = np.sort(np.random.default_rng(seed).choice(len(eval_set.users), n, replace=False))
+    return EvalSet(eval_set.users[idx], eval_set.history.select(idx), eval_set.targets[idx])
+
+
+def train_generator(
+    dataset: ProcessedDataset,
+    inputs: ItemInputs,
+    router_config: RouterConfig,
+    generator_config: GeneratorConfig,
+    train_config: GeneratorTrainConfig,
+    device: torch.device,
+    progress: bool = True,
+    distributed: DistContext | None = None,
+) -> GeneratorResult:
+    """Train stage D (module docstring); returns the best validation epoch's model with its
+    layout and the dense weight chosen on validation. distributed: see `training.loop.fit`
+    (every rank trains; rank 0 validates; all return the same result)."""
+    dist_ctx = distributed or single_process(device)
+    seed_everything(train_config.seed)
+    if router_config.budget != inputs.budget:
+        raise ValueError(f"router budget {router_config.budget} != inputs budget {inputs.budget}")
+    generator_config = replace(
+        generator_config,
+        vocab_size=inputs.layout.vocab_size,
+        budget=inputs.budget,
+        n_ids=inputs.n_rows,
+        code_levels=inputs.budget,
+        text_dim=0 if inputs.text is None else int(inputs.text.shape[1]),
+    )
+    router = Router(router_config).to(device)
+    if router.learned:
+        router.init_slope(inputs.counts)
+    generator = Generator(generator_config).to(device)
+    step = GeneratorStep(generator, router, inputs, train_config, device)
+    if dist_ctx.distributed:
+        torch.manual_seed(train_config.seed + dist_ctx.rank)  # same init, own dropout masks
+    windows = training_windows(dataset.train_sequences(), generator_config.max_len)
+    validation = _subsample(dataset.validation(), train_config.eval_users, train_config.seed)
+    groups = dataset.item_groups()
+    decoding = DecodingConfig(
+        beam_width=train_config.beam_width,
+        dense_candidates=train_config.dense_candidates,
+        dense_weight=train_config.dense_weights[0],
+    )
+    current: dict = {}
+
+    def before_epoch(epoch: int) -> None:
+        current["layout"] = hard_layout(router, inputs, device)
+        step.set_layout(current["layout"])
+
+    def validate() -> dict:
+        layout = hard_layout(router, inputs, device)  # the router may have moved this epoch
+        served = served_model(generator, router, inputs, layout, decoding, device)
+        found = evaluate_served(
+            served, validation, groups, train_config.dense_weights, desc="valid"
+        )
+        w = found.best_weight()
+        current["valid_by_weight"] = {str(k): v.metrics for k, v in found.results.items()}
+        current["weight"] = w
+        metrics = found.results[w].metrics
+        logger.debug(
+            "valid NDCG@10 by dense weight: %s",
+            {k: round(v["all"]["ndcg@10"], 4) for k, v in current["valid_by_weight"].items()},
+        )
+        return metrics
+
+    def snapshot() -> dict:
+        # Called on every rank; validation (hence the chosen w) happened on rank 0 only.
+        weight, by_weight = broadcast_object(
+            (current.get("weight"), current.get("valid_by_weight")), dist_ctx
+        )
+        return {
+            "generator": copy.deepcopy(generator.state_dict()),
+            "router": copy.deepcopy(router.state_dict()),
+            "layout": hard_layout(router, inputs, device),  # what validation measured
+            "weight": weight,
+            "valid_by_weight": by_weight,
+        }
+
+    run = fit(
+        step,
+        windows,
+        train_config,
+        validate,
+        snapshot,
+        device,
+        desc="generator",
+        progress=progress,
+        distributed=dist_ctx,
+        before_epoch=before_epoch,
+    )
+    best = run.best
+    generator.load_state_dict(best["generator"])
+    router.load_state_dict(best["router"])
+    broadcast_module(step, dist_ctx)
+    generator.eval()
+    router.eval()
+    return GeneratorResult(
+        generator=generator,
+        router=router,
+        inputs=inputs,
+        layout=best["layout"],
+        decoding=replace(decoding, dense_weight=float(best["weight"])),
+        best_valid=run.best_valid,
+        valid_by_weight=best["valid_by_weight"],
+        best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run,
+        stopped_early=run.stopped_early,
+        curve=run.curve,
+        seconds=run.seconds,
+    )

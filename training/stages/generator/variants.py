@@ -1,0 +1,39 @@
+"""FlexCode variants as data: the shipped configuration and the paper's ablations.
+
+Every variant trains the same model (`models.generator`) with the same loop; a variant
+only flips the switches below. `flexcode` is exactly what `flexcode train pipeline`
+exports and the service serves; `full` is the same configuration under the paper's name,
+so the ablation table reads as the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHIPPED = "flexcode"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation table: each field is one switch of the method."""
+
+    fixed_alpha: float | None = None  # None = learned router; 0.5 fix, 0 sid-only, 1 cf-only
+    tokenizer_dir: str = "tokenizer"  # "tokenizer-no-align": the lambda_CCA = 0 twin
+    budget: int = 3  # L code tokens per item (+1 dedup): GRID's best shape is 3 levels
+
+
+VARIANTS: dict[str, Variant] = {
+    SHIPPED: Variant(),
+    "full": Variant(),
+    "fix": Variant(fixed_alpha=0.5),
+    "sid-only": Variant(fixed_alpha=0.0),
+    "cf-only": Variant(fixed_alpha=1.0),
+    "no-align": Variant(tokenizer_dir="tokenizer-no-align"),
+    **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
+}
+
+
+def variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown FlexCode variant {name!r}; choose from {list(VARIANTS)}")
+    return VARIANTS[name]
