@@ -341,8 +341,9 @@ def sequence_log_probs(
         given its first t tokens; tokens: (M, D) int64 the sequences.
     index_tensors: DeviceIndex, or a (base, overlay) pair (valid children = the union).
     Returns ((M, D) float log P(token t | prefix), the softmax taken over the prefix's
-    valid next tokens, -inf from the first token that is not a valid child on; (M,) int64
-    the item id of each sequence, -1 where it is no item of the index).
+    valid next tokens, -inf from the first token that is not a valid child on (the whole
+    row for a sequence holding a token outside the vocabulary); (M,) int64 the item id of
+    each sequence, -1 where it is no item of the index).
     """
     base, over = _check_index(index_tensors)
     if over is not None and _is_empty(over):

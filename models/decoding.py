@@ -132,12 +132,18 @@ class Candidates:
 
     def scores(self, dense_weight: float) -> torch.Tensor:
         """(B, M) the mixed score at w = dense_weight, -inf where not eligible."""
-        if dense_weight < 1.0 and self.generative is None:
-            raise ValueError("these candidates have no generative scores (found with w = 1)")
-        score = self.dense * dense_weight if dense_weight > 0 else torch.zeros_like(self.dense)
-        if dense_weight < 1.0:
-            score = score + (1.0 - dense_weight) * self.generative
-        return score.masked_fill(~self.eligible, NEG_INF)
+        return mix(self.dense, self.generative, dense_weight).masked_fill(~self.eligible, NEG_INF)
+
+
+def dense_log_probs(state: torch.Tensor, catalogue: Catalogue) -> torch.Tensor:
+    """(B, C) user states -> (B, R) log P_dense over the catalogue's live rows (the
+    softmax of state . v_i over them, as the dense head is trained); -inf elsewhere."""
+    logits = state.float() @ catalogue.item_vectors.float().T
+    dead = torch.zeros(catalogue.n_rows, dtype=torch.bool, device=logits.device)
+    dead[0] = True
+    if catalogue.live is not None:
+        dead |= ~catalogue.live
+    return torch.log_softmax(logits.masked_fill(dead[None], NEG_INF), dim=1)
 
 
 def _blocked_rows(
@@ -175,7 +181,7 @@ def find_candidates(
     vectors = catalogue.item_vectors
     batch = history.shape[0]
     state = model.user_state(vectors[history], history != 0)  # (B, C)
-    dense_all = torch.log_softmax(state.float() @ vectors.float().T, dim=1)  # (B, R)
+    dense_all = dense_log_probs(state, catalogue)  # (B, R)
     blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device)
     n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
     found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
@@ -237,6 +243,44 @@ def recommend_top_k(
 
 
 @torch.no_grad()
+def exact_log_probs(
+    model: ServingModel,
+    history: torch.Tensor,
+    catalogue: Catalogue,
+    generative: bool = True,
+    chunk_sequences: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) histories -> ((B, R) log P_dense of EVERY row, (B, R) log P_gen of every row
+    or None): the parts of the mixed score without beam search or candidates, for
+    diagnostics and validation. Row 0 and non-live rows are -inf."""
+    vectors = catalogue.item_vectors
+    state = model.user_state(vectors[history], history != 0)
+    dense = dense_log_probs(state, catalogue)
+    dead = torch.isneginf(dense[0])
+    gen = None
+    if generative:
+        all_rows = torch.arange(catalogue.n_rows, device=dense.device)
+        gen = torch.empty_like(dense)
+        chunk = max(1, chunk_sequences // state.shape[0])  # bounds the (B, chunk, L+1, V) logits
+        for start in range(0, catalogue.n_rows, chunk):
+            rows = all_rows[start : start + chunk][None].expand(state.shape[0], -1)
+            gen[:, start : start + chunk] = generative_log_probs(model, state, rows, catalogue)
+        gen = gen.masked_fill(dead[None], NEG_INF)
+    return dense.masked_fill(dead[None], NEG_INF), gen
+
+
+def mix(dense: torch.Tensor, generative: torch.Tensor | None, dense_weight: float) -> torch.Tensor:
+    """The mixed score (1 - w) * log P_gen + w * log P_dense of aligned score tensors."""
+    if dense_weight >= 1.0:
+        return dense
+    if generative is None:
+        raise ValueError("a dense weight below 1 needs generative scores")
+    if dense_weight <= 0.0:
+        return generative
+    return dense_weight * dense + (1.0 - dense_weight) * generative
+
+
+@torch.no_grad()
 def exact_scores(
     model: ServingModel,
     history: torch.Tensor,
@@ -245,20 +289,6 @@ def exact_scores(
     chunk_sequences: int = 8192,
 ) -> torch.Tensor:
     """(B, T) histories -> (B, R) the mixed score of EVERY row (no beam, no candidates):
-    the ranking beam search approximates, for diagnostics. Row 0 and non-live rows -inf."""
-    vectors = catalogue.item_vectors
-    state = model.user_state(vectors[history], history != 0)
-    dense = torch.log_softmax(state.float() @ vectors.float().T, dim=1)
-    score = dense_weight * dense if dense_weight > 0 else torch.zeros_like(dense)
-    if dense_weight < 1.0:
-        all_rows = torch.arange(catalogue.n_rows, device=dense.device)
-        gen = torch.empty_like(dense)
-        chunk = max(1, chunk_sequences // state.shape[0])  # bounds the (B, chunk, L+1, V) logits
-        for start in range(0, catalogue.n_rows, chunk):
-            rows = all_rows[start : start + chunk][None].expand(state.shape[0], -1)
-            gen[:, start : start + chunk] = generative_log_probs(model, state, rows, catalogue)
-        score = score + (1.0 - dense_weight) * gen
-    score[:, 0] = NEG_INF
-    if catalogue.live is not None:
-        score = score.masked_fill(~catalogue.live[None], NEG_INF)
-    return score
+    the ranking beam search approximates. Row 0 and non-live rows -inf."""
+    dense, gen = exact_log_probs(model, history, catalogue, dense_weight < 1.0, chunk_sequences)
+    return mix(dense, gen, dense_weight)

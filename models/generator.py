@@ -39,9 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.beam_search import sequence_log_probs
 from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
-from models.prefix_index import DeviceIndex
+from models.prefix_index import PathTables
 
 
 @dataclass(frozen=True)
@@ -137,15 +136,14 @@ class Generator(nn.Module):
         seq: torch.Tensor,
         targets: torch.Tensor,
         features: ItemFeatures,
-        item_tokens: torch.Tensor,
-        index: DeviceIndex,
+        paths: PathTables,
         id_keep: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Next-item losses at every history position.
 
         seq: (B, T) item rows, left-padded with 0; targets: (B, T) the row that follows
-        each position (0 where none); features: the catalogue's ItemFeatures; item_tokens:
-        (R, L + 1) every row's served tokens; index: the prefix index over them.
+        each position (0 where none); features: the catalogue's ItemFeatures; paths: the
+        PathTables of every row's served tokens (the current layout).
         Returns SUMMED losses over the n target positions (the trainer divides by a
         constant, so every target weighs the same): {"dense": cross-entropy of the dense
         head, "generative": -log P_gen(target) under the restricted softmax}.
@@ -157,10 +155,49 @@ class Generator(nn.Module):
         logits = state @ table.T  # (n, R)
         logits[:, 0] = float("-inf")
         dense = F.cross_entropy(logits.float(), target, reduction="sum")
-        tokens = item_tokens[target]  # (n, L + 1)
-        token_logits = self.decode(state, tokens[:, :-1]).float()  # (n, L + 1, V)
-        log_p, _ = sequence_log_probs(token_logits, tokens, index)
-        return {"dense": dense, "generative": -log_p.sum()}
+        return {"dense": dense, "generative": -self.path_log_probs(state, target, paths).sum()}
+
+    def path_log_probs(
+        self, state: torch.Tensor, rows: torch.Tensor, paths: PathTables
+    ) -> torch.Tensor:
+        """Teacher forcing along rows' own paths: state (n, C), rows (n,) -> (n, L + 1)
+        log P(token k | its prefix), the softmax over the node's children only."""
+        node, slot = paths.node[rows], paths.slot[rows]  # (n, D)
+        # The deepest node's prefix is the row's first D - 1 tokens.
+        tokens = paths.prefixes[-1][node[:, -1]]  # (n, D - 1)
+        # One (n, D, V) matrix product, then each node's children's columns: cheaper than
+        # gathering (n, W_k, C) output embeddings, whose backward is a large scatter.
+        logits = self.decode(state, tokens).float()  # (n, D, V)
+        out = []
+        for k in range(paths.depth):
+            kids = paths.children[k][node[:, k]]  # (n, W_k)
+            picked = logits[:, k].gather(1, kids.clamp(min=0)).masked_fill(kids < 0, float("-inf"))
+            out.append(torch.log_softmax(picked, dim=1).gather(1, slot[:, k : k + 1])[:, 0])
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def all_rows_log_probs(self, state: torch.Tensor, paths: PathTables) -> torch.Tensor:
+        """log P_gen of EVERY row for B users: (B, C) -> (B, R), -inf for rows outside the
+        tables. The decoder runs once over each deepest node's prefix (its states on the
+        way are the shallower nodes'), and only each node's children are scored."""
+        batch, n_rows = state.shape[0], paths.node.shape[0]
+        rows = torch.nonzero(paths.node[:, 0] >= 0).squeeze(1)
+        deepest = paths.prefixes[-1]  # (G, D - 1)
+        groups = deepest.shape[0]
+        flat = state[:, None].expand(batch, groups, -1).reshape(batch * groups, -1)
+        hidden = self.decode_hidden(flat, deepest.repeat(batch, 1)).view(
+            batch, groups, paths.depth, -1
+        )
+        total = torch.zeros(batch, rows.shape[0], device=state.device)
+        for k in range(paths.depth):
+            at_k = hidden[:, paths.below[k], k]  # (B, G_k, C) the state at each depth-k node
+            kids = paths.children[k]  # (G_k, W_k)
+            logits = torch.einsum("bgc,gwc->bgw", at_k, self.token_out(kids.clamp(min=0)))
+            log_p = torch.log_softmax(logits.float().masked_fill(kids[None] < 0, float("-inf")), 2)
+            total += log_p[:, paths.node[rows, k], paths.slot[rows, k]]
+        out = torch.full((batch, n_rows), float("-inf"), device=state.device)
+        out[:, rows] = total
+        return out
 
     # --- items -------------------------------------------------------------------
     def item_vectors(
@@ -189,8 +226,8 @@ class Generator(nn.Module):
 
     # --- user state --------------------------------------------------------------
     def encode(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """history: (B, T) item vectors (B, T, C), left-padded; valid: (B, T) bool ->
-        (B, T, C) user state after each position."""
+        """history: (B, T, C) the history's item vectors, left-padded; valid: (B, T) bool
+        -> (B, T, C) the user state after each position."""
         length = history.shape[1]
         if length > self.config.max_len:
             raise ValueError(
@@ -218,6 +255,12 @@ class Generator(nn.Module):
     def decode(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """state: (N, C); prefix: (N, t) the item's first t tokens, 0 <= t <= L ->
         (N, t + 1, V) logits: at position j, of token j given state and prefix[:, :j]."""
+        return self.decode_hidden(state, prefix) @ self.token_out.weight.T
+
+    def decode_hidden(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """`decode` before the output projection: (N, t + 1, C). The logit of token v is
+        the dot product with token_out.weight[v], so scoring only a node's children
+        needs only their rows."""
         length = prefix.shape[1] + 1
         x = torch.cat([state[:, None], self.token_emb(prefix)], dim=1)  # (N, t + 1, C)
         x = x + self.token_pos(torch.arange(length, device=x.device))[None]
@@ -225,7 +268,7 @@ class Generator(nn.Module):
         mask = causal_mask(torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
         for block in self.decoder_blocks:
             x = block(x, mask)
-        return self.ln_decoder(x) @ self.token_out.weight.T
+        return self.ln_decoder(x)
 
     @torch.no_grad()
     def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,14 @@ class ItemTable:
         added items) they replace. Returns the new rows. Nothing changes when the tokens
         clash with a live row (ValueError)."""
         vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1, self.tokens.shape[1])
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim != 2 or tokens.shape[1] != self.tokens.shape[1]:
+            raise ValueError(f"tokens must be (M, {self.tokens.shape[1]}), got {tokens.shape}")
+        if tuple(vectors.shape) != (len(tokens), self.vectors.shape[1]):
+            raise ValueError(
+                f"vectors must be ({len(tokens)}, {self.vectors.shape[1]}), one per token row, "
+                f"got {tuple(vectors.shape)}"
+            )
         rows = np.arange(self.n_rows, self.n_rows + len(tokens), dtype=np.int64)
         retire = np.zeros(0, np.int64) if retire is None else np.asarray(retire, np.int64)
         live = self.live.clone()

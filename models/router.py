@@ -50,9 +50,9 @@ from torch import nn
 @dataclass(frozen=True)
 class RouterConfig:
     budget: int = 3  # L, code tokens per item (+1 dedup); GRID found 3 levels best
-    # CF share of an item without interactions: the curve's floor. Below 1 / (2L), so a
-    # new item's L tokens are all semantic for every L <= 5 (one CF token at most above).
-    cold_alpha: float = 0.1
+    # CF share of an item without interactions: the curve's floor. Below 1 / (2L) for
+    # every budget up to L = 9, so a new item's tokens are all semantic.
+    cold_alpha: float = 0.05
     mask_tau: float = 0.1  # tau_m of the sigmoid masks, the paper's value
     lb_weight: float = 0.1  # same order as lambda_CCA (the paper gives no lambda_lb)
     lb_target: float = 0.5  # band-averaged CF share aimed for: an even split of the budget

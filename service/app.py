@@ -103,7 +103,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics,
         batch_max_size=settings.batch_max_size,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
-        default_beam_width=min(settings.default_beam_width, settings.max_beam_width),
+        default_beam_width=min(
+            settings.default_beam_width or bundle.decoding.beam_width, settings.max_beam_width
+        ),
     )
     metrics.model_info.labels(
         version=bundle.version, device=str(device), backend=settings.backend

@@ -115,6 +115,7 @@ def tiny_contents(
     )
     with torch.no_grad():
         item_vectors = generator.item_vectors(features).numpy()
+    item_vectors[0] = 0.0  # padding (the random re-init above also hit padding rows)
 
     external_ids = np.array([""] + [f"item-{i}" for i in range(1, rows)])
     return BundleContents(

@@ -317,12 +317,16 @@ def benchmark(
         str, typer.Option(help="model every other is compared with (paired bootstrap)")
     ] = "sasrec",
     seed_offset: Annotated[int, typer.Option(help="first seed (seeds run offset..offset+n-1)")] = 0,
+    generator_eval_users: Annotated[
+        int, typer.Option(help="FlexCode: validation users per epoch (0 = all)")
+    ] = 0,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json, results.md and ranks.npz
     (per-user test ranks) to OUT."""
     from training.baselines import RunContext
     from training.benchmark import BenchmarkPlan, results_markdown, run_benchmark, write_results
     from training.device import resolve_device
+    from training.stages.generator import GeneratorTrainConfig
     from training.stages.sasrec import SASRecTrainConfig
 
     try:
@@ -341,6 +345,7 @@ def benchmark(
         sasrec_model={"max_len": sasrec_max_len},
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
+        generator=GeneratorTrainConfig(eval_users=generator_eval_users or None),
     )
     results, ranks = run_benchmark(
         ds, plan, context, _command_line(ctx), workers=workers, baseline=baseline

@@ -469,7 +469,7 @@ def test_sequence_log_probs_is_a_distribution_over_items(seed):
 
 @pytest.mark.parametrize("with_overlay", [False, True])
 def test_sequence_log_probs_match_the_beam_search_scores(with_overlay):
-    rows, ids, vocab, ov, _ = overlay_split(90)
+    rows, _, vocab, ov, _ = overlay_split(90)
     index = ov.to_tensors() if with_overlay else ov.merged().to_tensors()
     step_fn = make_table_model(7, rows.shape[1], vocab)
     items, scores, tokens = constrained_beam_search(step_fn, index, 2, 25, 25)

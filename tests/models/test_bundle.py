@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,8 +21,10 @@ from models.bundle import (
     verify_bundle,
     write_bundle,
 )
-from models.cold_start import tokenize_new_items
-from models.onnx_generator import export_checked, sample_history
+from models.cold_start import ColdStart, served_item_features
+from models.decoding import DecodingConfig, recommend_top_k
+from models.item_table import ItemTable
+from models.onnx_generator import OnnxGenerator, export_checked, sample_history
 from tests.bundle_factory import make_tiny_bundle, tiny_contents
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -44,36 +47,47 @@ def bundle_dir(tmp_path, contents, onnx_files) -> Path:
 
 def test_round_trip_arrays_modules_and_outputs(bundle_dir, contents):
     b = load_bundle(bundle_dir)
+    assert FORMAT_VERSION == 2
     assert b.n_items == 40 and b.budget == 3 and b.layout == contents.layout
     assert b.external_ids.dtype.kind == "U" and b.external_ids[0] == ""
     np.testing.assert_array_equal(b.external_ids, contents.external_ids)
     for name in ("sem_codes", "cf_codes", "item_tokens", "n_cf", "alpha", "popularity"):
         np.testing.assert_array_equal(getattr(b, name), getattr(contents, name), err_msg=name)
-    np.testing.assert_array_equal(b.new_item_features, contents.new_item_features)
+    assert b.item_vectors.shape == (41, b.generator.config.hidden)
+    assert b.item_vectors.dtype == np.float32
+    np.testing.assert_array_equal(b.item_vectors, contents.item_vectors)
+    assert b.decoding == contents.decoding
+    assert b.decoding == DecodingConfig(beam_width=20, dense_weight=0.5, dense_candidates=20)
     np.testing.assert_array_equal(b.imputation_ids, contents.imputation_ids)
     assert b.imputation_index.ntotal == len(contents.imputation_ids)
 
     # The prefix index holds exactly items 1..N with their served tokens.
     ids = b.prefix_index.lookup(contents.item_tokens[1:])
     np.testing.assert_array_equal(ids, np.arange(1, 41))
+    assert b.prefix_index.n_items == 40
 
     # Modules: same weights, eval mode, same outputs.
     for name in ("tokenizer", "router", "generator"):
         loaded, original = getattr(b, name), getattr(contents, name)
         assert not loaded.training
         want = original.state_dict()
+        assert loaded.state_dict().keys() == want.keys()
         for key, value in loaded.state_dict().items():
             torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
-    history = sample_history(b.generator.config, batch=3, length=6)
-    state = b.generator.user_state(history)
-    torch.testing.assert_close(state, contents.generator.eval().user_state(history))
+    assert b.router.config == contents.router.config
+    assert b.generator.config == contents.generator.config
+    history, valid = sample_history(b.generator.config, batch=3, length=6)
+    state = b.generator.user_state(history, valid)
+    torch.testing.assert_close(state, contents.generator.eval().user_state(history, valid))
     prefix = torch.as_tensor(contents.item_tokens[[1, 2, 3]][:, None, :2])  # (3, 1, 2)
     torch.testing.assert_close(
         b.generator.next_token_log_probs(state, prefix),
         contents.generator.next_token_log_probs(state, prefix),
     )
-    features = torch.as_tensor(np.stack([b.new_item_features] * 2))
-    torch.testing.assert_close(b.router(features), contents.router(features))
+    counts = torch.as_tensor(b.popularity)
+    torch.testing.assert_close(b.router(counts), contents.router(counts), rtol=0, atol=0)
+    with torch.no_grad():  # the stored alpha is the router's at the stored counts
+        np.testing.assert_allclose(b.router(counts)[1:].numpy(), b.alpha[1:], atol=1e-7)
 
     m = b.manifest
     assert m.format_version == FORMAT_VERSION and m.version == bundle_dir.name
@@ -81,27 +95,62 @@ def test_round_trip_arrays_modules_and_outputs(bundle_dir, contents):
     assert m.created_at == "2026-01-02T03:04:05Z"
     assert m.dataset == {"name": "tiny", "fingerprint": "tiny-seed1", "n_items": 40}
     assert m.config["budget"] == 3 and m.config["text_model_id"] == contents.text_model_id
+    assert m.config["decoding"] == {"beam_width": 20, "dense_weight": 0.5, "dense_candidates": 20}
     assert set(b.onnx_paths) == {"history_encoder", "token_decoder"}
     assert all(p.is_file() for p in b.onnx_paths.values())
 
 
-def test_loaded_bundle_tokenizes_a_new_item(bundle_dir):
+def test_loaded_bundle_recommends_like_the_contents(bundle_dir, contents):
+    """Served decoding from the loaded bundle (torch and its ONNX graphs) gives what the
+    contents it was written from give."""
+    b = load_bundle(bundle_dir)
+    history = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6]])
+    results = []
+    onnx = OnnxGenerator.from_files(b.generator.config, b.onnx_paths)
+    for model, vectors, tokens, index in (
+        (contents.generator.eval(), contents.item_vectors, contents.item_tokens, b.prefix_index),
+        (b.generator, b.item_vectors, b.item_tokens, b.prefix_index),
+        (onnx, b.item_vectors, b.item_tokens, b.prefix_index),
+    ):
+        cat = ItemTable(vectors, tokens, index).catalogue()
+        results.append(recommend_top_k(model, history, cat, 5, b.decoding, exclude=history))
+    for rows, scores in results[1:]:
+        torch.testing.assert_close(rows, results[0][0])
+        torch.testing.assert_close(scores, results[0][1], atol=1e-4, rtol=0)
+    assert (results[0][0] > 0).all()
+
+
+def test_loaded_bundle_tokenizes_a_new_item(bundle_dir, contents):
     """Everything the cold-start path needs is in the bundle (models.cold_start)."""
     b = load_bundle(bundle_dir)
+    cold = b.cold_start()
+    assert isinstance(cold, ColdStart) and cold.budget == b.budget and cold.layout == b.layout
     text = np.random.default_rng(0).standard_normal((2, b.tokenizer.config.sem.input_dim))
-    codes = tokenize_new_items(
-        b.tokenizer,
-        b.router,
-        text,
-        b.new_item_features,
-        b.imputation_index,
-        b.imputation_ids,
-        b.cf_codes,
-        b.budget,
-        b.layout,
-    )
+    codes = cold.tokenize(text)
     assert codes.prefixes.shape == (2, b.budget)
     assert np.isin(codes.neighbours, b.imputation_ids).all()
+    np.testing.assert_array_equal(codes.cf_codes, b.cf_codes[codes.neighbours])
+    np.testing.assert_array_equal(codes.n_cf, [0, 0])  # cold_alpha: all semantic at L = 3
+    features = served_item_features(
+        b.layout, b.budget, np.zeros(2), codes.cf_codes, codes.sem_codes, codes.n_cf, text, "cpu"
+    )
+    with torch.no_grad():
+        want = b.generator.item_vectors(features).numpy()
+    assert codes.vectors.shape == (2, b.generator.config.hidden)
+    np.testing.assert_allclose(codes.vectors, want, rtol=0, atol=1e-6)
+    # The same as the cold-start path of the modules the bundle was written from.
+    original = ColdStart(
+        tokenizer=contents.tokenizer,
+        router=contents.router,
+        generator=contents.generator,
+        layout=contents.layout,
+        budget=contents.budget,
+        imputation_index=b.imputation_index,
+        imputation_ids=contents.imputation_ids,
+        cf_codes_table=contents.cf_codes,
+    ).tokenize(text)
+    np.testing.assert_array_equal(original.prefixes, codes.prefixes)
+    np.testing.assert_allclose(original.vectors, codes.vectors, rtol=0, atol=1e-6)
 
 
 def test_manifest_lists_every_file_with_its_hash(bundle_dir):
@@ -143,10 +192,37 @@ def test_wrong_format_version_is_refused(bundle_dir):
     data = json.loads(path.read_text())
     data["format_version"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(data))
-    with pytest.raises(BundleError, match=r"incompatible bundle format 2, this build reads 1"):
+    message = f"incompatible bundle format {FORMAT_VERSION + 1}, this build reads {FORMAT_VERSION}"
+    with pytest.raises(BundleError, match=message):
         verify_bundle(bundle_dir)
     with pytest.raises(BundleError, match="incompatible"):
         load_bundle(bundle_dir, verify=False)
+
+
+def test_bad_decoding_config_is_refused(bundle_dir):
+    path = bundle_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    data["config"]["decoding"]["dense_weight"] = 1.5
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"manifest\.json: bad model config.*dense_weight"):
+        load_bundle(bundle_dir)
+
+
+def test_loaded_arrays_that_disagree_are_refused(bundle_dir):
+    """items.npz rewritten with item vectors of the wrong width (and the manifest's hash
+    updated, so only the shape check can catch it)."""
+    path = bundle_dir / "items.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["item_vectors"] = arrays["item_vectors"][:, :-1]
+    np.savez(path, **arrays)
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["items.npz"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    verify_bundle(bundle_dir)
+    with pytest.raises(BundleError, match=r"items\.npz: item_vectors has shape"):
+        load_bundle(bundle_dir)
 
 
 def test_damaged_manifest_is_refused(bundle_dir):
@@ -198,6 +274,9 @@ def test_inconsistent_contents_are_refused(tmp_path, contents, onnx_files):
 
     bad = replace(contents, n_cf=contents.n_cf[:-1])
     with pytest.raises(ValueError, match="n_cf"):
+        write_bundle(tmp_path, bad, onnx_files)
+    bad = replace(contents, item_vectors=contents.item_vectors[:, :-1])
+    with pytest.raises(ValueError, match="item_vectors"):
         write_bundle(tmp_path, bad, onnx_files)
     with pytest.raises(ValueError, match="history_encoder"):
         write_bundle(tmp_path, contents, {"token_decoder": b""})

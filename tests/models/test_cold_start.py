@@ -1,21 +1,26 @@
 import numpy as np
+import pytest
 import torch
 
 from models.alignment import AlignmentConfig
 from models.cold_start import (
+    ColdStart,
     aligned_cf_vectors,
     build_imputation_index,
     nearest_warm,
-    tokenize_new_items,
+    served_item_features,
 )
 from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
-from models.item_table import ItemTable
+from models.generator import Generator, GeneratorConfig
 from models.router import Router, RouterConfig
 from models.rqvae import RQVAEConfig
-from models.tokens import TokenLayout, code_sequences
+from models.tokens import CF, SEM, TokenLayout, code_sequences
+
+LEVELS, K, SEM_DIM, CF_DIM = 3, 8, 12, 6
+LAYOUT = TokenLayout(codebook_size=K, n_levels=LEVELS, dedup_size=4)
 
 
-def random_tokenizer(levels=3, k=8, sem_dim=12, cf_dim=6) -> DualTokenizer:
+def random_tokenizer(levels=LEVELS, k=K, sem_dim=SEM_DIM, cf_dim=CF_DIM) -> DualTokenizer:
     torch.manual_seed(0)
     config = DualTokenizerConfig(
         sem=RQVAEConfig(
@@ -29,6 +34,14 @@ def random_tokenizer(levels=3, k=8, sem_dim=12, cf_dim=6) -> DualTokenizer:
     return DualTokenizer(config).eval()
 
 
+def brute_force_nearest(tok, sem_codes, cf_codes, ids) -> np.ndarray:
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize
+        s = unit(tok.project_sem_codes(torch.as_tensor(sem_codes)), dim=1)
+        c = unit(tok.project_cf_codes(torch.as_tensor(cf_codes)), dim=1)
+    return ids[(s @ c.T).argmax(dim=1).numpy()]
+
+
 def test_nearest_warm_matches_brute_force_cosine():
     tok = random_tokenizer()
     rng = np.random.default_rng(0)
@@ -38,44 +51,136 @@ def test_nearest_warm_matches_brute_force_cosine():
     got = nearest_warm(
         tok, sem_codes, build_imputation_index(aligned_cf_vectors(tok, cf_codes)), ids
     )
-    with torch.no_grad():
-        unit = torch.nn.functional.normalize
-        s = unit(tok.project_sem_codes(torch.as_tensor(sem_codes)), dim=1)
-        c = unit(tok.project_cf_codes(torch.as_tensor(cf_codes)), dim=1)
-    np.testing.assert_array_equal(got, ids[(s @ c.T).argmax(dim=1).numpy()])
+    np.testing.assert_array_equal(got, brute_force_nearest(tok, sem_codes, cf_codes, ids))
+    assert nearest_warm(tok, sem_codes[:0], build_imputation_index(np.eye(3)), ids).shape == (0,)
+    with pytest.raises(ValueError):
+        build_imputation_index(np.zeros((0, 5)))
 
 
-def test_tokenize_new_items_uses_router_and_neighbour_codes():
+def make_cold_start(router: Router, text_dim: int = SEM_DIM, seed: int = 1):
+    """A ColdStart over a random catalogue of 30 warm items (rows 1..30 of the CF table)."""
     tok = random_tokenizer()
-    rng = np.random.default_rng(1)
-    table_cf = rng.integers(0, 8, size=(31, 3))
+    rng = np.random.default_rng(seed)
+    table_cf = rng.integers(0, K, size=(31, LEVELS))
+    table_cf[0] = 0
     warm_ids = np.arange(1, 31)
     index = build_imputation_index(aligned_cf_vectors(tok, table_cf[warm_ids]))
-    layout = TokenLayout(codebook_size=8, n_levels=3, dedup_size=4)
-    router = Router(RouterConfig(budget=3, fixed_alpha=0.5))
-    emb = rng.normal(size=(5, 12)).astype(np.float32)
-    out = tokenize_new_items(
-        tok, router, emb, np.zeros(4, np.float32), index, warm_ids, table_cf, 3, layout
+    torch.manual_seed(seed)
+    generator = Generator(
+        GeneratorConfig(
+            vocab_size=LAYOUT.vocab_size,
+            budget=LEVELS,
+            n_ids=31,
+            code_levels=LEVELS,
+            text_dim=text_dim,
+            hidden=16,
+            n_heads=2,
+        )
+    ).eval()
+    return ColdStart(
+        tokenizer=tok,
+        router=router.eval(),
+        generator=generator,
+        layout=LAYOUT,
+        budget=LEVELS,
+        imputation_index=index,
+        imputation_ids=warm_ids,
+        cf_codes_table=table_cf,
     )
-    assert out.prefixes.shape == (5, 3)
-    np.testing.assert_array_equal(out.n_cf, np.full(5, 2))  # round(0.5 * 3) half up
-    np.testing.assert_array_equal(out.cf_codes, table_cf[out.neighbours])
+
+
+def manual_vectors(gen: Generator, cf_codes, sem_codes, n_cf, text) -> torch.Tensor:
+    """Item vectors without an id: the first n_cf CF levels and the first L - n_cf SEM
+    levels' input embeddings, plus the projected text."""
+    rows = []
     with torch.no_grad():
-        expect_sem = tok.encode_sem(torch.as_tensor(emb)).numpy()
+        for i in range(len(n_cf)):
+            v = torch.zeros(gen.config.hidden)
+            for level in range(LEVELS):
+                if level < n_cf[i]:
+                    v += gen.token_emb.weight[int(LAYOUT.code_token(CF, level, cf_codes[i, level]))]
+                if level < LEVELS - n_cf[i]:
+                    v += gen.token_emb.weight[
+                        int(LAYOUT.code_token(SEM, level, sem_codes[i, level]))
+                    ]
+            if text is not None:
+                v += gen.text_proj(torch.as_tensor(text[i], dtype=torch.float32))
+            rows.append(v)
+    return torch.stack(rows)
+
+
+def test_tokenize_a_cold_item():
+    counts = np.r_[0, np.arange(1, 31)]
+    cold = make_cold_start(Router(RouterConfig(budget=LEVELS)).init_slope(counts))
+    emb = np.random.default_rng(2).normal(size=(5, SEM_DIM)).astype(np.float32)
+    out = cold.tokenize(emb)
+    # SEM codes: the tokenizer's encoding of the text embedding.
+    with torch.no_grad():
+        expect_sem = cold.tokenizer.encode_sem(torch.as_tensor(emb)).numpy()
     np.testing.assert_array_equal(out.sem_codes, expect_sem)
-    np.testing.assert_array_equal(
-        out.prefixes, code_sequences(out.cf_codes, out.sem_codes, out.n_cf, 3, layout)
+    assert out.sem_codes.dtype == np.int64 and out.sem_codes.shape == (5, LEVELS)
+    # The split: the router at zero interactions, cold_alpha, so no CF token at L = 3.
+    np.testing.assert_allclose(out.alpha, np.full(5, RouterConfig().cold_alpha), atol=1e-7)
+    np.testing.assert_array_equal(out.n_cf, np.zeros(5))
+    # CF codes: copied from the nearest warm item in the aligned space.
+    want_neighbours = brute_force_nearest(
+        cold.tokenizer, out.sem_codes, cold.cf_codes_table[1:], np.arange(1, 31)
     )
+    np.testing.assert_array_equal(out.neighbours, want_neighbours)
+    np.testing.assert_array_equal(out.cf_codes, cold.cf_codes_table[out.neighbours])
+    # Prefixes: every token semantic, written as the catalogue writes items.
+    np.testing.assert_array_equal(
+        out.prefixes, code_sequences(out.cf_codes, out.sem_codes, out.n_cf, LEVELS, LAYOUT)
+    )
+    assert (LAYOUT.describe(out.prefixes)["codebook"] == SEM).all()
+    # Vectors: the generator's item vectors of the served features, without an id.
+    features = served_item_features(
+        LAYOUT,
+        LEVELS,
+        np.zeros(5, np.int64),
+        out.cf_codes,
+        out.sem_codes,
+        out.n_cf,
+        emb,
+        torch.device("cpu"),
+    )
+    with torch.no_grad():
+        want = cold.generator.item_vectors(features).numpy()
+    assert out.vectors.shape == (5, 16) and out.vectors.dtype == np.float32
+    np.testing.assert_allclose(out.vectors, want, rtol=0, atol=1e-6)
+    manual = manual_vectors(cold.generator, out.cf_codes, out.sem_codes, out.n_cf, emb)
+    np.testing.assert_allclose(out.vectors, manual.numpy(), rtol=0, atol=1e-5)
 
 
-def test_item_table_extend_appends_rows():
-    layout = TokenLayout(codebook_size=8, n_levels=3, dedup_size=4)
-    rng = np.random.default_rng(2)
-    cf, sem = rng.integers(0, 8, size=(6, 3)), rng.integers(0, 8, size=(6, 3))
-    table = ItemTable(cf, sem, 2, layout)
-    grown = ItemTable(cf[:4], sem[:4], 2, layout)
-    ids = grown.extend(cf[4:], sem[4:])
-    np.testing.assert_array_equal(ids, [4, 5])
-    assert torch.equal(grown.cf_tokens, table.cf_tokens)
-    assert torch.equal(grown.sem_tokens, table.sem_tokens)
-    assert (table.cf_tokens[0] == 0).all() and (table.sem_tokens[0] == 0).all()
+def test_tokenize_with_a_fixed_split_and_no_text():
+    cold = make_cold_start(Router(RouterConfig(budget=LEVELS, fixed_alpha=0.5)), text_dim=0)
+    emb = np.random.default_rng(3).normal(size=(4, SEM_DIM)).astype(np.float32)
+    out = cold.tokenize(emb)
+    np.testing.assert_array_equal(out.n_cf, np.full(4, 2))  # round(0.5 * 3) half up
+    info = LAYOUT.describe(out.prefixes)
+    assert info["codebook"].tolist() == [[CF, CF, SEM]] * 4  # CF dominates: written first
+    np.testing.assert_array_equal(info["code"][:, :2], out.cf_codes[:, :2])
+    np.testing.assert_array_equal(info["code"][:, 2], out.sem_codes[:, 0])
+    manual = manual_vectors(cold.generator, out.cf_codes, out.sem_codes, out.n_cf, None)
+    np.testing.assert_allclose(out.vectors, manual.numpy(), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="sem_embeddings"):
+        cold.tokenize(emb[0])
+    empty = cold.tokenize(emb[:0])
+    assert empty.prefixes.shape == (0, LEVELS) and empty.vectors.shape == (0, 16)
+
+
+def test_served_item_features_use_hard_masks():
+    rng = np.random.default_rng(4)
+    cf, sem = rng.integers(0, K, size=(4, 4)), rng.integers(0, K, size=(4, 4))  # L_max = 4
+    n_cf = np.array([0, 1, 2, 3])
+    f = served_item_features(LAYOUT, 3, np.array([0, 5, 0, 7]), cf, sem, n_cf, None, "cpu")
+    assert f.ids.tolist() == [0, 5, 0, 7] and f.text is None
+    assert f.cf_tokens.shape == f.sem_tokens.shape == (4, 3)  # the first L levels only
+    levels = np.arange(3)[None]
+    np.testing.assert_array_equal(f.cf_tokens.numpy(), LAYOUT.code_token(CF, levels, cf[:, :3]))
+    np.testing.assert_array_equal(f.sem_tokens.numpy(), LAYOUT.code_token(SEM, levels, sem[:, :3]))
+    assert f.cf_weight.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert f.sem_weight.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]]
+    text = rng.normal(size=(4, 5))
+    f = served_item_features(LAYOUT, 3, np.zeros(4), cf, sem, n_cf, text, "cpu")
+    assert f.text.dtype == torch.float32 and f.ids.dtype == torch.int64

@@ -9,7 +9,7 @@ import torch
 from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.cold_start import served_item_features
 from models.generator import Generator, GeneratorConfig, ItemFeatures
-from models.prefix_index import build_prefix_index
+from models.prefix_index import build_path_tables, build_prefix_index
 from models.tokens import PAD, TokenLayout, item_tokens
 
 L = 3
@@ -20,8 +20,8 @@ TEXT_DIM = 5
 
 
 def catalogue(seed: int = 0, n_items: int = N_ITEMS):
-    """(features, item_tokens (R, L + 1), index) of a small random catalogue, R = N + 1,
-    written as serving writes it (hard masks of each item's split, ids 1..N)."""
+    """(features, item_tokens (R, L + 1), index, paths) of a small random catalogue,
+    R = N + 1, written as serving writes it (hard masks of each item's split, ids 1..N)."""
     rng = np.random.default_rng(seed)
     rows = n_items + 1
     cf = rng.integers(0, 4, size=(rows, L))
@@ -41,7 +41,8 @@ def catalogue(seed: int = 0, n_items: int = N_ITEMS):
     tokens = np.zeros((rows, L + 1), dtype=np.int64)
     tokens[1:] = item_tokens(cf[1:], sem[1:], n_cf[1:], L, LAYOUT)
     index = build_prefix_index(tokens[1:], np.arange(1, rows), V).to_tensors()
-    return features, torch.as_tensor(tokens), index
+    paths = build_path_tables(tokens, np.arange(1, rows))
+    return features, torch.as_tensor(tokens), index, paths
 
 
 def model(**overrides) -> Generator:
@@ -74,7 +75,7 @@ def sequences(batch: int, length: int, seed: int = 0, n_items: int = N_ITEMS):
 
 def test_item_vectors_compose_ids_codes_and_text():
     gen = model()
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     with torch.no_grad():
         vectors = gen.item_vectors(features)
         want = (
@@ -90,14 +91,15 @@ def test_item_vectors_compose_ids_codes_and_text():
     # No weights = weight 1 on every level.
     unweighted = features._replace(cf_weight=None, sem_weight=None)
     full = features._replace(
-        cf_weight=torch.ones_like(features.cf_weight), sem_weight=torch.ones_like(features.cf_weight)
+        cf_weight=torch.ones_like(features.cf_weight),
+        sem_weight=torch.ones_like(features.sem_weight),
     )
     torch.testing.assert_close(gen.item_vectors(unweighted), gen.item_vectors(full))
 
 
 def test_padding_row_is_zero_without_text_too():
     gen = model(text_dim=0)
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     vectors = gen.item_vectors(features._replace(text=None))
     assert torch.equal(vectors[0], torch.zeros(16))
     with pytest.raises(ValueError, match="text"):
@@ -106,7 +108,7 @@ def test_padding_row_is_zero_without_text_too():
 
 def test_id_keep_removes_the_id_part():
     gen = model()
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     keep = torch.ones(N_ITEMS + 1)
     keep[[2, 5, 7]] = 0.0
     with torch.no_grad():
@@ -122,7 +124,7 @@ def test_id_keep_removes_the_id_part():
 
 
 def test_item_features_helpers():
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     picked = features.rows(torch.tensor([3, 1]))
     assert isinstance(picked, ItemFeatures)
     assert picked.ids.tolist() == [3, 1] and picked.text.shape == (2, TEXT_DIM)
@@ -136,7 +138,7 @@ def test_item_features_helpers():
 
 def test_history_encoding_is_causal():
     gen = model().eval()
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     table = gen.item_vectors(features).detach()
     seq = torch.tensor([[4, 6, 1, 9, 3]])
     with torch.no_grad():
@@ -149,7 +151,7 @@ def test_history_encoding_is_causal():
 
 def test_left_padding_does_not_change_the_user_state():
     gen = model().eval()
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     table = gen.item_vectors(features).detach()
     seq = torch.tensor([[4, 6, 1, 9, 3]])
     history = table[seq]
@@ -163,9 +165,7 @@ def test_left_padding_does_not_change_the_user_state():
     # ... and in a batch, with rows of other lengths.
     batch = torch.cat([padded, torch.randn(1, 8, 16)], dim=0)
     batch_valid = torch.cat([valid, torch.ones(1, 8, dtype=torch.bool)], dim=0)
-    torch.testing.assert_close(
-        gen.user_state(batch, batch_valid)[:1], state, rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(gen.user_state(batch, batch_valid)[:1], state, rtol=0, atol=1e-5)
     # An empty history is still a finite state.
     assert torch.isfinite(gen.user_state(garbage, torch.zeros(1, 3, dtype=torch.bool))).all()
     with pytest.raises(ValueError, match="max_len"):
@@ -209,7 +209,7 @@ def test_decoder_is_causal_over_the_prefix():
 
 
 def test_dense_log_probs():
-    features, _, _ = catalogue()
+    features, _, _, _ = catalogue()
     gen = model().eval()
     vectors = gen.item_vectors(features).detach()
     state = torch.randn(3, 16)
@@ -224,10 +224,10 @@ def test_dense_log_probs():
 
 
 def test_forward_losses_are_sums_of_the_two_heads():
-    features, tokens, index = catalogue()
+    features, tokens, index, paths = catalogue()
     gen = model().eval()  # no dropout: the losses can be recomputed by hand
     seq, targets = sequences(3, 5)
-    losses = gen(seq, targets, features, tokens, index)
+    losses = gen(seq, targets, features, paths)
     assert set(losses) == {"dense", "generative"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     with torch.no_grad():
@@ -252,14 +252,54 @@ def test_forward_losses_are_sums_of_the_two_heads():
     assert (log_p.sum(1) <= 1e-6).all()
 
 
+def test_path_log_probs_are_the_restricted_softmax():
+    """Scoring only each node's children (path tables) gives what the restricted softmax
+    over the prefix index gives from the whole vocabulary's logits."""
+    _, tokens, index, paths = catalogue()
+    gen = model().eval()
+    g = torch.Generator().manual_seed(2)
+    rows = torch.tensor([1, 5, 5, 12, 7, 3])
+    state = torch.randn(6, 16, generator=g)
+    with torch.no_grad():
+        got = gen.path_log_probs(state, rows, paths)
+        want, found = sequence_log_probs(
+            gen.decode(state, tokens[rows][:, :-1]), tokens[rows], index
+        )
+    assert got.shape == (6, L + 1) and torch.equal(found, rows)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert (got <= 0).all()
+
+
+def test_all_rows_log_probs_are_a_distribution_over_the_catalogue():
+    _, tokens, _, paths = catalogue()
+    gen = model().eval()
+    state = torch.randn(3, 16, generator=torch.Generator().manual_seed(3))
+    every = gen.all_rows_log_probs(state, paths)
+    assert every.shape == (3, N_ITEMS + 1)
+    assert torch.isneginf(every[:, 0]).all() and torch.isfinite(every[:, 1:]).all()
+    torch.testing.assert_close(
+        every[:, 1:].double().exp().sum(1), torch.ones(3, dtype=torch.float64)
+    )
+    rows = torch.arange(1, N_ITEMS + 1)
+    for b in range(3):
+        one = gen.path_log_probs(state[b : b + 1].expand(N_ITEMS, -1), rows, paths).sum(1)
+        torch.testing.assert_close(every[b, 1:], one.detach(), rtol=0, atol=1e-5)
+    # Rows left out of the tables (a retired row, say) get -inf; the rest renormalise.
+    kept = np.delete(np.arange(1, N_ITEMS + 1), [3])  # row 4 out
+    fewer = gen.all_rows_log_probs(state, build_path_tables(tokens.numpy(), kept))
+    assert torch.isneginf(fewer[:, [0, 4]]).all()
+    torch.testing.assert_close(fewer.double().exp().sum(1), torch.ones(3, dtype=torch.float64))
+    assert (fewer[:, kept] >= every[:, kept] - 1e-6).all()
+
+
 def test_gradients_reach_every_part():
-    features, tokens, index = catalogue()
+    features, _, _, paths = catalogue()
     gen = model()
     seq, targets = sequences(3, 5)
     soft_cf = features.cf_weight.clone().requires_grad_(True)
     soft_sem = features.sem_weight.clone().requires_grad_(True)
     soft = features._replace(cf_weight=soft_cf, sem_weight=soft_sem)
-    losses = gen(seq, targets, soft, tokens, index, id_keep=torch.ones(N_ITEMS + 1))
+    losses = gen(seq, targets, soft, paths, id_keep=torch.ones(N_ITEMS + 1))
     losses["generative"].backward(retain_graph=True)
     # The generative loss trains the decoder's token embeddings, input and output.
     assert gen.token_emb.weight.grad.abs().sum() > 0
@@ -283,20 +323,20 @@ def test_learns_the_next_item():
     index finds it first."""
     torch.manual_seed(0)
     n = 8
-    features, tokens, index = catalogue(seed=3, n_items=n)
+    features, _, index, paths = catalogue(seed=3, n_items=n)
     gen = model(n_ids=n + 1, dropout=0.0)
     starts = torch.arange(1, n + 1)
     seq = torch.stack([(starts + k - 1) % n + 1 for k in range(5)], dim=1)
     targets = seq % n + 1
     opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
     for _ in range(60):
-        losses = gen(seq, targets, features, tokens, index)
+        losses = gen(seq, targets, features, paths)
         opt.zero_grad()
         (losses["dense"] + losses["generative"]).backward()
         opt.step()
     gen.eval()
     with torch.no_grad():
-        final = gen(seq, targets, features, tokens, index)
+        final = gen(seq, targets, features, paths)
         assert float(final["generative"]) / targets.numel() < 0.2
         table = gen.item_vectors(features)
         state = gen.user_state(table[seq], seq != 0)
@@ -320,6 +360,6 @@ def test_config_checks_and_round_trip():
             GeneratorConfig(**{**cfg.to_dict(), **bad})
     for ffn in ("gelu", "swiglu"):
         gen = model(ffn=ffn).eval()
-        features, tokens, index = catalogue()
+        features, _, _, paths = catalogue()
         seq, targets = sequences(2, 4)
-        assert torch.isfinite(gen(seq, targets, features, tokens, index)["generative"])
+        assert torch.isfinite(gen(seq, targets, features, paths)["generative"])

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.prefix_index import OverlayIndex, PrefixIndex, build_prefix_index
+from models.prefix_index import (
+    OverlayIndex,
+    PrefixIndex,
+    build_path_tables,
+    build_prefix_index,
+)
 from models.tokens import TokenLayout, item_tokens
 
 
@@ -155,3 +160,43 @@ def test_overlay_rejects_existing_sequences_and_ids():
     with pytest.raises(ValueError, match="tokens per item"):
         ov.add(rows[-1:, :2], [10**6])
     assert ov.n_added == 1  # failed adds change nothing
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_path_tables_follow_each_rows_own_path(seed):
+    rows, ids, vocab = random_catalog(seed + 200, n=120)
+    n = rows.shape[0]
+    table = np.zeros((n + 3, rows.shape[1]), dtype=np.int64)
+    table[1 : n + 1] = rows  # rows 0, n + 1, n + 2 stay outside the tables
+    table[n + 1] = rows[0]  # a duplicate of row 1, left out
+    paths = build_path_tables(table, np.arange(1, n + 1))
+    depth = rows.shape[1]
+    assert paths.depth == depth and paths.node.shape == paths.slot.shape == (n + 3, depth)
+    assert (paths.node[[0, n + 1, n + 2]] == -1).all() and (paths.slot[[0, n + 1]] == -1).all()
+    node, slot = paths.node[1 : n + 1], paths.slot[1 : n + 1]
+    tokens = torch.as_tensor(rows)
+    for k in range(depth):
+        # the node holds the row's first k tokens, and its own token sits at its slot
+        assert torch.equal(paths.prefixes[k][node[:, k]], tokens[:, :k])
+        assert torch.equal(paths.children[k][node[:, k], slot[:, k]], tokens[:, k])
+        kids = paths.children[k]
+        valid = kids >= 0
+        assert (valid[:, :1]).all()  # every node has a child; -1 padding only at the end
+        assert (valid[:, :-1] | ~valid[:, 1:]).all()
+        both = valid[:, 1:] & valid[:, :-1]
+        assert (kids[:, 1:][both] > kids[:, :-1][both]).all()  # ascending
+    # The same tree as the prefix index: a node's children are the trie's children.
+    index = build_prefix_index(rows, ids, vocab)
+    for k in range(depth):
+        for g, prefix in enumerate(paths.prefixes[k].tolist()):
+            node_id = 0
+            for tok in prefix:  # walk the CSR trie
+                lo, hi = index.row_ptr[node_id], index.row_ptr[node_id + 1]
+                node_id = int(
+                    index.child_node[lo + np.flatnonzero(index.child_token[lo:hi] == tok)[0]]
+                )
+            lo, hi = index.row_ptr[node_id], index.row_ptr[node_id + 1]
+            kids = paths.children[k][g]
+            assert kids[kids >= 0].tolist() == index.child_token[lo:hi].tolist()
+    with pytest.raises(ValueError, match="duplicate"):
+        build_path_tables(table, np.arange(1, n + 2))

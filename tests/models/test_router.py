@@ -86,7 +86,7 @@ def test_init_slope_puts_the_median_warm_item_at_one_half():
     alpha = router(torch.as_tensor(counts)).detach()
     assert float(alpha[5]) == pytest.approx(0.5, abs=1e-6)
     assert torch.all(alpha[3:5] < 0.5) and torch.all(alpha[6:] > 0.5)
-    assert float(alpha[1]) == pytest.approx(0.1, abs=1e-7)
+    assert float(alpha[1]) == pytest.approx(RouterConfig().cold_alpha, abs=1e-7)
     # Cold items and the padding row do not move the median.
     more_cold = np.array([0, 0, 0, 0, 0, 0, 0, 1, 3, 7, 20, 100])
     other = Router(RouterConfig()).init_slope(more_cold)

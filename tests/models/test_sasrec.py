@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from models.sasrec import SASRec, SASRecConfig
@@ -48,3 +49,68 @@ def test_learns_a_deterministic_successor():
     model.eval()
     pred = model.score(seq).argmax(dim=1)
     assert (pred == tgt[:, -1]).float().mean() > 0.9
+
+
+def content_model(id_dropout: float = 0.0, id_rows=None) -> SASRec:
+    torch.manual_seed(0)
+    text = torch.randn(21, 6)
+    text[0] = 0.0
+    config = SASRecConfig(
+        n_items=20, max_len=8, hidden=16, n_heads=2, text_dim=6, id_dropout=id_dropout
+    )
+    return SASRec(config, text, id_rows)
+
+
+def test_id_plus_content_item_table():
+    model = content_model().eval()
+    table = model.item_table()
+    with torch.no_grad():
+        want = model.item_emb.weight + model.text @ model.text_proj.weight.T
+    assert table.shape == (21, 16)
+    torch.testing.assert_close(table[1:], want[1:])
+    assert torch.equal(table[0], torch.zeros(16))  # padding stays zero
+    assert torch.equal(model.item_embeddings(), model.item_emb.weight.detach())
+    # A cold item (id row 0) is its text alone.
+    rows = torch.arange(21)
+    rows[[4, 9]] = 0
+    cold = content_model(id_rows=rows).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cold.item_table()[[4, 9]], model.text[[4, 9]] @ model.text_proj.weight.T
+        )
+        torch.testing.assert_close(cold.item_table()[5], table[5])
+    # The table is the input AND the output of the model.
+    seq = torch.tensor([[0, 3, 4, 5]])
+    with torch.no_grad():
+        state = model.encode(seq)[:, -1]
+        torch.testing.assert_close(model.score(seq), state @ table.T)
+
+
+def test_id_dropout_only_in_training():
+    model = content_model(id_dropout=1.0)
+    model.train()
+    with torch.no_grad():
+        text_only = model.text @ model.text_proj.weight.T
+        torch.testing.assert_close(model.item_table()[1:], text_only[1:])  # every id dropped
+        model.eval()
+        assert not torch.allclose(model.item_table()[1:], text_only[1:])
+    half = content_model(id_dropout=0.5).train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        table = half.item_table()
+        text_only = half.text @ half.text_proj.weight.T
+    dropped = torch.isclose(table, text_only, atol=1e-6).all(1)[1:]
+    assert 0 < int(dropped.sum()) < 20
+    seq = torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]])
+    logits, loss = half(seq, torch.tensor([[0, 4, 5, 6], [2, 3, 4, 5]]))
+    assert logits.shape == (7, 21) and torch.isfinite(loss)
+    loss.backward()
+    assert half.text_proj.weight.grad.abs().sum() > 0
+
+
+def test_content_variant_needs_its_text():
+    config = SASRecConfig(n_items=20, max_len=8, hidden=16, n_heads=2, text_dim=6)
+    with pytest.raises(ValueError, match="text"):
+        SASRec(config)
+    with pytest.raises(ValueError, match="text"):
+        SASRec(config, torch.zeros(20, 6))  # one row short

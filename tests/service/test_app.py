@@ -189,9 +189,13 @@ async def test_concurrent_requests_are_micro_batched(make_settings) -> None:
         text = (await client.get("/metrics")).text
         count = float(re.search(r"flexcode_batch_size_count (\S+)", text).group(1))
         assert count < 12  # 12 requests (and the warm-up) in fewer batches
-        # Batching does not change answers.
-        alone = await client.post("/recommend", json={"history": HISTORIES[2], "k": 3})
-        assert alone.json()["items"] == results[2].json()["items"]
+        # Batching does not change answers: the same items in the same order; scores agree
+        # up to float rounding (a matrix product's blocking depends on the batch size).
+        alone = (await client.post("/recommend", json={"history": HISTORIES[2], "k": 3})).json()
+        batched = results[2].json()
+        assert [i["item_id"] for i in alone["items"]] == [i["item_id"] for i in batched["items"]]
+        for a, b in zip(alone["items"], batched["items"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
 async def test_torch_and_onnx_return_the_same_top_k(make_settings) -> None:

@@ -168,7 +168,7 @@ def test_train_generator_end_to_end(synthetic, tmp_path):
     found = evaluate_served(served, test, synthetic.item_groups(), (0.0, 0.5, 1.0))
     for diag in found.diagnostics.values():
         assert diag["short_lists"] == 0.0
-    exact = evaluate_exact(served, test, synthetic.item_groups(), 1.0)
+    exact = evaluate_exact(served, test, synthetic.item_groups(), (1.0,))[1.0]
     # w = 1 is the dense head alone, which the candidates rank exactly.
     np.testing.assert_array_equal(
         np.minimum(exact.ranks, 10), np.minimum(found.results[1.0].ranks, 10)

@@ -15,7 +15,7 @@ from models.router import RouterConfig
 from training.data.preprocess import ProcessedDataset
 from training.distributed import DistContext
 from training.evaluate import EvalResult
-from training.stages.generator.evaluate import evaluate_exact, evaluate_served, with_weight
+from training.stages.generator.evaluate import evaluate_exact, evaluate_served
 from training.stages.generator.inputs import build_item_inputs
 from training.stages.generator.train import (
     GeneratorResult,
@@ -98,7 +98,7 @@ def report_on_test_split(
         "generative": found.diagnostics[0.0],
     }
     if exact:
-        results["exact"] = evaluate_exact(with_weight(served, w), test, groups)
+        results["exact"] = evaluate_exact(served, test, groups, (w,))[w]
     return results, diagnostics
 
 

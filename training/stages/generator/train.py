@@ -15,9 +15,10 @@ Every step:
 Before every epoch the hard layout (n_cf per item, served tokens, prefix index) is
 rebuilt from the router, so generative targets follow the router as it moves. The
 snapshot of the best validation epoch keeps weights AND that epoch's layout, so what is
-saved is exactly what was measured. Validation runs the served decoding
-(`evaluate.evaluate_served`) at a grid of dense weights and keeps the best; the dense
-weight of the final model is chosen on validation at the best epoch.
+saved is exactly what was measured. Each epoch's validation runs the served decoding
+(beam search + dense candidates, `evaluate.evaluate_served`) at a grid of dense weights w
+(the candidates do not depend on w) and early stopping follows the best of them; the w of
+the best epoch is the one the model ships with.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from models.decoding import Catalogue, DecodingConfig
 from models.generator import Generator, GeneratorConfig, ItemFeatures
-from models.prefix_index import DeviceIndex, build_prefix_index
+from models.prefix_index import DeviceIndex, PathTables, build_path_tables, build_prefix_index
 from models.router import Router, RouterConfig, popularity_bands
 from models.tokens import TokenLayout
 from training.data.preprocess import EvalSet, ProcessedDataset
@@ -82,6 +83,9 @@ class Layout:
     def index(self, vocab_size: int, device: torch.device) -> DeviceIndex:
         rows = np.arange(1, len(self.n_cf))
         return build_prefix_index(self.item_tokens[1:], rows, vocab_size).to_tensors(device)
+
+    def paths(self, device: torch.device) -> PathTables:
+        return build_path_tables(self.item_tokens, np.arange(1, len(self.n_cf)), device)
 
 
 @dataclass
@@ -141,7 +145,7 @@ def served_model(
         item_tokens=torch.as_tensor(layout.item_tokens, device=device),
         index=layout.index(inputs.layout.vocab_size, device),
     )
-    return ServedModel(generator, catalogue, decoding)
+    return ServedModel(generator, catalogue, decoding, layout.paths(device))
 
 
 class GeneratorStep(torch.nn.Module):
@@ -164,13 +168,10 @@ class GeneratorStep(torch.nn.Module):
         self.counts = torch.as_tensor(inputs.counts, dtype=torch.float32, device=device)
         self.bands = torch.as_tensor(popularity_bands(inputs.counts, router.config.n_bands))
         self.bands = self.bands.to(device)
-        self.item_tokens: torch.Tensor | None = None
-        self.index: DeviceIndex | None = None
+        self.paths: PathTables | None = None
 
     def set_layout(self, layout: Layout) -> None:
-        device = self.counts.device
-        self.item_tokens = torch.as_tensor(layout.item_tokens, device=device)
-        self.index = layout.index(self.generator.config.vocab_size, device)
+        self.paths = layout.paths(self.counts.device)
 
     def forward(
         self, seq: torch.Tensor, targets: torch.Tensor
@@ -185,7 +186,7 @@ class GeneratorStep(torch.nn.Module):
         alpha = self.router(counts)
         cf_weight, sem_weight = self.router.soft_masks(alpha)
         features = self.features._replace(cf_weight=cf_weight, sem_weight=sem_weight)
-        losses = self.generator(seq, targets, features, self.item_tokens, self.index, keep)
+        losses = self.generator(seq, targets, features, self.paths, keep)
         total = losses["dense"] + self.config.generative_weight * losses["generative"]
         full_alpha = alpha if keep is None else self.router(self.counts)
         return total, self.router.load_balance(full_alpha[1:], self.bands[1:])
@@ -245,20 +246,15 @@ def train_generator(
         step.set_layout(current["layout"])
 
     def validate() -> dict:
+        # The served decoding itself, at every w of the grid (one candidate search).
         layout = hard_layout(router, inputs, device)  # the router may have moved this epoch
         served = served_model(generator, router, inputs, layout, decoding, device)
         found = evaluate_served(
             served, validation, groups, train_config.dense_weights, desc="valid"
         )
-        w = found.best_weight()
-        current["valid_by_weight"] = {str(k): v.metrics for k, v in found.results.items()}
-        current["weight"] = w
-        metrics = found.results[w].metrics
-        logger.debug(
-            "valid NDCG@10 by dense weight: %s",
-            {k: round(v["all"]["ndcg@10"], 4) for k, v in current["valid_by_weight"].items()},
-        )
-        return metrics
+        current["weight"] = found.best_weight()
+        current["valid_by_weight"] = {str(w): r.metrics for w, r in found.results.items()}
+        return found.results[current["weight"]].metrics
 
     def snapshot() -> dict:
         # Called on every rank; validation (hence the chosen w) happened on rank 0 only.
@@ -291,14 +287,20 @@ def train_generator(
     broadcast_module(step, dist_ctx)
     generator.eval()
     router.eval()
+    w, by_weight = best["weight"], best["valid_by_weight"]
+    logger.info(
+        "generator: dense weight %.2f chosen on validation (NDCG@10 by weight: %s)",
+        w,
+        {k: round(v["all"]["ndcg@10"], 4) for k, v in by_weight.items()},
+    )
     return GeneratorResult(
         generator=generator,
         router=router,
         inputs=inputs,
         layout=best["layout"],
-        decoding=replace(decoding, dense_weight=float(best["weight"])),
-        best_valid=run.best_valid,
-        valid_by_weight=best["valid_by_weight"],
+        decoding=replace(decoding, dense_weight=float(w)),
+        best_valid=by_weight[str(w)],
+        valid_by_weight=by_weight,
         best_epoch=run.best_epoch,
         epochs_run=run.epochs_run,
         stopped_early=run.stopped_early,
