@@ -5,7 +5,7 @@ The same path serves the cold-holdout evaluation (training) and POST /items (ser
   text embedding -> semantic RQ-VAE -> semantic codes
   the router at zero interactions -> alpha (its floor, cold_alpha) -> n_cf = round(alpha * L)
   semantic codes -> aligned (CCA) space -> nearest warm item's CF projection -> its CF codes
-  codes under that split, no id, + text -> the item's vector for the dense head
+  codes weighted by the router's gate, no id, + text -> the item's vector for the dense head
 
 A cold item's own CF embedding was never trained, so its collaborative codes have to be
 borrowed; the aligned space is where text meets co-consumption, which is what the
@@ -95,23 +95,24 @@ def served_item_features(
     ids: np.ndarray,
     cf_codes: np.ndarray,
     sem_codes: np.ndarray,
-    n_cf: np.ndarray,
+    alpha: np.ndarray,
     text: np.ndarray | None,
     device: torch.device,
 ) -> ItemFeatures:
     """ItemFeatures of M items as serving writes them: their first `budget` levels of
-    each codebook with the HARD masks of their split (M, L); ids (M,) (0 = none)."""
+    each codebook, weighted by the router's gate of their alpha (M,) (`Router.code_weights`:
+    2 * alpha for CF levels, 2 * (1 - alpha) for semantic ones); ids (M,) (0 = none)."""
     levels = np.arange(budget)[None, :]
     cf_tok = layout.code_token(CF, levels, np.asarray(cf_codes)[:, :budget])
     sem_tok = layout.code_token(SEM, levels, np.asarray(sem_codes)[:, :budget])
-    n_cf_t = torch.as_tensor(np.asarray(n_cf, dtype=np.int64), device=device)[:, None]
-    k = torch.arange(1, budget + 1, device=device)
+    alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float32), device=device)[:, None]
+    ones = torch.ones(1, budget, device=device)
     return ItemFeatures(
         ids=torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device),
         cf_tokens=torch.as_tensor(cf_tok, device=device),
         sem_tokens=torch.as_tensor(sem_tok, device=device),
-        cf_weight=(k <= n_cf_t).float(),
-        sem_weight=(k <= budget - n_cf_t).float(),
+        cf_weight=2.0 * alpha_t * ones,
+        sem_weight=2.0 * (1.0 - alpha_t) * ones,
         text=None if text is None else torch.as_tensor(text, dtype=torch.float32, device=device),
     )
 
@@ -147,19 +148,20 @@ class ColdStart:
             self.tokenizer, sem_codes, self.imputation_index, self.imputation_ids
         )
         cf_codes = np.asarray(self.cf_codes_table, dtype=np.int64)[neighbours]
-        alpha = self.router(torch.zeros(n, device=self.router.positions.device))
+        alpha = self.router(torch.zeros(n, device=self.router.device))
         n_cf = self.router.hard_split(alpha).cpu().numpy().astype(np.int64)
         gen_device = next(self.generator.parameters()).device
         text = sem_embeddings if self.generator.config.text_dim else None
+        alpha_np = alpha.float().cpu().numpy()
         features = served_item_features(
-            self.layout, self.budget, np.zeros(n), cf_codes, sem_codes, n_cf, text, gen_device
+            self.layout, self.budget, np.zeros(n), cf_codes, sem_codes, alpha_np, text, gen_device
         )
         vectors = self.generator.item_vectors(features).float().cpu().numpy()
         return NewItemCodes(
             sem_codes=sem_codes,
             cf_codes=cf_codes,
             neighbours=neighbours,
-            alpha=alpha.float().cpu().numpy(),
+            alpha=alpha_np,
             n_cf=n_cf,
             prefixes=code_sequences(cf_codes, sem_codes, n_cf, self.budget, self.layout),
             vectors=vectors,

@@ -2,13 +2,13 @@
 
 An item is a vector composed of everything known about it (`Generator.item_vectors`):
 
-    v_i = id_emb[id_i] + sum_l m_cf[i, l] tok_emb[CF level-l code of i]
-                       + sum_l m_sem[i, l] tok_emb[SEM level-l code of i]
+    v_i = id_emb[id_i] + sum_l w_cf[i] tok_emb[CF level-l code of i]
+                       + sum_l w_sem[i] tok_emb[SEM level-l code of i]
                        (+ text_proj(text embedding of i), optional)
 
-with the router's masks m (`models.router`): soft in training, so the router learns from
-the next-item loss of every item it routes, as a history input and as a target; 0/1 when
-served, so an item's codes enter exactly as its served tokens say.
+with the router's gate w_cf = 2 alpha_i, w_sem = 2 (1 - alpha_i) (`models.router`), the
+same in training and serving, so the router learns from the next-item loss of every item
+it routes, as a history input and as a target.
 
 An item without an id of its own (a cold item, or one added at serving time) has id 0,
 whose embedding is zero, so it is written by its codes (and text) alone. Training drops
@@ -86,8 +86,8 @@ class ItemFeatures(NamedTuple):
     ids: (R,) int64 id-table row, 0 for items without an id of their own.
     cf_tokens, sem_tokens: (R, code_levels) int64 vocabulary ids of the first levels of
         each codebook (row 0: PAD tokens).
-    cf_weight, sem_weight: (R, code_levels) float weights of those levels: the router's
-        masks (soft in training, 0/1 when served), or None for weight 1 everywhere.
+    cf_weight, sem_weight: (R, code_levels) float weights of those levels (the router's
+        gate, `Router.code_weights`), or None for weight 1 everywhere.
     text: (R, text_dim) float32 text embeddings, or None when the config has text_dim 0.
     """
 

@@ -14,21 +14,24 @@ build's MLP over [popularity, age, sparsity, uncertainty] learned alpha only thr
 history side and latched onto age and quantisation error, giving tail items MORE CF tokens
 and new items 0.89; popularity alone, monotone, is what the method asks for.)
 
-Training (soft): Lbar_col = alpha * L, Lbar_sem = (1 - alpha) * L and, for level positions
-k = 1..L of each codebook,
+The router is a two-expert gate, used twice:
 
-    m_col[k] = sigmoid((Lbar_col - (k - 1/2)) / tau_m)
-    m_sem[k] = sigmoid((Lbar_sem - (k - 1/2)) / tau_m)
+  in the item vector   the CF codes' embeddings (all L levels) are weighted 2 * alpha and
+                       the semantic codes' 2 * (1 - alpha) (`Router.code_weights`; 1 and 1
+                       at the even split), so no code is ever dropped from an item's
+                       description: tail items keep their CF codes, which carry
+                       co-consumption signal on MovieLens, but lean on the semantic side.
+                       The weights enter the next-item losses of every item, as history
+                       input and as target, so the slope is trained by what it routes;
+                       items whose ids are dropped in a step depend on their codes alone,
+                       the signal that says which codebook describes them better.
+  in the token sequence n_cf = round_half_up(alpha * L) = floor(alpha * L + 1/2) clamped
+                       to [0, L] of the item's L generated tokens are CF codes, the rest
+                       semantic (`hard_split`; ties go to CF for every L).
 
-The masks weight each code level's embedding in the item's vector (`models.generator`),
-on the history side AND on the target side of the dense head, so the slope is trained by
-the next-item loss of the items it routes; items whose ids are dropped in a step depend on
-their codes alone, which is the signal that says which codebook describes them better.
-
-Inference (hard): n_cf = round_half_up(alpha * L) = floor(alpha * L + 1/2) clamped to
-[0, L], n_sem = L - n_cf; hard masks are 1[k <= n_cf] and 1[k <= n_sem]. As tau_m -> 0 the
-soft masks tend to the hard ones (at any tau_m, sum(m_col) + sum(m_sem) = L). Round half
-up: alpha = 0.5 with odd L gives the extra token to CF for every budget.
+(The paper weights the levels by sigmoid masks of alpha * L instead. Measured here, the
+masks took the CF codes of tail items out of their vectors and cost tail accuracy;
+BENCHMARKS.md has the comparison.)
 
 Regulariser (`Router.load_balance`): the band-balanced load-balancing loss L_lb =
 (mean over popularity bands of the band's mean alpha - lb_target)^2, so the catalogue as a
@@ -53,7 +56,6 @@ class RouterConfig:
     # CF share of an item without interactions: the curve's floor. Below 1 / (2L) for
     # every budget up to L = 9, so a new item's tokens are all semantic.
     cold_alpha: float = 0.05
-    mask_tau: float = 0.1  # tau_m of the sigmoid masks, the paper's value
     lb_weight: float = 0.1  # same order as lambda_CCA (the paper gives no lambda_lb)
     lb_target: float = 0.5  # band-averaged CF share aimed for: an even split of the budget
     n_bands: int = 5  # popularity quintiles of log(1 + count): head, tail and between
@@ -67,8 +69,6 @@ class RouterConfig:
                 raise ValueError(f"RouterConfig.{name} must be a positive int, got {value!r}")
         if not 0.0 < self.cold_alpha < 0.5:
             raise ValueError(f"RouterConfig.cold_alpha must be in (0, 0.5), got {self.cold_alpha}")
-        if not self.mask_tau > 0:
-            raise ValueError(f"RouterConfig.mask_tau must be > 0, got {self.mask_tau}")
         if not self.lb_weight >= 0:
             raise ValueError(f"RouterConfig.lb_weight must be >= 0, got {self.lb_weight}")
         if not 0.0 <= self.lb_target <= 1.0:
@@ -126,7 +126,8 @@ def popularity_bands(train_counts: np.ndarray, n_bands: int) -> np.ndarray:
 
 
 class Router(nn.Module):
-    """PATA: counts -> alpha (the CF share) -> soft masks (training) / hard split (serving)."""
+    """PATA: counts -> alpha (the CF share) -> code weights (item vectors) and the hard
+    split of the generated tokens."""
 
     def __init__(self, config: RouterConfig) -> None:
         super().__init__()
@@ -134,13 +135,14 @@ class Router(nn.Module):
         # softplus(raw_slope) = 1 until `init_slope` fits it to a catalogue.
         self.raw_slope = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))
         self.raw_slope.requires_grad_(config.fixed_alpha is None)
-        self.register_buffer(
-            "positions", torch.arange(1, config.budget + 1, dtype=torch.float32) - 0.5
-        )  # (L,) k - 1/2 for k = 1..L
 
     @property
     def learned(self) -> bool:
         return self.config.fixed_alpha is None
+
+    @property
+    def device(self) -> torch.device:
+        return self.raw_slope.device
 
     @property
     def slope(self) -> torch.Tensor:
@@ -174,18 +176,13 @@ class Router(nn.Module):
         floor = math.log(self.config.cold_alpha / (1 - self.config.cold_alpha))
         return torch.sigmoid(floor + self.slope * torch.log1p(counts.clamp(min=0)))
 
-    def soft_masks(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha (B,) -> (cf_mask (B, L), sem_mask (B, L)), sigmoid masks over the level
-        positions k = 1..L of each codebook (module docstring). Differentiable in alpha."""
+    def code_weights(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha (B,) -> (cf_weight (B, L), sem_weight (B, L)): 2 * alpha for every CF level,
+        2 * (1 - alpha) for every semantic level. Differentiable in alpha."""
         if alpha.ndim != 1:
             raise ValueError(f"alpha must be (B,), got {tuple(alpha.shape)}")
-        budget = float(self.config.budget)
-        lbar_col = alpha.unsqueeze(1) * budget  # (B, 1) soft CF token count
-        lbar_sem = budget - lbar_col  # (B, 1) = (1 - alpha) * L
-        pos = self.positions.to(alpha.dtype)  # (L,)
-        cf = torch.sigmoid((lbar_col - pos) / self.config.mask_tau)  # (B, L)
-        sem = torch.sigmoid((lbar_sem - pos) / self.config.mask_tau)  # (B, L)
-        return cf, sem
+        ones = alpha.new_ones(alpha.shape[0], self.config.budget)
+        return 2.0 * alpha[:, None] * ones, 2.0 * (1.0 - alpha[:, None]) * ones
 
     @torch.no_grad()
     def hard_split(self, alpha: torch.Tensor) -> torch.Tensor:
@@ -196,14 +193,6 @@ class Router(nn.Module):
         budget = self.config.budget
         n_cf = torch.floor(alpha.double() * budget + 0.5)
         return n_cf.clamp(0, budget).to(torch.int64)
-
-    @torch.no_grad()
-    def hard_masks(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha (B,) -> (cf_mask (B, L), sem_mask (B, L)) float 0/1 of the hard split:
-        1[k <= n_cf] and 1[k <= L - n_cf]; the tau_m -> 0 limit of `soft_masks`."""
-        n_cf = self.hard_split(alpha).unsqueeze(1)  # (B, 1)
-        k = torch.arange(1, self.config.budget + 1, device=alpha.device)  # (L,)
-        return (k <= n_cf).float(), (k <= self.config.budget - n_cf).float()
 
     def load_balance(self, alpha: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
         """The weighted L_lb of the module docstring, a scalar (0 for a fixed router).

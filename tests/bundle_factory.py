@@ -111,7 +111,7 @@ def tiny_contents(
     text = sem_x.numpy()
     text[0] = 0.0
     features = served_item_features(
-        layout, budget, ids, cf_codes, sem_codes, n_cf, text, torch.device("cpu")
+        layout, budget, ids, cf_codes, sem_codes, alpha, text, torch.device("cpu")
     )
     with torch.no_grad():
         item_vectors = generator.item_vectors(features).numpy()

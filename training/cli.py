@@ -319,7 +319,7 @@ def benchmark(
     seed_offset: Annotated[int, typer.Option(help="first seed (seeds run offset..offset+n-1)")] = 0,
     generator_eval_users: Annotated[
         int, typer.Option(help="FlexCode: validation users per epoch (0 = all)")
-    ] = 0,
+    ] = 5000,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json, results.md and ranks.npz
     (per-user test ranks) to OUT."""
@@ -426,7 +426,9 @@ def train_generator_cmd(
     variant: VariantOpt = "flexcode",
     max_epochs: Annotated[int, typer.Option(help="epoch cap (early stopping ends sooner)")] = 300,
     patience: Annotated[int, typer.Option(help="evaluations without gain before stopping")] = 10,
-    eval_users: Annotated[int, typer.Option(help="validation users per evaluation; 0 = all")] = 0,
+    eval_users: Annotated[
+        int, typer.Option(help="validation users per evaluation; 0 = all")
+    ] = 5000,
 ) -> None:
     """Stages A-D: the router and generator on RUN_DIR's tokenizer (stages A-C are trained
     first when missing); writes RUN_DIR/generator/ and prints validation and test figures.

@@ -89,20 +89,18 @@ def make_cold_start(router: Router, text_dim: int = SEM_DIM, seed: int = 1):
     )
 
 
-def manual_vectors(gen: Generator, cf_codes, sem_codes, n_cf, text) -> torch.Tensor:
-    """Item vectors without an id: the first n_cf CF levels and the first L - n_cf SEM
-    levels' input embeddings, plus the projected text."""
+def manual_vectors(gen: Generator, cf_codes, sem_codes, alpha, text) -> torch.Tensor:
+    """Item vectors without an id: every CF level's input embedding weighted 2 * alpha,
+    every SEM level's 2 * (1 - alpha), plus the projected text."""
     rows = []
     with torch.no_grad():
-        for i in range(len(n_cf)):
+        for i in range(len(alpha)):
             v = torch.zeros(gen.config.hidden)
             for level in range(LEVELS):
-                if level < n_cf[i]:
-                    v += gen.token_emb.weight[int(LAYOUT.code_token(CF, level, cf_codes[i, level]))]
-                if level < LEVELS - n_cf[i]:
-                    v += gen.token_emb.weight[
-                        int(LAYOUT.code_token(SEM, level, sem_codes[i, level]))
-                    ]
+                cf_tok = int(LAYOUT.code_token(CF, level, cf_codes[i, level]))
+                sem_tok = int(LAYOUT.code_token(SEM, level, sem_codes[i, level]))
+                v += 2 * float(alpha[i]) * gen.token_emb.weight[cf_tok]
+                v += 2 * (1 - float(alpha[i])) * gen.token_emb.weight[sem_tok]
             if text is not None:
                 v += gen.text_proj(torch.as_tensor(text[i], dtype=torch.float32))
             rows.append(v)
@@ -140,7 +138,7 @@ def test_tokenize_a_cold_item():
         np.zeros(5, np.int64),
         out.cf_codes,
         out.sem_codes,
-        out.n_cf,
+        out.alpha,
         emb,
         torch.device("cpu"),
     )
@@ -148,7 +146,7 @@ def test_tokenize_a_cold_item():
         want = cold.generator.item_vectors(features).numpy()
     assert out.vectors.shape == (5, 16) and out.vectors.dtype == np.float32
     np.testing.assert_allclose(out.vectors, want, rtol=0, atol=1e-6)
-    manual = manual_vectors(cold.generator, out.cf_codes, out.sem_codes, out.n_cf, emb)
+    manual = manual_vectors(cold.generator, out.cf_codes, out.sem_codes, out.alpha, emb)
     np.testing.assert_allclose(out.vectors, manual.numpy(), rtol=0, atol=1e-5)
 
 
@@ -161,7 +159,7 @@ def test_tokenize_with_a_fixed_split_and_no_text():
     assert info["codebook"].tolist() == [[CF, CF, SEM]] * 4  # CF dominates: written first
     np.testing.assert_array_equal(info["code"][:, :2], out.cf_codes[:, :2])
     np.testing.assert_array_equal(info["code"][:, 2], out.sem_codes[:, 0])
-    manual = manual_vectors(cold.generator, out.cf_codes, out.sem_codes, out.n_cf, None)
+    manual = manual_vectors(cold.generator, out.cf_codes, out.sem_codes, out.alpha, None)
     np.testing.assert_allclose(out.vectors, manual.numpy(), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="sem_embeddings"):
         cold.tokenize(emb[0])
@@ -169,18 +167,23 @@ def test_tokenize_with_a_fixed_split_and_no_text():
     assert empty.prefixes.shape == (0, LEVELS) and empty.vectors.shape == (0, 16)
 
 
-def test_served_item_features_use_hard_masks():
+def test_served_item_features_use_the_router_gate():
     rng = np.random.default_rng(4)
     cf, sem = rng.integers(0, K, size=(4, 4)), rng.integers(0, K, size=(4, 4))  # L_max = 4
-    n_cf = np.array([0, 1, 2, 3])
-    f = served_item_features(LAYOUT, 3, np.array([0, 5, 0, 7]), cf, sem, n_cf, None, "cpu")
+    alpha = np.array([0.0, 0.25, 0.5, 1.0])
+    f = served_item_features(LAYOUT, 3, np.array([0, 5, 0, 7]), cf, sem, alpha, None, "cpu")
     assert f.ids.tolist() == [0, 5, 0, 7] and f.text is None
     assert f.cf_tokens.shape == f.sem_tokens.shape == (4, 3)  # the first L levels only
     levels = np.arange(3)[None]
     np.testing.assert_array_equal(f.cf_tokens.numpy(), LAYOUT.code_token(CF, levels, cf[:, :3]))
     np.testing.assert_array_equal(f.sem_tokens.numpy(), LAYOUT.code_token(SEM, levels, sem[:, :3]))
-    assert f.cf_weight.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
-    assert f.sem_weight.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]]
+    # Router.code_weights: 2 * alpha on every CF level, 2 * (1 - alpha) on every SEM level.
+    assert f.cf_weight.tolist() == [[0.0] * 3, [0.5] * 3, [1.0] * 3, [2.0] * 3]
+    assert f.sem_weight.tolist() == [[2.0] * 3, [1.5] * 3, [1.0] * 3, [0.0] * 3]
+    router = Router(RouterConfig(budget=3))
+    want_cf, want_sem = router.code_weights(torch.as_tensor(alpha, dtype=torch.float32))
+    torch.testing.assert_close(f.cf_weight, want_cf)
+    torch.testing.assert_close(f.sem_weight, want_sem)
     text = rng.normal(size=(4, 5))
-    f = served_item_features(LAYOUT, 3, np.zeros(4), cf, sem, n_cf, text, "cpu")
+    f = served_item_features(LAYOUT, 3, np.zeros(4), cf, sem, alpha, text, "cpu")
     assert f.text.dtype == torch.float32 and f.ids.dtype == torch.int64

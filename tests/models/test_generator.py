@@ -21,17 +21,18 @@ TEXT_DIM = 5
 
 def catalogue(seed: int = 0, n_items: int = N_ITEMS):
     """(features, item_tokens (R, L + 1), index, paths) of a small random catalogue,
-    R = N + 1, written as serving writes it (hard masks of each item's split, ids 1..N)."""
+    R = N + 1, written as serving writes it (the gate of each item's alpha, ids 1..N)."""
     rng = np.random.default_rng(seed)
     rows = n_items + 1
     cf = rng.integers(0, 4, size=(rows, L))
     sem = rng.integers(0, 4, size=(rows, L))
     n_cf = rng.integers(0, L + 1, size=rows)
+    alpha = n_cf / L
     text = rng.standard_normal((rows, TEXT_DIM)).astype(np.float32)
     cf[0] = sem[0] = n_cf[0] = 0
     text[0] = 0.0
     features = served_item_features(
-        LAYOUT, L, np.arange(rows), cf, sem, n_cf, text, torch.device("cpu")
+        LAYOUT, L, np.arange(rows), cf, sem, alpha, text, torch.device("cpu")
     )
     # Row 0 is padding: no id, PAD tokens, zero text.
     features = features._replace(

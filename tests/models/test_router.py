@@ -105,11 +105,11 @@ def test_init_slope_rejects_catalogs_without_warm_items():
         Router(RouterConfig()).init_slope(np.array([0.0, 3.0, np.nan]))
 
 
-def test_slope_gets_gradient_through_the_masks():
+def test_slope_gets_gradient_through_the_code_weights():
     router = _learned()
     counts = torch.as_tensor(_counts(seed=1)[1:17])
     alpha = router(counts)
-    cf, sem = router.soft_masks(alpha)
+    cf, sem = router.code_weights(alpha)
     gen = torch.Generator().manual_seed(0)
     emb_cf, emb_sem = torch.randn(16, 3, 8, generator=gen), torch.randn(16, 3, 8, generator=gen)
     item = (cf.unsqueeze(-1) * emb_cf).sum(1) + (sem.unsqueeze(-1) * emb_sem).sum(1)
@@ -142,73 +142,45 @@ def test_fixed_alpha_variants(fixed, budget, n_cf):
     assert torch.equal(router.init_slope(_counts())(counts), alpha)
 
 
-# ---- masks and the hard split ----------------------------------------------------------
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    alpha=st.floats(0.0, 1.0, allow_nan=False),
-    budget=st.integers(1, 8),
-)
-def test_soft_masks_tend_to_hard_layout(alpha, budget):
-    x = alpha * budget
-    if abs(x - math.floor(x) - 0.5) < 1e-2:  # too close to a tie for tau = 1e-4 in float32
-        return
-    router = Router(RouterConfig(budget=budget, mask_tau=1e-4, fixed_alpha=0.5))
-    a = torch.tensor([alpha], dtype=torch.float64)
-    cf, sem = router.soft_masks(a)
-    n_cf = round(x)
-    k = torch.arange(1, budget + 1)
-    assert torch.allclose(cf[0], (k <= n_cf).double(), atol=1e-6)
-    assert torch.allclose(sem[0], (k <= budget - n_cf).double(), atol=1e-6)
-    assert int(router.hard_split(a)[0]) == n_cf
-    hard_cf, hard_sem = router.hard_masks(a)
-    assert torch.equal(hard_cf, (cf > 0.5).float()) and torch.equal(hard_sem, (sem > 0.5).float())
-    assert float(hard_cf.sum() + hard_sem.sum()) == budget
+# ---- code weights and the hard split -------------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
-@given(alpha=st.floats(0.0, 1.0), tau=st.sampled_from([1e-3, 0.1, 1.0, 5.0]))
-def test_soft_masks_keep_the_budget_at_any_tau(alpha, tau):
-    router = Router(RouterConfig(budget=5, mask_tau=tau, fixed_alpha=0.5))
-    cf, sem = router.soft_masks(torch.tensor([alpha], dtype=torch.float64))
-    assert cf.shape == sem.shape == (1, 5)
-    assert float(cf.sum() + sem.sum()) == pytest.approx(5.0, abs=1e-9)
-    assert torch.all(cf[:, :-1] >= cf[:, 1:])  # a prefix of levels
-    assert torch.all(sem[:, :-1] >= sem[:, 1:])
+@given(alpha=st.floats(0.0, 1.0, allow_nan=False), budget=st.integers(1, 8))
+def test_code_weights_are_the_two_expert_gate(alpha, budget):
+    router = Router(RouterConfig(budget=budget, fixed_alpha=0.5))
+    cf, sem = router.code_weights(torch.tensor([alpha], dtype=torch.float64))
+    assert cf.shape == sem.shape == (1, budget)
+    torch.testing.assert_close(cf, torch.full((1, budget), 2 * alpha, dtype=torch.float64))
+    torch.testing.assert_close(sem, torch.full((1, budget), 2 * (1 - alpha), dtype=torch.float64))
+    # Every level of both codebooks stays in (weights sum to 2 per level), and the even
+    # split is weight 1 on each.
+    torch.testing.assert_close(cf + sem, torch.full((1, budget), 2.0, dtype=torch.float64))
 
 
-def test_soft_masks_of_a_learned_router_sum_to_the_budget():
+def test_code_weights_follow_popularity_for_a_learned_router():
     router = _learned(budget=4)
-    alpha = router(torch.as_tensor(_counts()))
-    cf, sem = router.soft_masks(alpha)
+    counts = torch.as_tensor(_counts())
+    alpha = router(counts)
+    cf, sem = router.code_weights(alpha)
     assert cf.shape == sem.shape == (41, 4)
-    torch.testing.assert_close(cf.sum(1) + sem.sum(1), torch.full((41,), 4.0))
-    # Sharper masks approach the hard split of the same alpha.
-    sharp = Router(RouterConfig(budget=4, mask_tau=1e-4))
-    away = ((alpha * 4 - 0.5) - torch.floor(alpha * 4 - 0.5) - 0.5).abs() > 0.05
-    hard_cf, hard_sem = sharp.hard_masks(alpha)
-    soft_cf, soft_sem = sharp.soft_masks(alpha)
-    assert away.sum() > 20
-    torch.testing.assert_close(soft_cf[away], hard_cf[away], rtol=0, atol=1e-4)
-    torch.testing.assert_close(soft_sem[away], hard_sem[away], rtol=0, atol=1e-4)
+    order = torch.argsort(counts, stable=True)
+    assert torch.all(cf[order][1:, 0] >= cf[order][:-1, 0])  # more popular, more CF weight
+    assert torch.all(sem[order][1:, 0] <= sem[order][:-1, 0])
 
 
 def test_hard_split_clamps_and_rounds_half_up():
     router = _learned()
     alpha = torch.tensor([-0.2, 0.0, 0.16, 0.17, 0.5, 0.83, 0.84, 1.0, 1.3])
     assert router.hard_split(alpha).tolist() == [0, 0, 0, 1, 2, 2, 3, 3, 3]
-    cf, sem = router.hard_masks(torch.tensor([0.0, 0.5, 1.0]))
-    assert cf.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]]
-    assert sem.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
 
 
-def test_forward_and_masks_check_shapes():
+def test_forward_and_weights_check_shapes():
     router = _learned()
     with pytest.raises(ValueError, match="counts"):
         router(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="alpha"):
-        router.soft_masks(torch.zeros(2, 1))
+        router.code_weights(torch.zeros(2, 1))
     with pytest.raises(ValueError, match="alpha"):
         router.hard_split(torch.zeros(2, 1))
 
@@ -228,7 +200,6 @@ def test_slope_travels_with_the_state_dict():
         {"budget": 0},
         {"cold_alpha": 0.0},
         {"cold_alpha": 0.5},
-        {"mask_tau": -1.0},
         {"fixed_alpha": 1.5},
         {"lb_target": -0.1},
         {"lb_weight": -1.0},

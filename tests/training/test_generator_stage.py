@@ -144,7 +144,7 @@ def test_train_generator_end_to_end(synthetic, tmp_path):
             assert slope != pytest.approx(init, abs=1e-7)  # gradient reached the router
             alpha = result.layout.alpha
             order = np.argsort(inputs.counts[1:], kind="stable")
-            assert (np.diff(alpha[1:][order]) >= 0).all()  # monotone in popularity
+            assert (np.diff(alpha[1:][order]) >= -1e-6).all()  # monotone (up to float32 ulps)
         else:
             assert (result.layout.n_cf[1:] == 0).all() and np.allclose(result.layout.alpha, 0.0)
 

@@ -12,6 +12,7 @@ import torch
 
 from models.generator import GeneratorConfig
 from models.router import RouterConfig
+from training.alpha_report import alpha_summary
 from training.data.preprocess import ProcessedDataset
 from training.distributed import DistContext
 from training.evaluate import EvalResult
@@ -76,6 +77,25 @@ def train_variant(
     )
 
 
+def router_report(result: GeneratorResult) -> dict:
+    """What the router did: Spearman(alpha, log count) over warm items, a new item's
+    alpha, the learned slope, and the share of items per number of CF tokens."""
+    counts = result.inputs.counts
+    summary = alpha_summary(result.layout.alpha, counts, result.layout.n_cf)
+    with torch.no_grad():
+        device = result.router.device
+        new_alpha = float(result.router(torch.zeros(1, device=device))[0])
+    n_cf = result.layout.n_cf[1:]
+    return {
+        "spearman_alpha_vs_log_count": summary["spearman_alpha_vs_log_count"],
+        "new_item_alpha": new_alpha,
+        "slope": float(result.router.slope) if result.router.learned else 0.0,
+        "share_by_n_cf": {
+            str(k): float((n_cf == k).mean()) for k in range(result.inputs.budget + 1)
+        },
+    }
+
+
 def report_on_test_split(
     result: GeneratorResult, dataset: ProcessedDataset, device: torch.device, exact: bool = True
 ) -> tuple[dict[str, EvalResult], dict]:
@@ -96,6 +116,9 @@ def report_on_test_split(
         "served": found.diagnostics[w],
         "dense": found.diagnostics[1.0],
         "generative": found.diagnostics[0.0],
+        "router": router_report(result),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
     }
     if exact:
         results["exact"] = evaluate_exact(served, test, groups, (w,))[w]
