@@ -7,6 +7,8 @@ Writes into the output directory:
                    "comparisons": {ROW: {GROUP: paired bootstrap vs the baseline}}, ...}
     results.md     the same as tables
     ranks.npz      per-user test ranks, one (S, U) array per row (the bootstrap's input)
+    cells/         one file per finished (model, seed) cell: rerunning the same command
+                   reuses them, so a long benchmark can be interrupted and resumed
 
 A ROW is a model name, or "model/part" for the parts a runner reports beside its own
 figure (FlexCode: "/dense", "/generative", "/exact"). GROUP is all/head/tail/cold and
@@ -19,6 +21,7 @@ differences on the same test users averaged over seeds, with a bootstrap interva
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +39,7 @@ import torch
 
 from training.baselines import MODEL_RUNNERS, RunContext
 from training.data.preprocess import GROUPS, ProcessedDataset
-from training.evaluate import METRICS, EvalResult
+from training.evaluate import METRICS, EvalResult, summarise
 from training.stats import paired_bootstrap, per_user_ndcg
 
 logger = logging.getLogger(__name__)
@@ -61,11 +64,58 @@ def _row(model: str, part: str) -> str:
     return model if not part else f"{model}/{part}"
 
 
+def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunContext) -> str:
+    """What a cell's result depends on: the model, the seed, the data and every setting
+    the runners read (not the device, the progress bars or where models are saved)."""
+    settings = {
+        "model": model,
+        "seed": seed,
+        "dataset": dataset.fingerprint,
+        "sasrec": context.sasrec.to_dict(),
+        "sasrec_model": context.sasrec_model,
+        "generator": context.generator.to_dict(),
+        "pipeline_dir": str(context.pipeline_dir),
+    }
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return f"{model}-seed{seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def _save_cell(path: Path, rows: dict[str, EvalResult], diagnostics: dict, seconds: float) -> None:
+    """One finished cell, written atomically (a killed run leaves no half file)."""
+    arrays = {}
+    for i, result in enumerate(rows.values()):
+        arrays[f"ranks_{i}"] = result.ranks
+        arrays[f"groups_{i}"] = result.target_groups
+    meta = {"rows": list(rows), "diagnostics": diagnostics, "seconds": seconds}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def _load_cell(path: Path) -> tuple[dict[str, EvalResult], dict, float]:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        rows = {
+            row: summarise(data[f"ranks_{i}"], data[f"groups_{i}"])
+            for i, row in enumerate(meta["rows"])
+        }
+    return rows, meta["diagnostics"], float(meta["seconds"])
+
+
 def _run_job(
-    model: str, seed: int, dataset: ProcessedDataset, context: RunContext, threads: int
+    model: str,
+    seed: int,
+    dataset: ProcessedDataset,
+    context: RunContext,
+    threads: int,
+    cell_path: Path | None = None,
 ) -> tuple[dict[str, EvalResult], dict, float]:
     """One (model, seed) cell: (results by row, diagnostics, seconds). Top-level so a
-    worker process can run it."""
+    worker process can run it. With cell_path, a cell finished by an earlier run is read
+    back instead of trained again, and a new one is saved there."""
+    if cell_path is not None and cell_path.exists():
+        logger.info("benchmark: %s seed %d from %s", model, seed, cell_path)
+        return _load_cell(cell_path)
     if threads:  # a spawned worker: its own thread budget and log handler
         torch.set_num_threads(threads)
         if not logging.getLogger().handlers:
@@ -75,7 +125,10 @@ def _run_job(
     out = MODEL_RUNNERS[model](dataset, seed, context)
     results, diagnostics = ({"": out}, {}) if isinstance(out, EvalResult) else out
     rows = {_row(model, part): result for part, result in results.items()}
-    return rows, diagnostics, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if cell_path is not None:
+        _save_cell(cell_path, rows, diagnostics, seconds)
+    return rows, diagnostics, seconds
 
 
 def run_benchmark(
@@ -85,20 +138,32 @@ def run_benchmark(
     command: str,
     workers: int = 1,
     baseline: str | None = "sasrec",
+    cells_dir: Path | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Every (model, seed) of the plan; returns (results, per-row (S, U) rank arrays).
 
     workers > 1 runs that many cells at once in spawned processes with one torch thread
     each: on a small CPU box, independent single-threaded runs use the cores better than
     one run's intra-op threads. Each cell is seeded on its own, so the figures do not
-    depend on `workers`."""
+    depend on `workers`. cells_dir: every finished cell is kept there, keyed by what it
+    depends on, and a rerun of the same command reads them back: an interrupted
+    benchmark resumes where it stopped."""
     jobs = [(model, seed) for model in plan.models for seed in plan.seeds]
+    paths: list[Path | None] = [None] * len(jobs)
+    if cells_dir is not None:
+        Path(cells_dir).mkdir(parents=True, exist_ok=True)
+        paths = [Path(cells_dir) / f"{_cell_key(m, s, dataset, context)}.npz" for m, s in jobs]
     if workers <= 1:
-        outputs = [_run_job(m, s, dataset, context, 0) for m, s in jobs]
+        outputs = [
+            _run_job(m, s, dataset, context, 0, p) for (m, s), p in zip(jobs, paths, strict=True)
+        ]
     else:
         spawn = multiprocessing.get_context("spawn")  # fork after torch threads can hang
         with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-            futures = [pool.submit(_run_job, m, s, dataset, context, 1) for m, s in jobs]
+            futures = [
+                pool.submit(_run_job, m, s, dataset, context, 1, p)
+                for (m, s), p in zip(jobs, paths, strict=True)
+            ]
             outputs = [f.result() for f in futures]
     per_seed: dict[str, list[dict]] = {}
     ranks: dict[str, list[np.ndarray]] = {}

@@ -320,6 +320,9 @@ def benchmark(
     generator_eval_users: Annotated[
         int, typer.Option(help="FlexCode: validation users per epoch (0 = all)")
     ] = 5000,
+    resume: Annotated[
+        bool, typer.Option(help="reuse (model, seed) cells an earlier run left in OUT/cells")
+    ] = True,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json, results.md and ranks.npz
     (per-user test ranks) to OUT."""
@@ -348,7 +351,13 @@ def benchmark(
         generator=GeneratorTrainConfig(eval_users=generator_eval_users or None),
     )
     results, ranks = run_benchmark(
-        ds, plan, context, _command_line(ctx), workers=workers, baseline=baseline
+        ds,
+        plan,
+        context,
+        _command_line(ctx),
+        workers=workers,
+        baseline=baseline,
+        cells_dir=out / "cells" if resume else None,
     )
     json_path, md_path = write_results(results, out, ranks)
     typer.echo(results_markdown(results))

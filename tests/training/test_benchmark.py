@@ -77,3 +77,30 @@ def test_compare_by_group():
     assert out["m"]["head"]["diff"] == 0.0
     assert out["m"]["cold"] is None  # no cold target users
     assert compare({"m": model}, groups, "sasrec") == {}
+
+
+def test_an_interrupted_benchmark_resumes_from_its_cells(tmp_path, monkeypatch):
+    dataset = load_dataset(
+        "synthetic",
+        PreprocessConfig(),
+        SyntheticConfig(n_items=120, n_interactions=2000),
+        tmp_path / "cache",
+    )
+    context = RunContext(device=torch.device("cpu"), progress=False)
+    plan = BenchmarkPlan(models=("pop",), seeds=(0, 1))
+    first, _ = run_benchmark(dataset, plan, context, "test", cells_dir=tmp_path / "cells")
+    assert len(list((tmp_path / "cells").glob("pop-seed*.npz"))) == 2
+
+    # A rerun trains nothing: every cell is read back, with the same figures.
+    import training.benchmark as bench
+
+    def no_training(*args):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setitem(bench.MODEL_RUNNERS, "pop", no_training)
+    again, _ = run_benchmark(dataset, plan, context, "test", cells_dir=tmp_path / "cells")
+    assert again["per_seed"] == first["per_seed"]
+    # Another setting is another cell.
+    other = RunContext(device=torch.device("cpu"), progress=False, sasrec_model={"max_len": 7})
+    with pytest.raises(AssertionError, match="trained again"):
+        run_benchmark(dataset, plan, other, "test", cells_dir=tmp_path / "cells")
