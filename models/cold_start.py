@@ -28,7 +28,7 @@ import torch
 from models.dual_tokenizer import DualTokenizer
 from models.generator import Generator, ItemFeatures
 from models.router import Router
-from models.tokens import CF, SEM, TokenLayout, code_sequences
+from models.tokens import TokenLayout, code_sequences
 
 
 def build_imputation_index(vectors: np.ndarray) -> faiss.Index:
@@ -90,6 +90,7 @@ class NewItemCodes:
 
 
 def served_item_features(
+    router: Router,
     layout: TokenLayout,
     budget: int,
     ids: np.ndarray,
@@ -97,24 +98,17 @@ def served_item_features(
     sem_codes: np.ndarray,
     alpha: np.ndarray,
     text: np.ndarray | None,
-    device: torch.device,
+    device: torch.device | str,
+    padding_row: bool = False,
 ) -> ItemFeatures:
     """ItemFeatures of M items as serving writes them: their first `budget` levels of
-    each codebook, weighted by the router's gate of their alpha (M,) (`Router.code_weights`:
-    2 * alpha for CF levels, 2 * (1 - alpha) for semantic ones); ids (M,) (0 = none)."""
-    levels = np.arange(budget)[None, :]
-    cf_tok = layout.code_token(CF, levels, np.asarray(cf_codes)[:, :budget])
-    sem_tok = layout.code_token(SEM, levels, np.asarray(sem_codes)[:, :budget])
-    alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float32), device=device)[:, None]
-    ones = torch.ones(1, budget, device=device)
-    return ItemFeatures(
-        ids=torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device),
-        cf_tokens=torch.as_tensor(cf_tok, device=device),
-        sem_tokens=torch.as_tensor(sem_tok, device=device),
-        cf_weight=2.0 * alpha_t * ones,
-        sem_weight=2.0 * (1.0 - alpha_t) * ones,
-        text=None if text is None else torch.as_tensor(text, dtype=torch.float32, device=device),
+    each codebook, weighted by the router's gate at their alpha (M,); ids (M,) (0 = none).
+    padding_row: row 0 is a catalogue's padding row."""
+    features = ItemFeatures.from_codes(
+        layout, budget, ids, cf_codes, sem_codes, text, device, padding_row
     )
+    alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float32), device=features.ids.device)
+    return features.weighted(router.code_weights(alpha_t))
 
 
 @dataclass
@@ -154,7 +148,15 @@ class ColdStart:
         text = sem_embeddings if self.generator.config.text_dim else None
         alpha_np = alpha.float().cpu().numpy()
         features = served_item_features(
-            self.layout, self.budget, np.zeros(n), cf_codes, sem_codes, alpha_np, text, gen_device
+            self.router,
+            self.layout,
+            self.budget,
+            np.zeros(n),
+            cf_codes,
+            sem_codes,
+            alpha_np,
+            text,
+            gen_device,
         )
         vectors = self.generator.item_vectors(features).float().cpu().numpy()
         return NewItemCodes(

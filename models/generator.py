@@ -35,12 +35,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
 from models.prefix_index import PathTables
+from models.tokens import CF, PAD, SEM, TokenLayout
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,40 @@ class ItemFeatures(NamedTuple):
     cf_weight: torch.Tensor | None = None
     sem_weight: torch.Tensor | None = None
     text: torch.Tensor | None = None
+
+    @classmethod
+    def from_codes(
+        cls,
+        layout: TokenLayout,
+        levels: int,
+        ids: np.ndarray,
+        cf_codes: np.ndarray,
+        sem_codes: np.ndarray,
+        text: np.ndarray | None = None,
+        device: torch.device | str = "cpu",
+        padding_row: bool = False,
+    ) -> ItemFeatures:
+        """Features of M items from their (M, >= levels) codes of each codebook, without
+        weights. padding_row: row 0 is a catalogue's padding (PAD tokens, zero text)."""
+        level = np.arange(levels)[None, :]
+        cf_tok = layout.code_token(CF, level, np.asarray(cf_codes)[:, :levels])
+        sem_tok = layout.code_token(SEM, level, np.asarray(sem_codes)[:, :levels])
+        if text is not None:
+            text = np.array(text, dtype=np.float32)
+        if padding_row:
+            cf_tok[0] = sem_tok[0] = PAD
+            if text is not None:
+                text[0] = 0.0
+        return cls(
+            ids=torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device),
+            cf_tokens=torch.as_tensor(cf_tok, device=device),
+            sem_tokens=torch.as_tensor(sem_tok, device=device),
+            text=None if text is None else torch.as_tensor(text, device=device),
+        )
+
+    def weighted(self, weights: tuple[torch.Tensor, torch.Tensor]) -> ItemFeatures:
+        """The same features with (cf_weight, sem_weight), e.g. `Router.code_weights`."""
+        return self._replace(cf_weight=weights[0], sem_weight=weights[1])
 
     def to(self, device: torch.device | str) -> ItemFeatures:
         return ItemFeatures(*(None if x is None else x.to(device) for x in self))

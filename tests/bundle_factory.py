@@ -111,7 +111,7 @@ def tiny_contents(
     text = sem_x.numpy()
     text[0] = 0.0
     features = served_item_features(
-        layout, budget, ids, cf_codes, sem_codes, alpha, text, torch.device("cpu")
+        router, layout, budget, ids, cf_codes, sem_codes, alpha, text, "cpu", padding_row=True
     )
     with torch.no_grad():
         item_vectors = generator.item_vectors(features).numpy()

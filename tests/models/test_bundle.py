@@ -132,7 +132,15 @@ def test_loaded_bundle_tokenizes_a_new_item(bundle_dir, contents):
     np.testing.assert_array_equal(codes.cf_codes, b.cf_codes[codes.neighbours])
     np.testing.assert_array_equal(codes.n_cf, [0, 0])  # cold_alpha: all semantic at L = 3
     features = served_item_features(
-        b.layout, b.budget, np.zeros(2), codes.cf_codes, codes.sem_codes, codes.alpha, text, "cpu"
+        b.router,
+        b.layout,
+        b.budget,
+        np.zeros(2),
+        codes.cf_codes,
+        codes.sem_codes,
+        codes.alpha,
+        text,
+        "cpu",
     )
     with torch.no_grad():
         want = b.generator.item_vectors(features).numpy()

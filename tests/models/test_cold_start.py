@@ -133,6 +133,7 @@ def test_tokenize_a_cold_item():
     assert (LAYOUT.describe(out.prefixes)["codebook"] == SEM).all()
     # Vectors: the generator's item vectors of the served features, without an id.
     features = served_item_features(
+        cold.router,
         LAYOUT,
         LEVELS,
         np.zeros(5, np.int64),
@@ -171,7 +172,8 @@ def test_served_item_features_use_the_router_gate():
     rng = np.random.default_rng(4)
     cf, sem = rng.integers(0, K, size=(4, 4)), rng.integers(0, K, size=(4, 4))  # L_max = 4
     alpha = np.array([0.0, 0.25, 0.5, 1.0])
-    f = served_item_features(LAYOUT, 3, np.array([0, 5, 0, 7]), cf, sem, alpha, None, "cpu")
+    router = Router(RouterConfig(budget=3))
+    f = served_item_features(router, LAYOUT, 3, np.array([0, 5, 0, 7]), cf, sem, alpha, None, "cpu")
     assert f.ids.tolist() == [0, 5, 0, 7] and f.text is None
     assert f.cf_tokens.shape == f.sem_tokens.shape == (4, 3)  # the first L levels only
     levels = np.arange(3)[None]
@@ -180,10 +182,9 @@ def test_served_item_features_use_the_router_gate():
     # Router.code_weights: 2 * alpha on every CF level, 2 * (1 - alpha) on every SEM level.
     assert f.cf_weight.tolist() == [[0.0] * 3, [0.5] * 3, [1.0] * 3, [2.0] * 3]
     assert f.sem_weight.tolist() == [[2.0] * 3, [1.5] * 3, [1.0] * 3, [0.0] * 3]
-    router = Router(RouterConfig(budget=3))
     want_cf, want_sem = router.code_weights(torch.as_tensor(alpha, dtype=torch.float32))
     torch.testing.assert_close(f.cf_weight, want_cf)
     torch.testing.assert_close(f.sem_weight, want_sem)
     text = rng.normal(size=(4, 5))
-    f = served_item_features(LAYOUT, 3, np.zeros(4), cf, sem, alpha, text, "cpu")
+    f = served_item_features(router, LAYOUT, 3, np.zeros(4), cf, sem, alpha, text, "cpu")
     assert f.text.dtype == torch.float32 and f.ids.dtype == torch.int64

@@ -10,6 +10,7 @@ from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.cold_start import served_item_features
 from models.generator import Generator, GeneratorConfig, ItemFeatures
 from models.prefix_index import build_path_tables, build_prefix_index
+from models.router import Router, RouterConfig
 from models.tokens import PAD, TokenLayout, item_tokens
 
 L = 3
@@ -31,8 +32,9 @@ def catalogue(seed: int = 0, n_items: int = N_ITEMS):
     text = rng.standard_normal((rows, TEXT_DIM)).astype(np.float32)
     cf[0] = sem[0] = n_cf[0] = 0
     text[0] = 0.0
+    router = Router(RouterConfig(budget=L))
     features = served_item_features(
-        LAYOUT, L, np.arange(rows), cf, sem, alpha, text, torch.device("cpu")
+        router, LAYOUT, L, np.arange(rows), cf, sem, alpha, text, torch.device("cpu")
     )
     # Row 0 is padding: no id, PAD tokens, zero text.
     features = features._replace(

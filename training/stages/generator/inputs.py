@@ -27,7 +27,7 @@ import torch
 from models.cold_start import aligned_cf_vectors, build_imputation_index, nearest_warm
 from models.dual_tokenizer import DualTokenizer
 from models.generator import ItemFeatures
-from models.tokens import CF, SEM, TokenLayout, code_sequences, item_tokens, max_dedup_needed
+from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_needed
 from training.data.preprocess import ProcessedDataset
 
 
@@ -108,16 +108,16 @@ class ItemInputs:
 
     def features(self, device: torch.device | str = "cpu") -> ItemFeatures:
         """ItemFeatures (no weights: the router sets them) of every row, on `device`."""
-        levels = np.arange(self.budget)[None, :]
-        cf_tok = self.layout.code_token(CF, levels, self.cf_codes[:, : self.budget])
-        sem_tok = self.layout.code_token(SEM, levels, self.sem_codes[:, : self.budget])
-        cf_tok[0] = sem_tok[0] = 0
-        return ItemFeatures(
-            ids=torch.as_tensor(self.ids()),
-            cf_tokens=torch.as_tensor(cf_tok),
-            sem_tokens=torch.as_tensor(sem_tok),
-            text=None if self.text is None else torch.as_tensor(self.text, dtype=torch.float32),
-        ).to(device)
+        return ItemFeatures.from_codes(
+            self.layout,
+            self.budget,
+            self.ids(),
+            self.cf_codes,
+            self.sem_codes,
+            self.text,
+            device,
+            padding_row=True,
+        )
 
     def item_tokens(self, n_cf: np.ndarray) -> np.ndarray:
         """(N + 1,) router split -> (N + 1, L + 1) int64 served tokens (row 0 zeros),

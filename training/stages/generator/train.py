@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 from models.decoding import Catalogue, DecodingConfig
-from models.generator import Generator, GeneratorConfig, ItemFeatures
+from models.generator import Generator, GeneratorConfig
 from models.prefix_index import DeviceIndex, PathTables, build_path_tables, build_prefix_index
 from models.router import Router, RouterConfig, popularity_bands
-from models.tokens import TokenLayout
 from training.data.preprocess import EvalSet, ProcessedDataset
 from training.device import seed_everything
 from training.distributed import DistContext, broadcast_module, broadcast_object, single_process
@@ -106,10 +105,6 @@ class GeneratorResult:
     curve: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
-    @property
-    def token_layout(self) -> TokenLayout:
-        return self.inputs.layout
-
     def served(self, device: torch.device) -> ServedModel:
         return served_model(
             self.generator, self.router, self.inputs, self.layout, self.decoding, device
@@ -123,14 +118,6 @@ def hard_layout(router: Router, inputs: ItemInputs, device: torch.device) -> Lay
     return Layout(alpha.float().cpu().numpy(), n_cf, inputs.item_tokens(n_cf))
 
 
-def served_features(
-    router: Router, inputs: ItemInputs, alpha: np.ndarray, device: torch.device
-) -> ItemFeatures:
-    """Item features with the router's gate at each item's alpha, as serving writes them."""
-    cf_weight, sem_weight = router.code_weights(torch.as_tensor(alpha, device=device).float())
-    return inputs.features(device)._replace(cf_weight=cf_weight, sem_weight=sem_weight)
-
-
 def served_model(
     generator: Generator,
     router: Router,
@@ -140,7 +127,10 @@ def served_model(
     device: torch.device,
 ) -> ServedModel:
     with torch.no_grad():
-        vectors = generator.item_vectors(served_features(router, inputs, layout.alpha, device))
+        features = inputs.features(device).weighted(
+            router.code_weights(torch.as_tensor(layout.alpha, device=device))
+        )
+        vectors = generator.item_vectors(features)
     catalogue = Catalogue(
         item_vectors=vectors,
         item_tokens=torch.as_tensor(layout.item_tokens, device=device),
@@ -185,8 +175,7 @@ class GeneratorStep(torch.nn.Module):
             ).float()
             counts = counts * keep  # a dropped item gets the split of a new item
         alpha = self.router(counts)
-        cf_weight, sem_weight = self.router.code_weights(alpha)
-        features = self.features._replace(cf_weight=cf_weight, sem_weight=sem_weight)
+        features = self.features.weighted(self.router.code_weights(alpha))
         losses = self.generator(seq, targets, features, self.paths, keep)
         total = losses["dense"] + self.config.generative_weight * losses["generative"]
         full_alpha = alpha if keep is None else self.router(self.counts)
