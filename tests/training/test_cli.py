@@ -19,7 +19,7 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
             "benchmark",
             *SMALL,
             "--models",
-            "pop,sasrec,content-knn",
+            "pop,sasrec,content-knn,sasrec-content",
             "--seeds",
             "2",
             "--cold-fraction",
@@ -38,7 +38,7 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     assert results["command"].startswith("flexcode benchmark")
-    assert set(results["models"]) == {"pop", "sasrec", "content-knn"}
+    assert set(results["models"]) == {"pop", "sasrec", "content-knn", "sasrec-content"}
     for groups in results["models"].values():
         assert set(groups) == {"all", "head", "tail", "cold"}
         for metrics in groups.values():
@@ -49,10 +49,14 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     # Text similarity reaches held-out items; an ID model never can.
     assert results["models"]["content-knn"]["cold"]["recall@10"]["mean"] > 0
     assert results["models"]["sasrec"]["cold"]["recall@10"]["mean"] == 0
+    # The id + content SASRec trains and is measured on the same users (its text path is
+    # checked in tests/models/test_sasrec.py).
+    content = results["per_seed"]["sasrec-content"][0]
+    assert all(np.isfinite(v) for g in ("all", "cold") for v in content[g].values())
     markdown = (out / "results.md").read_text()
     assert markdown.count("| pop |") == 4 + 4  # 4 group tables + 4 comparison rows
     # Every model is compared with sasrec on the same test users (paired bootstrap).
-    assert set(results["comparisons"]) == {"pop", "content-knn"}
+    assert set(results["comparisons"]) == {"pop", "content-knn", "sasrec-content"}
     cell = results["comparisons"]["pop"]["all"]
     assert cell["ci_low"] <= cell["diff"] <= cell["ci_high"]
     assert results["comparisons"]["pop"]["baseline"] == "sasrec"
