@@ -511,9 +511,8 @@ def train_pipeline_cmd(
     --nproc_per_node=N -m training.cli train pipeline ...`) stages A and D train on every
     process (DDP: NCCL on GPUs, gloo on CPU); stages B, C and the export run on rank 0."""
     from models.bundle import BundleError
-    from training.distributed import barrier, cleanup
-    from training.export import export_bundle
-    from training.pipeline import run_generator_stage
+    from training.distributed import cleanup
+    from training.pipeline import run_pipeline
     from training.stages.generator import GeneratorTrainConfig
     from training.stages.sasrec import SASRecTrainConfig
     from training.stages.tokenizer import TokenizerTrainConfig
@@ -526,20 +525,18 @@ def train_pipeline_cmd(
     try:
         ds = _load_ranked(ctx, dist_ctx)
         torch_device = dist_ctx.device
-        run_generator_stage(
+        path = run_pipeline(
             ds,
             run_dir,
+            bundle_root,
             torch_device,
             variant,
             GeneratorTrainConfig(seed=seed, max_epochs=generator_max_epochs),
             tokenizer_train_config=TokenizerTrainConfig(epochs=tokenizer_epochs, seed=seed),
-            cache_dir=cache_dir,
             sasrec_train_config=SASRecTrainConfig(max_epochs=sasrec_max_epochs, seed=seed),
+            cache_dir=cache_dir,
             distributed=dist_ctx,
         )
-        if dist_ctx.is_main:
-            path = export_bundle(run_dir, bundle_root, torch_device)
-        barrier(dist_ctx)
     except (ValueError, FileNotFoundError, BundleError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
@@ -593,14 +590,11 @@ def serve(
     if not has_bundle and train_if_missing:
         from training.data import PreprocessConfig, load_dataset
         from training.device import resolve_device
-        from training.export import export_bundle
-        from training.pipeline import run_generator_stage
+        from training.pipeline import run_pipeline
 
         typer.echo(f"no bundle at {bundle_path}: training one on ml-100k into {run_dir}")
         device = resolve_device(settings.device)
-        ds = load_dataset("ml-100k", PreprocessConfig())
-        run_generator_stage(ds, run_dir, device)
-        export_bundle(run_dir, bundle_path, device)
+        run_pipeline(load_dataset("ml-100k", PreprocessConfig()), run_dir, bundle_path, device)
     serve_http(settings, host=host, port=port)
 
 

@@ -3,8 +3,9 @@
     data -> A: SASRec (CF embeddings) -> B: text encoder (semantic embeddings)
          -> C: dual tokenizer (codes) -> D: router + generator -> export (bundle)
 
-Each `ensure_*` reuses what an earlier run left in the run directory (or the cache) and
-computes only what is missing, so a pipeline run is resumable stage by stage.
+`run_pipeline` at the bottom is the whole way, top to bottom. Each stage reuses what an
+earlier run left in the run directory (or the cache) and computes only what is missing,
+so a pipeline run is resumable stage by stage.
 
 Under torchrun (a `training.distributed.DistContext` passed as `distributed`), stages A
 and D train on every rank (DDP); stages B and C are small and run on rank 0 alone. Rank 0
@@ -277,3 +278,39 @@ def _test_and_save(
         results["generative"].metrics["all"]["ndcg@10"],
     )
     return test
+
+
+def run_pipeline(
+    dataset: ProcessedDataset,
+    run_dir: Path,
+    bundle_root: Path,
+    device: torch.device,
+    variant: str = SHIPPED,
+    train_config: GeneratorTrainConfig | None = None,
+    tokenizer_train_config: TokenizerTrainConfig | None = None,
+    sasrec_train_config: SASRecTrainConfig | None = None,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    distributed: DistContext | None = None,
+) -> Path | None:
+    """A -> B -> C -> D -> export: data to a verified serving bundle under bundle_root.
+
+    Stages A-C run inside `run_generator_stage` when the run directory lacks them, D
+    trains the variant and measures it on the test split, and rank 0 exports the bundle.
+    Returns the bundle directory (None on ranks other than 0)."""
+    from training.export import export_bundle  # the bundle writer: only the last step
+
+    dist_ctx = distributed or single_process(device)
+    run_generator_stage(
+        dataset,
+        run_dir,
+        device,
+        variant,
+        train_config,
+        tokenizer_train_config=tokenizer_train_config,
+        cache_dir=cache_dir,
+        sasrec_train_config=sasrec_train_config,
+        distributed=dist_ctx,
+    )
+    path = export_bundle(run_dir, bundle_root, device) if dist_ctx.is_main else None
+    barrier(dist_ctx)
+    return path
