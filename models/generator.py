@@ -172,7 +172,7 @@ class Generator(nn.Module):
         seq: torch.Tensor,
         targets: torch.Tensor,
         features: ItemFeatures,
-        paths: PathTables,
+        paths: PathTables | None,
         id_keep: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Next-item losses at every history position.
@@ -182,7 +182,8 @@ class Generator(nn.Module):
         PathTables of every row's served tokens (the current layout).
         Returns SUMMED losses over the n target positions (the trainer divides by a
         constant, so every target weighs the same): {"dense": cross-entropy of the dense
-        head, "generative": -log P_gen(target) under the restricted softmax}.
+        head, "generative": -log P_gen(target) under the restricted softmax, absent when
+        paths is None (a model trained without its generative head)}.
         """
         table = self.item_vectors(features, id_keep)  # (R, C)
         states = self.encode(table[seq], seq != 0)  # (B, T, C)
@@ -190,8 +191,10 @@ class Generator(nn.Module):
         state, target = states[has_target], targets[has_target]  # (n, C), (n,)
         logits = state @ table.T  # (n, R)
         logits[:, 0] = float("-inf")
-        dense = F.cross_entropy(logits.float(), target, reduction="sum")
-        return {"dense": dense, "generative": -self.path_log_probs(state, target, paths).sum()}
+        losses = {"dense": F.cross_entropy(logits.float(), target, reduction="sum")}
+        if paths is not None:
+            losses["generative"] = -self.path_log_probs(state, target, paths).sum()
+        return losses
 
     def path_log_probs(
         self, state: torch.Tensor, rows: torch.Tensor, paths: PathTables

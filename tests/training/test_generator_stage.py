@@ -269,3 +269,19 @@ def test_a_new_item_is_recommended_where_it_is_the_right_answer():
     other = torch.tensor([[23, 24, 25]])
     rows, _ = recommend_top_k(result.generator, other, table.catalogue(), 5, served.decoding, other)
     assert row not in rows[0].tolist()
+
+
+@pytest.mark.slow
+def test_dense_only_ablation_trains_and_reports_one_head(synthetic):
+    warm = synthetic.train_counts() > 0
+    tokenizer, codes = tiny_tokenizer(synthetic.n_items, warm)
+    inputs = build_item_inputs(synthetic, tokenizer, codes, 3)
+    config = GeneratorTrainConfig(
+        max_epochs=1, eval_users=40, generative_weight=0.0, dense_weights=(1.0,)
+    )
+    result = train_generator(
+        synthetic, inputs, RouterConfig(budget=3), small_config(), config, CPU, False
+    )
+    assert not result.generative and result.decoding.dense_weight == 1.0
+    results, diagnostics = report_on_test_split(result, synthetic, CPU)
+    assert set(results) == {""} and diagnostics["served"]["short_lists"] == 0.0

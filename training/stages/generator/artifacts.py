@@ -75,6 +75,7 @@ def save_generator(
         "stopped_early": result.stopped_early,
         "curve": result.curve,
         "train_seconds": result.seconds,
+        "generative": result.generative,
         **(extra or {}),
     }
     (out_dir / "generator.json").write_text(json.dumps(meta, indent=2))
@@ -112,4 +113,5 @@ def load_generator(out_dir: Path, device: torch.device) -> GeneratorResult:
         stopped_early=meta.get("stopped_early", True),
         curve=meta["curve"],
         seconds=meta.get("train_seconds", 0.0),
+        generative=meta.get("generative", True),
     )

@@ -58,6 +58,8 @@ def train_variant(
             f"`flexcode train tokenizer --run-dir {pipeline_dir}` first"
         )
     train_config = train_config or GeneratorTrainConfig()
+    if not spec.generative:
+        train_config = replace(train_config, generative_weight=0.0, dense_weights=(1.0,))
     tokenizer, codes = load_tokenizer(tokenizer_dir, device)
     levels = int(np.asarray(codes["sem_codes"]).shape[1])
     budget = min(spec.budget, levels)
@@ -108,6 +110,10 @@ def report_on_test_split(
     served = result.served(device)
     test, groups = dataset.test(), dataset.item_groups()
     w = served.decoding.dense_weight
+    if not result.generative:  # the dense-only ablation: one head to report
+        found = evaluate_served(served, test, groups, (1.0,), desc="test")
+        diagnostics = {"dense_weight": w, "served": found.diagnostics[1.0]}
+        return {"": found.results[1.0]}, diagnostics
     weights = tuple(sorted({w, 0.0, 1.0}))
     found = evaluate_served(served, test, groups, weights, desc="test")
     results = {"": found.results[w], "dense": found.results[1.0], "generative": found.results[0.0]}

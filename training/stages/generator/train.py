@@ -104,6 +104,7 @@ class GeneratorResult:
     stopped_early: bool = True
     curve: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    generative: bool = True  # False: trained without the generative head (an ablation)
 
     def served(self, device: torch.device) -> ServedModel:
         return served_model(
@@ -176,8 +177,11 @@ class GeneratorStep(torch.nn.Module):
             counts = counts * keep  # a dropped item gets the split of a new item
         alpha = self.router(counts)
         features = self.features.weighted(self.router.code_weights(alpha))
-        losses = self.generator(seq, targets, features, self.paths, keep)
-        total = losses["dense"] + self.config.generative_weight * losses["generative"]
+        generative = self.config.generative_weight > 0
+        losses = self.generator(seq, targets, features, self.paths if generative else None, keep)
+        total = losses["dense"]
+        if generative:
+            total = total + self.config.generative_weight * losses["generative"]
         full_alpha = alpha if keep is None else self.router(self.counts)
         return total, self.router.load_balance(full_alpha[1:], self.bands[1:])
 
@@ -296,4 +300,5 @@ def train_generator(
         stopped_early=run.stopped_early,
         curve=run.curve,
         seconds=run.seconds,
+        generative=train_config.generative_weight > 0,
     )

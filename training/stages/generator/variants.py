@@ -20,6 +20,7 @@ class Variant:
     fixed_alpha: float | None = None  # None = learned router; 0.5 fix, 0 sid-only, 1 cf-only
     tokenizer_dir: str = "tokenizer"  # "tokenizer-no-align": the lambda_CCA = 0 twin
     budget: int = 3  # L code tokens per item (+1 dedup): GRID's best shape is 3 levels
+    generative: bool = True  # False: no generative head in the loss or the score
 
 
 VARIANTS: dict[str, Variant] = {
@@ -29,6 +30,8 @@ VARIANTS: dict[str, Variant] = {
     "sid-only": Variant(fixed_alpha=0.0),
     "cf-only": Variant(fixed_alpha=1.0),
     "no-align": Variant(tokenizer_dir="tokenizer-no-align"),
+    # Is generation decoration? The same model trained and served without it.
+    "dense-only": Variant(generative=False),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
