@@ -51,7 +51,7 @@ VariantOpt = Annotated[
     str,
     typer.Option(
         help="flexcode (what ships), or an ablation: full, fix, sid-only, cf-only, no-align, "
-        "full-L2, full-L4, full-L5"
+        "dense-only, full-L2, full-L4, full-L5"
     ),
 ]
 
