@@ -222,6 +222,33 @@ def compare(
     return out
 
 
+def compare_runs(run_a: Path, row_a: str, run_b: Path, row_b: str) -> dict:
+    """Row A of one benchmark output directory against row B of another: the paired
+    bootstrap of per-user NDCG@10 over all test users, seeds paired by index. For a
+    baseline trained in its own run (another configuration of the same model, say); the
+    two runs must have evaluated the same dataset split."""
+    found = []
+    for run, row in ((run_a, row_a), (run_b, row_b)):
+        results = json.loads((Path(run) / "results.json").read_text())
+        with np.load(Path(run) / "ranks.npz") as ranks:
+            key = row.replace("/", "__")
+            if key not in ranks:
+                raise ValueError(f"{run}/ranks.npz has no row {row!r}; it has {sorted(ranks)}")
+            found.append((results, ranks[key]))
+    (results_a, ranks_a), (results_b, ranks_b) = found
+    for field in ("dataset_summary", "test_users"):
+        if results_a.get(field) != results_b.get(field):
+            raise ValueError(f"the two runs evaluated different data ({field} differs)")
+    seeds = min(len(ranks_a), len(ranks_b))
+    a, b = per_user_ndcg(ranks_a[:seeds]), per_user_ndcg(ranks_b[:seeds])
+    return {
+        "a": {"run": str(run_a), "row": row_a, "ndcg@10": float(a.mean())},
+        "b": {"run": str(run_b), "row": row_b, "ndcg@10": float(b.mean())},
+        "seeds": seeds,
+        "all": paired_bootstrap(a, b),
+    }
+
+
 def aggregate(runs: list[dict[str, dict[str, float]]]) -> dict:
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for group in GROUP_KEYS:

@@ -307,6 +307,9 @@ def benchmark(
     save_models: Annotated[bool, typer.Option(help="keep trained models under OUT")] = False,
     sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 300,
     sasrec_max_len: Annotated[int, typer.Option(help="SASRec history window")] = 100,
+    sasrec_dropout: Annotated[
+        float | None, typer.Option(help="SASRec dropout (default: SASRecConfig's)")
+    ] = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="a `train tokenizer` run, needed by the FlexCode variants")
     ] = None,
@@ -345,7 +348,10 @@ def benchmark(
     context = RunContext(
         device=resolve_device(device),
         sasrec=SASRecTrainConfig(max_epochs=sasrec_max_epochs),
-        sasrec_model={"max_len": sasrec_max_len},
+        # Only the settings given: a cell's key hashes this dict, so unchanged defaults
+        # keep earlier runs' cells reusable.
+        sasrec_model={"max_len": sasrec_max_len}
+        | ({} if sasrec_dropout is None else {"dropout": sasrec_dropout}),
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
         generator=GeneratorTrainConfig(eval_users=generator_eval_users or None),
@@ -544,6 +550,31 @@ def train_pipeline_cmd(
         cleanup(dist_ctx)
     if path is not None:
         typer.echo(f"bundle: {path}")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="a `flexcode benchmark` output directory")],
+    row_a: Annotated[str, typer.Argument(help="a model row of RUN_A, e.g. flexcode")],
+    run_b: Annotated[Path, typer.Argument(help="another output directory, same dataset")],
+    row_b: Annotated[str, typer.Argument(help="a model row of RUN_B, e.g. sasrec")],
+) -> None:
+    """Paired bootstrap of per-user NDCG@10, ROW_A of RUN_A against ROW_B of RUN_B (for a
+    baseline benchmarked in a run of its own)."""
+    from training.benchmark import compare_runs
+
+    try:
+        found = compare_runs(run_a, row_a, run_b, row_b)
+    except (ValueError, FileNotFoundError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    c = found["all"]
+    typer.echo(
+        f"{row_a} {found['a']['ndcg@10']:.4f} vs {row_b} {found['b']['ndcg@10']:.4f} "
+        f"over {found['seeds']} seeds x {c['users']} users: difference {c['diff']:+.4f}, "
+        f"95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], ratio {c['ratio']:.3f}"
+    )
+    typer.echo(json.dumps(found, indent=2))
 
 
 @app.command()

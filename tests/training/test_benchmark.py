@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 from training.baselines import RunContext
-from training.benchmark import BenchmarkPlan, compare, run_benchmark, write_results
+from training.benchmark import BenchmarkPlan, compare, compare_runs, run_benchmark, write_results
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
 from training.evaluate import MISS
 from training.stages.sasrec import SASRecTrainConfig
@@ -104,3 +105,30 @@ def test_an_interrupted_benchmark_resumes_from_its_cells(tmp_path, monkeypatch):
     other = RunContext(device=torch.device("cpu"), progress=False, sasrec_model={"max_len": 7})
     with pytest.raises(AssertionError, match="trained again"):
         run_benchmark(dataset, plan, other, "test", cells_dir=tmp_path / "cells")
+
+
+def _fake_run(path, rows: dict[str, np.ndarray], summary: dict) -> None:
+    # The two files compare_runs reads, as write_results lays them out.
+    path.mkdir()
+    results = {"dataset_summary": summary, "test_users": {"all": 50}}
+    (path / "results.json").write_text(json.dumps(results))
+    np.savez(path / "ranks.npz", **{k.replace("/", "__"): v for k, v in rows.items()})
+
+
+def test_compare_runs_pairs_users_across_two_output_directories(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 30, size=(2, 50))
+    better = np.maximum(base - 3, 0)  # every user's target ranked 3 places higher
+    summary = {"dataset": "toy", "users": 50}
+    _fake_run(tmp_path / "a", {"flexcode": better, "flexcode/dense": base}, summary)
+    _fake_run(tmp_path / "b", {"sasrec": base}, summary)
+    found = compare_runs(tmp_path / "a", "flexcode", tmp_path / "b", "sasrec")
+    assert found["seeds"] == 2
+    assert found["all"]["ci_low"] > 0
+    same = compare_runs(tmp_path / "a", "flexcode/dense", tmp_path / "b", "sasrec")
+    assert same["all"]["diff"] == 0.0
+    with pytest.raises(ValueError, match="no row"):
+        compare_runs(tmp_path / "a", "sasrec", tmp_path / "b", "sasrec")
+    _fake_run(tmp_path / "c", {"sasrec": base}, {"dataset": "other", "users": 50})
+    with pytest.raises(ValueError, match="different data"):
+        compare_runs(tmp_path / "a", "flexcode", tmp_path / "c", "sasrec")
