@@ -42,3 +42,11 @@ def test_without_a_dense_only_point_the_best_is_shipped():
     ranks = np.array([0, 3, MISS, 12])
     found = _evaluation({0.0: ranks, 0.5: np.array([0, 2, MISS, 12])})
     assert found.chosen_weight() == 0.5
+
+
+def test_the_schedule_follows_the_dense_head_whatever_w_wins():
+    dense = np.array([5, 5, 5, 5])
+    found = _evaluation({0.5: np.array([0, 0, 0, 0]), DENSE_ONLY: dense})
+    assert found.best_weight() == 0.5
+    assert found.schedule_weight() == DENSE_ONLY
+    assert _evaluation({0.0: dense, 0.5: dense - 5}).schedule_weight() == 0.5

@@ -55,6 +55,13 @@ class ServedEvaluation:
         """The w with the highest NDCG@10 (ties: the smaller w, i.e. more generative)."""
         return max(sorted(self.results), key=lambda w: self.results[w].metrics["all"]["ndcg@10"])
 
+    def schedule_weight(self) -> float:
+        """The w whose validation NDCG@10 drives the schedule (learning-rate halving, early
+        stopping, the epoch kept): the dense head alone when the grid has it. One fixed
+        scorer, so which epoch is kept does not depend on which w happened to win it; the
+        maximum over the grid is a noisier target than any one of its points."""
+        return DENSE_ONLY if DENSE_ONLY in self.results else self.best_weight()
+
     def chosen_weight(self) -> float:
         """The w to ship: the best on NDCG@10, unless the dense head alone (w = 1, the
         simpler and cheaper scorer: no decoder pass) is within one standard error of it

@@ -250,7 +250,7 @@ def train_generator(
         )
         current["weight"] = found.chosen_weight()
         current["valid_by_weight"] = {str(w): r.metrics for w, r in found.results.items()}
-        return found.results[current["weight"]].metrics
+        return found.results[found.schedule_weight()].metrics
 
     def snapshot() -> dict:
         # Called on every rank; validation (hence the chosen w) happened on rank 0 only.
