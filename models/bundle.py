@@ -41,7 +41,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,6 +139,8 @@ class BundleManifest:
         for key in ("dataset", "config", "files"):
             if not isinstance(data[key], dict):
                 raise BundleError(f"{MANIFEST}: '{key}' must be an object")
+        for name in data["files"]:
+            _check_file_name(name)
         return cls(
             format_version=int(data["format_version"]),
             version=str(data["version"]),
@@ -147,6 +149,23 @@ class BundleManifest:
             config=dict(data["config"]),
             files={str(k): str(v) for k, v in data["files"].items()},
             metrics=dict(data.get("metrics") or {}),
+        )
+
+
+def _check_file_name(name: object) -> None:
+    """A bundle is input from outside the process: a manifest may only name files inside
+    its own directory (a relative POSIX path, no '..', no drive or backslash)."""
+    path = PurePosixPath(str(name))
+    if (
+        not isinstance(name, str)
+        or not name
+        or path.is_absolute()
+        or ".." in path.parts
+        or "\\" in name
+        or ":" in name
+    ):
+        raise BundleError(
+            f"{MANIFEST}: file name {name!r} points outside the bundle directory; refusing it"
         )
 
 

@@ -239,6 +239,22 @@ def test_damaged_manifest_is_refused(bundle_dir):
         verify_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize(
+    "name", ["../outside.bin", "/etc/passwd", "sub/../../x", "C:\\x", "a\\..\\b", ""]
+)
+def test_manifest_naming_a_file_outside_the_bundle_is_refused(bundle_dir, name):
+    """A bundle is input from outside the process: a file name in its manifest that
+    escapes the bundle directory is refused before any file is opened."""
+    path = bundle_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    data["files"][name] = "0" * 64
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="outside the bundle directory"):
+        verify_bundle(bundle_dir)
+    with pytest.raises(BundleError, match="outside the bundle directory"):
+        load_bundle(bundle_dir, verify=False)
+
+
 def test_latest_resolution(tmp_path, bundle_dir):
     root = bundle_dir.parent
     assert (root / "LATEST").read_text().strip() == bundle_dir.name
