@@ -149,7 +149,7 @@ def test_train_generator_end_to_end(synthetic, tmp_path):
             assert (result.layout.n_cf[1:] == 0).all() and np.allclose(result.layout.alpha, 0.0)
 
         results, diagnostics = report_on_test_split(result, synthetic, CPU, exact=True)
-        assert set(results) == {"", "dense", "generative", "exact"}
+        assert set(results) == {"", "dense", "generative", "exact", "generative-exact"}
         for part in results.values():
             assert part.counts["all"] == len(test.users)
             assert all(np.isfinite(v) for v in part.metrics["all"].values())

@@ -106,6 +106,9 @@ def report_on_test_split(
     ""            the served mixed score at the dense weight chosen on validation
     "dense"       the dense head alone (w = 1), "generative" the generative head alone (w = 0)
     "exact"       the served mixed score over the WHOLE catalogue, no beam search
+    "generative-exact"  the generative head alone over the whole catalogue: against
+                  "generative", what the beam search loses (the served score at w = 1
+                  runs no beam search, so "exact" alone cannot show it)
     Returns (those results, diagnostics: per-w coverage, tail share and short lists)."""
     served = result.served(device)
     test, groups = dataset.test(), dataset.item_groups()
@@ -127,7 +130,8 @@ def report_on_test_split(
         "epochs_run": result.epochs_run,
     }
     if exact:
-        results["exact"] = evaluate_exact(served, test, groups, (w,))[w]
+        by_weight = evaluate_exact(served, test, groups, tuple(sorted({w, 0.0})))
+        results["exact"], results["generative-exact"] = by_weight[w], by_weight[0.0]
     return results, diagnostics
 
 
