@@ -59,6 +59,10 @@ class GeneratorConfig:
     n_heads: int = 2
     dropout: float = 0.2
     ffn: str = "swiglu"  # gated blocks (models.blocks); "gelu" is SASRec's
+    # A learned vector added to every item WITHOUT an id (new items, cold items, training's
+    # id-dropped items): it stands in for the id embedding, which is where warm items'
+    # popularity lives, so id-free items can earn their share of the dense head's mass.
+    new_item_embedding: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "budget", "n_ids", "code_levels", "max_len", "hidden"):
@@ -149,6 +153,7 @@ class Generator(nn.Module):
         self.id_emb = nn.Embedding(config.n_ids, c, padding_idx=0)
         self.token_emb = nn.Embedding(config.vocab_size, c, padding_idx=0)  # input codes
         self.text_proj = nn.Linear(config.text_dim, c, bias=False) if config.text_dim else None
+        self.new_item = nn.Parameter(torch.zeros(c)) if config.new_item_embedding else None
         self.item_pos = nn.Embedding(config.max_len, c)
         blocks = config.block_config()
         self.history_blocks = nn.ModuleList(
@@ -250,6 +255,12 @@ class Generator(nn.Module):
         ids = self.id_emb(features.ids)
         if id_keep is not None:
             ids = ids * id_keep[:, None]
+        if self.new_item is not None:
+            has_id = (features.ids != 0).to(ids.dtype)
+            if id_keep is not None:
+                has_id = has_id * id_keep
+            padding = (features.cf_tokens[:, 0] == PAD).to(ids.dtype)  # stays zero
+            ids = ids + ((1.0 - has_id) * (1.0 - padding))[:, None] * self.new_item
         cf = self.token_emb(features.cf_tokens)  # (R, levels, C)
         sem = self.token_emb(features.sem_tokens)
         if features.cf_weight is not None:

@@ -126,6 +126,24 @@ def test_id_keep_removes_the_id_part():
     torch.testing.assert_close(plain[[2, 5, 7]] - dropped[[2, 5, 7]], gen.id_emb.weight[[2, 5, 7]])
 
 
+def test_new_item_embedding_goes_to_id_free_rows_only():
+    gen = model(new_item_embedding=True)
+    features, _, _, _ = catalogue()
+    with torch.no_grad():
+        gen.new_item.copy_(torch.arange(16, dtype=torch.float32))
+        ids = features.ids.clone()
+        ids[4] = 0  # an item without an id of its own (a new or cold item)
+        keep = torch.ones(N_ITEMS + 1)
+        keep[6] = 0.0  # an item whose id training dropped this step
+        vectors = gen.item_vectors(features._replace(ids=ids), keep)
+        plain = model().item_vectors(features._replace(ids=ids), keep)  # same init, no flag
+    assert torch.equal(vectors[0], torch.zeros(16))  # padding stays zero
+    torch.testing.assert_close(vectors[[4, 6]] - plain[[4, 6]], gen.new_item.expand(2, 16))
+    others = [i for i in range(N_ITEMS + 1) if i not in (4, 6)]
+    torch.testing.assert_close(vectors[others], plain[others])
+    assert model().new_item is None  # off by default: the shipped model has no such vector
+
+
 def test_item_features_helpers():
     features, _, _, _ = catalogue()
     picked = features.rows(torch.tensor([3, 1]))

@@ -67,11 +67,14 @@ def train_variant(
         dataset, tokenizer, codes, budget, text_embeddings, train_config.dedup_slack
     )
     router_config = RouterConfig(budget=budget, fixed_alpha=spec.fixed_alpha)
+    generator_config = generator_config or default_generator_config()
+    if spec.new_item_embedding:
+        generator_config = replace(generator_config, new_item_embedding=True)
     return train_generator(
         dataset,
         inputs,
         router_config,
-        generator_config or default_generator_config(),
+        generator_config,
         train_config,
         device,
         progress=progress,

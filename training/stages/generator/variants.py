@@ -21,6 +21,7 @@ class Variant:
     tokenizer_dir: str = "tokenizer"  # "tokenizer-no-align": the lambda_CCA = 0 twin
     budget: int = 3  # L code tokens per item (+1 dedup): GRID's best shape is 3 levels
     generative: bool = True  # False: no generative head in the loss or the score
+    new_item_embedding: bool = False  # GeneratorConfig.new_item_embedding
 
 
 VARIANTS: dict[str, Variant] = {
@@ -32,6 +33,8 @@ VARIANTS: dict[str, Variant] = {
     "no-align": Variant(tokenizer_dir="tokenizer-no-align"),
     # Is generation decoration? The same model trained and served without it.
     "dense-only": Variant(generative=False),
+    # Candidate for the cold-start gap: a learned vector for items without an id.
+    "new-item-emb": Variant(new_item_embedding=True),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
