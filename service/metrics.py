@@ -31,7 +31,8 @@ class Metrics:
         )
         self.beam_search_duration = Histogram(
             "flexcode_beam_search_duration_seconds",
-            "Time of one batched user-state + constrained beam search call",
+            "Time of one batched decoding call: user state, dense head and (when the bundle's "
+            "dense weight is below 1) constrained beam search",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
