@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The service on the embedded default: if bundles/ holds no bundle yet, train one on
-# MovieLens-100K first (stages A-D + export, about 6 min on 2 CPU cores), then serve it on
+# MovieLens-100K first (stages A-D + export, about 5 min on 2 CPU cores), then serve it on
 # http://127.0.0.1:8000 with an in-process cache and a local journal (no Redis needed).
 run: setup
 	$(BIN)/flexcode serve --train-if-missing

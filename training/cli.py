@@ -604,7 +604,7 @@ def serve(
         bool,
         typer.Option(
             help="when FLEXCODE_BUNDLE_PATH holds no bundle, first train one on MovieLens-100K "
-            "(`train pipeline`, about 6 min on 2 CPU cores) and export it there"
+            "(`train pipeline`, about 5 min on 2 CPU cores) and export it there"
         ),
     ] = False,
     run_dir: Annotated[Path, typer.Option(help="run directory for --train-if-missing")] = Path(
