@@ -18,7 +18,9 @@ def alpha_summary(alpha: np.ndarray, train_counts: np.ndarray, n_cf: np.ndarray)
     enter the correlation (cold items all share one feature vector, hence one alpha)."""
     alpha, counts, n_cf = (np.asarray(x)[1:] for x in (alpha, train_counts, n_cf))
     warm = counts > 0
-    rho = spearmanr(alpha[warm], np.log1p(counts[warm])).statistic if warm.sum() > 2 else None
+    # Undefined (None) for fewer than 3 warm items or a constant side (a fixed alpha).
+    defined = warm.sum() > 2 and np.ptp(alpha[warm]) > 0 and np.ptp(counts[warm]) > 0
+    rho = spearmanr(alpha[warm], np.log1p(counts[warm])).statistic if defined else None
     split = np.bincount(n_cf.astype(np.int64), minlength=int(n_cf.max(initial=0)) + 1)
     return {
         "spearman_alpha_vs_log_count": None if rho is None or np.isnan(rho) else float(rho),

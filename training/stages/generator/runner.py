@@ -94,7 +94,7 @@ def router_report(result: GeneratorResult) -> dict:
     return {
         "spearman_alpha_vs_log_count": summary["spearman_alpha_vs_log_count"],
         "new_item_alpha": new_alpha,
-        "slope": float(result.router.slope) if result.router.learned else 0.0,
+        "slope": float(result.router.slope.detach()) if result.router.learned else 0.0,
         "share_by_n_cf": {
             str(k): float((n_cf == k).mean()) for k in range(result.inputs.budget + 1)
         },
