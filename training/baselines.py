@@ -2,9 +2,9 @@
 
 A runner is `runner(dataset, seed, context)` and returns an EvalResult on the test split,
 or (results, diagnostics) where results maps a sub-row name to an EvalResult ("" is the
-model itself; FlexCode adds "dense", "generative" and "exact") and diagnostics is a dict
-of numbers. The benchmark looks models up by name in MODEL_RUNNERS, so one run compares
-the baselines and every FlexCode variant.
+model itself; FlexCode adds "dense", "generative", "exact" and "generative-exact") and
+diagnostics is a dict of numbers. The benchmark looks models up by name in MODEL_RUNNERS,
+so one run compares the baselines and every FlexCode variant.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ Writes into the output directory:
                    reuses them, so a long benchmark can be interrupted and resumed
 
 A ROW is a model name, or "model/part" for the parts a runner reports beside its own
-figure (FlexCode: "/dense", "/generative", "/exact"). GROUP is all/head/tail/cold and
-METRIC one of recall@5, ndcg@5, recall@10, ndcg@10; a group with no test user has null
-figures. std is the sample standard deviation over seeds (0 for a single seed).
+figure (FlexCode: "/dense", "/generative", "/exact", "/generative-exact"). GROUP is
+all/head/tail/cold and METRIC one of recall@5, ndcg@5, recall@10, ndcg@10; a group with
+no test user has null figures. std is the sample standard deviation over seeds (0 for one seed).
 Comparisons: every row against the baseline model (default sasrec), per-user NDCG@10
 differences on the same test users averaged over seeds, with a bootstrap interval
 (`training.stats.paired_bootstrap`).
@@ -62,6 +62,11 @@ class BenchmarkPlan:
 
 def _row(model: str, part: str) -> str:
     return model if not part else f"{model}/{part}"
+
+
+def _ranks_key(row: str) -> str:
+    """A row's array name in ranks.npz (npz names cannot hold "/")."""
+    return row.replace("/", "__")
 
 
 def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunContext) -> str:
@@ -231,7 +236,7 @@ def compare_runs(run_a: Path, row_a: str, run_b: Path, row_b: str) -> dict:
     for run, row in ((run_a, row_a), (run_b, row_b)):
         results = json.loads((Path(run) / "results.json").read_text())
         with np.load(Path(run) / "ranks.npz") as ranks:
-            key = row.replace("/", "__")
+            key = _ranks_key(row)
             if key not in ranks:
                 raise ValueError(f"{run}/ranks.npz has no row {row!r}; it has {sorted(ranks)}")
             found.append((results, ranks[key]))
@@ -366,5 +371,5 @@ def write_results(
     json_path.write_text(json.dumps(results, indent=2, allow_nan=False))
     md_path.write_text(results_markdown(results))
     if rank_arrays:
-        np.savez(out_dir / "ranks.npz", **{k.replace("/", "__"): v for k, v in rank_arrays.items()})
+        np.savez(out_dir / "ranks.npz", **{_ranks_key(k): v for k, v in rank_arrays.items()})
     return json_path, md_path

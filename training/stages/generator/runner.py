@@ -16,7 +16,7 @@ from training.alpha_report import alpha_summary
 from training.data.preprocess import ProcessedDataset
 from training.distributed import DistContext
 from training.evaluate import EvalResult
-from training.stages.generator.evaluate import evaluate_exact, evaluate_served
+from training.stages.generator.evaluate import DENSE_ONLY, evaluate_exact, evaluate_served
 from training.stages.generator.inputs import build_item_inputs
 from training.stages.generator.train import (
     GeneratorResult,
@@ -59,7 +59,7 @@ def train_variant(
         )
     train_config = train_config or GeneratorTrainConfig()
     if not spec.generative:
-        train_config = replace(train_config, generative_weight=0.0, dense_weights=(1.0,))
+        train_config = replace(train_config, generative_weight=0.0, dense_weights=(DENSE_ONLY,))
     tokenizer, codes = load_tokenizer(tokenizer_dir, device)
     levels = int(np.asarray(codes["sem_codes"]).shape[1])
     budget = min(spec.budget, levels)
@@ -117,16 +117,20 @@ def report_on_test_split(
     test, groups = dataset.test(), dataset.item_groups()
     w = served.decoding.dense_weight
     if not result.generative:  # the dense-only ablation: one head to report
-        found = evaluate_served(served, test, groups, (1.0,), desc="test")
-        diagnostics = {"dense_weight": w, "served": found.diagnostics[1.0]}
-        return {"": found.results[1.0]}, diagnostics
-    weights = tuple(sorted({w, 0.0, 1.0}))
+        found = evaluate_served(served, test, groups, (DENSE_ONLY,), desc="test")
+        diagnostics = {"dense_weight": w, "served": found.diagnostics[DENSE_ONLY]}
+        return {"": found.results[DENSE_ONLY]}, diagnostics
+    weights = tuple(sorted({w, 0.0, DENSE_ONLY}))
     found = evaluate_served(served, test, groups, weights, desc="test")
-    results = {"": found.results[w], "dense": found.results[1.0], "generative": found.results[0.0]}
+    results = {
+        "": found.results[w],
+        "dense": found.results[DENSE_ONLY],
+        "generative": found.results[0.0],
+    }
     diagnostics = {
         "dense_weight": w,
         "served": found.diagnostics[w],
-        "dense": found.diagnostics[1.0],
+        "dense": found.diagnostics[DENSE_ONLY],
         "generative": found.diagnostics[0.0],
         "router": router_report(result),
         "best_epoch": result.best_epoch,
