@@ -4,15 +4,12 @@ handlers through app.state + dependencies, and closed on shutdown."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import Bundle, BundleError, load_bundle
@@ -20,7 +17,9 @@ from service.catalog import CatalogStore, LocalCatalog, RedisCatalog
 from service.engine import Engine, Recommender, TextEncoderLike
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
+from service.openapi import install_openapi
 from service.routes import health, items, recommend
+from service.schemas import ErrorBody
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         default_beam_width=min(
             settings.default_beam_width or bundle.decoding.beam_width, settings.max_beam_width
         ),
+        max_beam_width=settings.max_beam_width,
     )
     metrics.model_info.labels(
         version=bundle.version, device=str(device), backend=settings.backend
@@ -141,7 +141,9 @@ class BodySizeLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body exceeds {self.max_bytes} bytes"}).encode()
+        body = ErrorBody(detail=f"request body exceeds {self.max_bytes} bytes").model_dump_json(
+            exclude_none=True
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -149,7 +151,7 @@ class BodySizeLimitMiddleware:
                 "headers": [(b"content-type", b"application/json")],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body.encode()})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,6 +200,16 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
+# What no single operation can declare: answers for paths and methods it does not have.
+API_DESCRIPTION = """Generative recommendation: top-k next items for a history, and
+cold-start items added while serving.
+
+Every error response has the body `ErrorBody` (`{"detail": "..."}`), including those no
+operation declares: 404 for a path the API does not have, and 405, with an `Allow`
+header, for a method a path does not have. Write routes need `Authorization: Bearer
+<key>` when the service has API keys (always in production)."""
+
+
 def create_app(
     settings: Settings | None = None, *, text_encoder: TextEncoderLike | None = None
 ) -> FastAPI:
@@ -208,6 +220,7 @@ def create_app(
     app = FastAPI(
         title="FlexCode recommendation service",
         version="0.1.0",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -215,29 +228,11 @@ def create_app(
     app.state.engine = None
     app.state.text_encoder_override = text_encoder
     install_error_handlers(app)
-
-    async def validation_error(request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append(f"{where or 'body'}: {err.get('msg')}")
-        return JSONResponse(
-            status_code=422,
-            content={"detail": "; ".join(problems), "errors": jsonable_errors(exc)},
-        )
-
-    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(recommend.router)
     app.include_router(items.router)
     app.include_router(health.router)
     # Outermost last: size limit first, then timing (which then sees the 413s too).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    install_openapi(app, settings)
     return app
-
-
-def jsonable_errors(exc: RequestValidationError) -> list[dict]:
-    out = []
-    for err in exc.errors():
-        out.append({"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))})
-    return out

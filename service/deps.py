@@ -14,7 +14,12 @@ from service.errors import NotReady
 from service.metrics import Metrics
 from service.settings import Settings
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from FLEXCODE_API_KEYS")
+# Declared in OpenAPI on the routes that depend on require_api_key (the write routes).
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from FLEXCODE_API_KEYS, as 'Authorization: Bearer <key>'",
+)
 
 
 def get_settings(request: Request) -> Settings:

@@ -35,7 +35,7 @@ from models.prefix_index import PrefixIndex
 from models.text_encoder import item_description
 from service.batching import MicroBatcher
 from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord
-from service.errors import BadRequest, ItemConflict, NotFound
+from service.errors import ItemConflict, NotFound
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -313,12 +313,14 @@ class Engine:
         batch_max_size: int,
         batch_max_wait_s: float,
         default_beam_width: int,
+        max_beam_width: int,
     ) -> None:
         self.rec = recommender
         self.store = store
         self.text_encoder = text_encoder
         self.metrics = metrics
         self.default_beam_width = default_beam_width
+        self.max_beam_width = max_beam_width
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexcode-infer")
         # Text encoding is read-only on the bundle: its own thread, so /items does not hold
         # up recommendation batches while MiniLM runs.
@@ -388,13 +390,22 @@ class Engine:
         self.metrics.cache_hits.inc(hits)
         self.metrics.cache_misses.inc(len(rows) - hits)
 
+    def auto_beam_width(self, k: int, n_excluded: int) -> int:
+        """The beam width of a request that gives none: the default (the width the bundle
+        was validated with) while k fits in it; for a larger k, k plus one beam per
+        excluded item, up to max_beam_width (never below k). The beam drops excluded
+        items only at its last step (models.beam_search), so a beam of exactly k proposes
+        fewer than k eligible items whenever history items are among the k it keeps."""
+        if k <= self.default_beam_width:
+            return self.default_beam_width
+        return max(k, min(k + n_excluded, self.max_beam_width))
+
     async def recommend(
         self, history: list[str], k: int, exclude_history: bool, beam_width: int | None
     ) -> tuple[RecResult, list[str], str | None]:
-        """(result, unknown history ids, fallback name or None)."""
-        if beam_width is not None and beam_width < k:
-            raise BadRequest(f"beam_width ({beam_width}) must be >= k ({k})")
-        width = beam_width if beam_width is not None else max(self.default_beam_width, k)
+        """(result, unknown history ids, fallback name or None). beam_width: None = the
+        width `auto_beam_width` picks. Any width returns k items when the catalog has k
+        eligible ones: the dense head's candidates hold k of them whatever the beam finds."""
         rows = self.rec.resolve(history)
         self._count_lookups(rows)
         unknown = [h for h, r in zip(history, rows, strict=True) if r < 1]
@@ -402,6 +413,7 @@ class Engine:
         exclude = np.unique(known) if exclude_history else np.zeros(0, dtype=np.int64)
         if len(known) == 0:
             return self.rec.popular_items(k, exclude), unknown, FALLBACK_POPULARITY
+        width = beam_width if beam_width is not None else self.auto_beam_width(k, len(exclude))
         query = RecQuery(known[-self.rec.max_len :], exclude, k, width)
         return await self.batcher.submit(query), unknown, None
 

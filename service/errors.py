@@ -1,13 +1,22 @@
-"""Domain errors and their HTTP mapping (one exception handler for all of them)."""
+"""Domain errors and their HTTP mapping. Every error response, whoever raises it (a
+route, FastAPI's request validation, Starlette's routing, the body size limit), has the
+one body `service.schemas.ErrorBody`; `error_responses` declares them in OpenAPI."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.schemas import ErrorBody, FieldError
 
 
 class ServiceError(Exception):
-    """A refusal the client can act on; `status` is its HTTP status code."""
+    """A refusal the client can act on; `status` is its HTTP status code. `extra` keys
+    must be fields of ErrorBody (a new one is declared there first)."""
 
     status: int = 400
 
@@ -47,12 +56,81 @@ class NotReady(ServiceError):
     status = 503
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return JSONResponse(
-            status_code=exc.status, content={"detail": exc.message, **exc.extra}, headers=headers
-        )
+RETRY_AFTER_S = 1  # what a 503 tells the client to wait before trying again
 
-    app.add_exception_handler(ServiceError, handle)
+
+def error_json(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def validation_body(exc: RequestValidationError) -> ErrorBody:
+    """One line per problem in `detail`, and the same problems as `errors`."""
+    errors, lines = [], []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        msg = str(err.get("msg", ""))
+        errors.append(FieldError(loc=loc, msg=msg))
+        where = ".".join(p for p in loc if p != "body")
+        lines.append(f"{where or 'body'}: {msg}")
+    return ErrorBody(detail="; ".join(lines), errors=errors)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+        return error_json(exc.status, ErrorBody(detail=exc.message, **exc.extra), headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_json(422, validation_body(exc))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's 404 and 405 (with its Allow header) and the 401 of the API key check.
+        assert isinstance(exc, StarletteHTTPException)
+        return error_json(exc.status_code, ErrorBody(detail=str(exc.detail)), exc.headers)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+# --- OpenAPI ------------------------------------------------------------------------------
+
+_DESCRIPTIONS = {
+    400: "The body could not be read (not UTF-8 JSON)",
+    401: "Missing or invalid API key",
+    404: "No such item",
+    409: "Conflict: the id belongs to the bundle, or exists with other content",
+    413: "The request body is larger than FLEXCODE_MAX_BODY_BYTES",
+    422: "A malformed request or an out-of-bounds field; `detail` says which",
+    503: "Not ready yet (the model is loading), or the catalog store is unreachable",
+    507: "No dedup id left for the new item's code prefix",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "Bearer",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status with the ErrorBody model and what it means."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        if status in _HEADERS:
+            entry["headers"] = _HEADERS[status]
+        out[status] = entry
+    return out

@@ -1,34 +1,158 @@
 """Request and response bodies. Static bounds live here; the bounds that come from
-Settings (history length, k, beam width, items per request) are checked by the routes."""
+Settings (history length, k, beam width, items per request) are checked by the routes
+and written into the OpenAPI document by the app factory (`service.openapi`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
 
-ItemId = Field(min_length=1, max_length=256, description="External item id")
+# --- item ids -------------------------------------------------------------------------------
+# The rule every id the service stores or looks up follows. Ids reach GET /items/{item_id}
+# as one percent-encoded path segment, so: no control characters (they have no place in a
+# URL, a log line or a Redis key), no whitespace at either end (invisible, and stripped
+# by many clients), and not "." or ".." (dot segments: HTTP clients remove them from a
+# URL before sending it). The training data's ids all pass: MovieLens ids are digits,
+# Amazon ASINs letters and digits, synthetic ids digits.
+ITEM_ID_MAX_CHARS = 256
+# Written with \u escapes only, so Python's re and ECMA-262 (OpenAPI's regex dialect,
+# which schema validators and generators follow) read the same character sets.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+_SPACE = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+ITEM_ID_PATTERN = f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$"
+DOT_SEGMENTS = (".", "..")
+ITEM_ID_RULE = (
+    f"item ids have 1 to {ITEM_ID_MAX_CHARS} characters, none of them a control character "
+    "(U+0000-U+001F, U+007F-U+009F), neither start nor end with whitespace, and are not "
+    "'.' or '..'"
+)
+_ITEM_ID_RE = re.compile(ITEM_ID_PATTERN)
 
 
-class RecommendRequest(BaseModel):
+def check_item_id(value: str) -> str:
+    if (
+        not 1 <= len(value) <= ITEM_ID_MAX_CHARS
+        or value in DOT_SEGMENTS
+        or _ITEM_ID_RE.fullmatch(value) is None
+    ):
+        raise ValueError(ITEM_ID_RULE)
+    return value
+
+
+ITEM_ID_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": ITEM_ID_MAX_CHARS,
+    "pattern": ITEM_ID_PATTERN,
+    "not": {"enum": list(DOT_SEGMENTS)},
+    "description": f"External item id; {ITEM_ID_RULE}.",
+}
+# One check with one message (pydantic's own length/pattern errors would not say what is
+# allowed); the JSON schema states the same rule for clients and generators.
+ItemId = Annotated[str, AfterValidator(check_item_id), WithJsonSchema(ITEM_ID_SCHEMA)]
+
+
+# --- text -----------------------------------------------------------------------------------
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(value: object) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); such a string is not Unicode text
+    and cannot be encoded, stored or embedded. Refused wherever it appears."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError("text must be valid Unicode: lone surrogates (\\ud800-\\udfff)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_lone_surrogates(key)
+            _refuse_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_lone_surrogates(item)
+
+
+class RequestBody(BaseModel):
+    """A request body: unknown fields refused, lone surrogates refused anywhere in it, and
+    strict types (JSON's own: "10" is not a number, 0 is not false), as the schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        _refuse_lone_surrogates(data)
+        return data
+
+
+def _integral(value: object) -> object:
+    """3.0 -> 3: JSON Schema counts a number with a zero fraction as an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema reads one (3 and 3.0; not "3", not true), in strict models.
+# (Bounds go before the validator: after it, pydantic writes them as "ge", not "minimum".)
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    loc: list[str] = Field(description="Where: 'body', 'path' or 'query', then field names")
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (4xx, 503, 507)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    history: list[str] = Field(
-        default_factory=list,
-        max_length=100_000,
-        description="Item ids the user interacted with, most recent last",
+    detail: str = Field(description="What is wrong, and what to do about it")
+    errors: list[FieldError] | None = Field(
+        None, description="422 for a malformed request: one entry per problem"
     )
-    k: int = Field(10, ge=1, description="Number of items to return")
-    exclude_history: bool = True
-    beam_width: int | None = Field(None, ge=1, description="Beam width (>= k)")
+    item_id: str | None = Field(None, description="409: the id in conflict")
+    item_ids: list[str] | None = Field(None, description="409: the bundle ids in the request")
+    prefix: list[int] | None = Field(None, description="507: the code prefix that is full")
 
-    @field_validator("history")
-    @classmethod
-    def _ids(cls, value: list[str]) -> list[str]:
-        for item_id in value:
-            if not 1 <= len(item_id) <= 256:
-                raise ValueError("every history item id must have 1 to 256 characters")
-        return value
+
+# --- /recommend -----------------------------------------------------------------------------
+
+
+class RecommendRequest(RequestBody):
+    history: list[ItemId] = Field(
+        default_factory=list,
+        description=(
+            "Item ids the user interacted with, most recent last. Optional: an empty or "
+            "absent history, or one with no known id, gets the popularity ranking "
+            '("fallback": "popularity"). Unknown ids are skipped and listed in '
+            "unknown_items."
+        ),
+    )
+    k: PositiveInt = Field(10, description="Number of items to return")
+    exclude_history: bool = Field(True, description="Never return an item of the history")
+    beam_width: PositiveInt | None = Field(
+        None,
+        description=(
+            "How many items the constrained beam search proposes; the dense head proposes "
+            "at least k more, so any width returns k items. Default: the width the bundle "
+            "was validated with, raised to k plus the excluded items when k is larger"
+        ),
+    )
 
 
 class ScoredItem(BaseModel):
@@ -39,44 +163,74 @@ class ScoredItem(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[ScoredItem]
     model_version: str
-    unknown_items: list[str]
+    unknown_items: list[str] = Field(description="History ids neither in the bundle nor added")
     fallback: Literal["popularity"] | None = Field(
         None, description="Set when the history had no known item: a popularity ranking"
     )
 
 
-class ItemCreate(BaseModel):
+# --- /items ---------------------------------------------------------------------------------
+
+# An extra field's value: text, a number, a boolean, null or a list of text. Nested
+# objects are refused: they are not item text.
+_EXTRA_VALUE_RULE = "a field not named here holds text, a number, a boolean, null or a list of text"
+
+
+def _check_extra_value(value: object) -> object:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(_EXTRA_VALUE_RULE)
+
+
+# One check with one message (a pydantic union would report each branch that failed).
+ExtraValue = Annotated[
+    object,
+    PlainValidator(_check_extra_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+                {"type": "array", "items": {"type": "string"}},
+            ],
+            "description": _EXTRA_VALUE_RULE,
+        }
+    ),
+]
+# The six named fields plus 50 others: a bound on all fields, so the schema can state it.
+MAX_ITEM_FIELDS = 56
+
+
+class ItemCreate(RequestBody):
     """A new item: its id, a title and any text fields (categories, brand, year,
-    description, ...). Every field is part of the item's content for idempotency."""
+    description, ...). Every field is part of the item's content for idempotency. At most
+    56 fields in all; a field not named here holds text, a number, a boolean, null or a
+    list of text."""
 
-    model_config = ConfigDict(extra="allow")
+    # Extras are typed: pydantic checks them and the schema's additionalProperties says
+    # exactly what it accepts (nested objects are not item text).
+    model_config = ConfigDict(
+        extra="allow", strict=True, json_schema_extra={"maxProperties": MAX_ITEM_FIELDS}
+    )
+    __pydantic_extra__: dict[str, ExtraValue] = Field(init=False)
 
-    item_id: str = ItemId
+    item_id: ItemId
     title: str = Field(min_length=1, max_length=1000)
-    categories: str | list[str] | None = None
+    categories: str | Annotated[list[str], Field(max_length=100)] | None = None
     brand: str | None = Field(None, max_length=1000)
-    year: int | str | None = None
+    year: JsonInt | str | None = None
     description: str | None = Field(None, max_length=20_000)
 
-    @field_validator("categories")
+    @model_validator(mode="before")
     @classmethod
-    def _categories(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 100:
-            raise ValueError("at most 100 categories")
-        return value
-
-    @model_validator(mode="after")
-    def _extras(self) -> ItemCreate:
-        extra = self.model_extra or {}
-        if len(extra) > 50:
-            raise ValueError("at most 50 extra fields per item")
-        for key, value in extra.items():
-            scalar = value is None or isinstance(value, str | int | float | bool)
-            if not scalar and not (
-                isinstance(value, list) and all(isinstance(v, str) for v in value)
-            ):
-                raise ValueError(f"field {key!r} must be text, a number or a list of text")
-        return self
+    def _field_count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) > MAX_ITEM_FIELDS:
+            raise ValueError(f"an item has at most {MAX_ITEM_FIELDS} fields, named ones included")
+        return data
 
     def content(self) -> dict[str, object]:
         """Every field but the id, extras included; None values dropped."""
@@ -84,10 +238,8 @@ class ItemCreate(BaseModel):
         return {k: v for k, v in data.items() if v is not None}
 
 
-class ItemsCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    items: list[ItemCreate] = Field(min_length=1, max_length=100_000)
+class ItemsCreateRequest(RequestBody):
+    items: list[ItemCreate] = Field(min_length=1, description="Distinct item ids")
     replace: bool = Field(False, description="Replace items whose id exists with other content")
 
 
@@ -107,3 +259,32 @@ class ItemAdded(ItemPublic):
 class ItemsCreateResponse(BaseModel):
     items: list[ItemAdded]
     model_version: str
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class StoreState(BaseModel):
+    mode: str = Field(description="'embedded' (SQLite journal) or 'redis'")
+    up: bool
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded"] = Field(
+        description="'degraded' while the shared Redis is unreachable: recommendations "
+        "still work, additions are refused"
+    )
+    model_version: str
+    device: str
+    backend: str
+    catalog_items: int
+    added_items: int
+    store: StoreState
+
+
+class Starting(BaseModel):
+    status: Literal["starting"]

@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     max_history: int = Field(200, ge=1, le=100_000)
     max_k: int = Field(100, ge=1, le=10_000)
     max_beam_width: int = Field(200, ge=1, le=10_000)
-    # Beam width when a request gives none (raised to k when k is larger); 0 = the width
-    # the bundle was validated with (its decoding config). Excluded items never cost
-    # results: the dense head's candidates hold k eligible items whatever the beam finds.
+    # Beam width when a request gives none; 0 = the width the bundle was validated with
+    # (its decoding config). For a larger k: k plus one per excluded item, up to
+    # max_beam_width (Engine.auto_beam_width). Excluded items never cost results: the
+    # dense head's candidates hold k eligible items whatever the beam finds.
     default_beam_width: int = Field(0, ge=0, le=10_000)
     max_items_per_request: int = Field(256, ge=1, le=100_000)
     max_body_bytes: int = Field(1_048_576, ge=1024)

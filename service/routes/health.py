@@ -2,39 +2,55 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.deps import MetricsDep
+from service.schemas import Health, Readiness, Starting, StoreState
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
     """The process is up and answering (liveness)."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Starting, "description": "The bundle is still loading"}},
+)
+async def readyz(request: Request) -> Readiness | JSONResponse:
     """200 once the bundle is loaded and warm ("degraded" when the shared Redis is down:
     recommendations still work, additions are refused); 503 before that."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
-        return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse(Starting(status="starting").model_dump(), status_code=503)
     store = engine.store
-    body = {
-        "status": "ready" if store.up else "degraded",
-        "model_version": engine.rec.bundle.version,
-        "device": str(engine.rec.device),
-        "backend": engine.rec.backend,
-        "catalog_items": engine.rec.n_items,
-        "added_items": len(engine.rec.added),
-        "store": {"mode": store.mode, "up": store.up},
-    }
-    return JSONResponse(body)
+    return Readiness(
+        status="ready" if store.up else "degraded",
+        model_version=engine.rec.bundle.version,
+        device=str(engine.rec.device),
+        backend=engine.rec.backend,
+        catalog_items=engine.rec.n_items,
+        added_items=len(engine.rec.added),
+        store=StoreState(mode=store.mode, up=store.up),
+    )
 
 
-@router.get("/metrics")
-async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+class PrometheusText(Response):
+    """The Prometheus text format, 0.0.4: what generate_latest writes (names and labels
+    escaped to the classic character set), and what every Prometheus version reads."""
+
+    media_type = CONTENT_TYPE_PLAIN_0_0_4
+
+
+@router.get(
+    "/metrics",
+    response_class=PrometheusText,
+    responses={200: {"content": {PrometheusText.media_type: {"schema": {"type": "string"}}}}},
+)
+async def metrics(metrics: MetricsDep) -> PrometheusText:
+    """Prometheus metrics of this process (the names are listed in the README)."""
+    return PrometheusText(generate_latest(metrics.registry))

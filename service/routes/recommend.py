@@ -3,18 +3,24 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import EngineDep, SettingsDep
-from service.errors import BadRequest
+from service.errors import BadRequest, error_responses
 from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
 
 router = APIRouter(tags=["recommend"])
 
 
-@router.post("/recommend", response_model=RecommendResponse)
+@router.post(
+    "/recommend",
+    response_model=RecommendResponse,
+    responses=error_responses(400, 413, 422, 503),
+)
 async def recommend(
     body: RecommendRequest, engine: EngineDep, settings: SettingsDep
 ) -> RecommendResponse:
     """Top-k next items for a history (most recent last). Unknown ids are skipped and
-    listed; a history with no known item gets the popularity ranking."""
+    listed; a history with no known item (or none at all) gets the popularity ranking."""
+    # The same bounds are in the OpenAPI document (service.openapi); checked here with a
+    # message that names the setting's value.
     if len(body.history) > settings.max_history:
         raise BadRequest(
             f"history has {len(body.history)} items; at most {settings.max_history} are "

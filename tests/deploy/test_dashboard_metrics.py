@@ -1,9 +1,11 @@
 """The Grafana dashboard and the alert rules read only metrics the service exports.
 
 Three layers: the PromQL name extraction itself; every name used in
-deploy/grafana/dashboards/flexcode.json and deploy/prometheus/alerts.yml belongs to the
-service's metric contract (and every contract metric has a panel); and, against a live
-app built on a tiny bundle, every used name appears in GET /metrics.
+deploy/grafana/dashboards/flexcode.json and deploy/prometheus/alerts.yml is, exactly, a
+series of the service's metric contract (and every contract metric has a panel); and,
+against a live app built on a tiny bundle, every used name is, exactly, a series that
+GET /metrics exports. Names are compared whole: a histogram read as `_total`, or a
+counter read without it, is a name Prometheus has no series for.
 """
 
 from __future__ import annotations
@@ -21,22 +23,39 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "flexcode.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 
-# The service's metric families (service/metrics.py), by their exposition base names.
+# The service's metric families (service/metrics.py) and their types.
 CONTRACT = {
-    "flexcode_http_request_duration_seconds",
-    "flexcode_beam_search_duration_seconds",
-    "flexcode_batch_size",
-    "flexcode_cache_hits",
-    "flexcode_cache_misses",
-    "flexcode_items_added",
-    "flexcode_catalog_items",
-    "flexcode_redis_up",
-    "flexcode_model_info",
+    "flexcode_http_request_duration_seconds": "histogram",
+    "flexcode_beam_search_duration_seconds": "histogram",
+    "flexcode_batch_size": "histogram",
+    "flexcode_cache_hits": "counter",
+    "flexcode_cache_misses": "counter",
+    "flexcode_items_added": "counter",
+    "flexcode_catalog_items": "gauge",
+    "flexcode_redis_up": "gauge",
+    "flexcode_model_info": "gauge",
 }
 # Series Prometheus writes itself for every scrape target; the service does not export them.
 PROMETHEUS_SYNTHETIC = {"up"}
 
-_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
+
+def series_names(family: str, kind: str) -> set[str]:
+    """The series a family of this type is queried by, in the Prometheus text format
+    (prometheus_client also exports `<name>_created`; nothing reads it)."""
+    if kind == "histogram":
+        return {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
+    if kind == "summary":
+        return {family, f"{family}_sum", f"{family}_count"}
+    if kind == "counter":
+        return {family if family.endswith("_total") else f"{family}_total"}
+    return {family}
+
+
+# Each queryable series of the contract -> its family.
+CONTRACT_SERIES = {
+    name: family for family, kind in CONTRACT.items() for name in series_names(family, kind)
+}
+
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left"}
 _KEYWORDS |= {"group_right", "bool", "offset", "inf", "nan"}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
@@ -63,14 +82,6 @@ def metric_names(expr: str) -> set[str]:
             continue
         names.add(name)
     return names
-
-
-def base_name(name: str) -> str:
-    """A sample or family name without its histogram/counter suffix."""
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _dashboard_panels(panels: list[dict]) -> Iterator[dict]:
@@ -125,17 +136,23 @@ def test_metric_names(expr, expected):
     assert metric_names(expr) == expected
 
 
+def unknown_names(names: set[str], known: set[str]) -> set[str]:
+    """Names that are, as written, neither a known series nor one Prometheus adds."""
+    return names - known - PROMETHEUS_SYNTHETIC
+
+
 @pytest.mark.parametrize(
-    ("name", "base"),
+    "name",
     [
-        ("flexcode_batch_size_bucket", "flexcode_batch_size"),
-        ("flexcode_http_request_duration_seconds_count", "flexcode_http_request_duration_seconds"),
-        ("flexcode_items_added_total", "flexcode_items_added"),
-        ("flexcode_catalog_items", "flexcode_catalog_items"),
+        "flexcode_batch_size_total",  # a histogram has no _total
+        "flexcode_http_request_duration_seconds",  # nor a bare series
+        "flexcode_cache_hits",  # a counter is read as _total
+        "flexcode_redis_up_total",  # a gauge has no suffix
+        "flexcode_catalog_items_count",
     ],
 )
-def test_base_name(name, base):
-    assert base_name(name) == base
+def test_a_wrong_suffix_is_an_unknown_name(name):
+    assert unknown_names({name}, set(CONTRACT_SERIES)) == {name}
 
 
 # --------------------------------------------------------------------------- contract
@@ -147,13 +164,14 @@ def test_files_have_expressions():
 
 
 def test_dashboard_and_alerts_use_only_contract_metrics():
-    unknown = {n for n in used_names() if base_name(n) not in CONTRACT | PROMETHEUS_SYNTHETIC}
-    assert not unknown, f"not in the service's metric contract: {sorted(unknown)}"
+    unknown = unknown_names(used_names(), set(CONTRACT_SERIES))
+    assert not unknown, f"not a series of the service's metric contract: {sorted(unknown)}"
 
 
 def test_every_contract_metric_has_a_panel():
-    shown = {base_name(n) for e in dashboard_exprs() for n in metric_names(e)}
-    assert shown >= CONTRACT, f"no dashboard panel reads {sorted(CONTRACT - shown)}"
+    names = {n for e in dashboard_exprs() for n in metric_names(e)}
+    shown = {CONTRACT_SERIES[n] for n in names if n in CONTRACT_SERIES}
+    assert shown == set(CONTRACT), f"no dashboard panel reads {sorted(set(CONTRACT) - shown)}"
 
 
 def test_histograms_are_read_through_their_series():
@@ -170,23 +188,30 @@ def test_histograms_are_read_through_their_series():
 # --------------------------------------------------------------------------- live /metrics
 
 
-def exported_families(metrics_text: str) -> set[str]:
-    """Base names of the families a Prometheus text exposition declares (# TYPE lines,
-    present even for a labelled family with no sample yet)."""
-    families = set()
+def exported_series(metrics_text: str) -> set[str]:
+    """The series names a Prometheus text exposition declares, from its # TYPE lines
+    (present even for a labelled family with no sample yet), suffixes as exported."""
+    series = set()
     for line in metrics_text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[:2] == ["#", "TYPE"]:
-            families.add(base_name(parts[2]))
-    return families
+        if len(parts) >= 4 and parts[:2] == ["#", "TYPE"]:
+            series |= series_names(parts[2], parts[3])
+    return series
 
 
-def test_exported_families_parser():
+def test_exported_series_parser():
     text = (
         "# HELP flexcode_cache_hits_total hits\n# TYPE flexcode_cache_hits_total counter\n"
         "flexcode_cache_hits_total 3.0\n# TYPE flexcode_batch_size histogram\n"
+        "# TYPE flexcode_redis_up gauge\n"
     )
-    assert exported_families(text) == {"flexcode_cache_hits", "flexcode_batch_size"}
+    assert exported_series(text) == {
+        "flexcode_cache_hits_total",
+        "flexcode_batch_size_bucket",
+        "flexcode_batch_size_sum",
+        "flexcode_batch_size_count",
+        "flexcode_redis_up",
+    }
 
 
 @pytest.fixture
@@ -221,9 +246,8 @@ def test_live_metrics_export_every_used_name(bundle_root, tmp_path):
     with TestClient(app) as client:
         response = client.get("/metrics")
     assert response.status_code == 200
-    exported = exported_families(response.text)
-    missing = {
-        n for n in used_names() if n not in PROMETHEUS_SYNTHETIC and base_name(n) not in exported
-    }
+    exported = exported_series(response.text)
+    missing = unknown_names(used_names(), exported)
     assert not missing, f"read by the dashboard/alerts but not exported: {sorted(missing)}"
-    assert exported >= CONTRACT, f"contract metrics not exported: {sorted(CONTRACT - exported)}"
+    absent = set(CONTRACT_SERIES) - exported
+    assert not absent, f"contract series not exported: {sorted(absent)}"

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.bundle import write_bundle
 from service.app import create_app
@@ -85,6 +86,17 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClie
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client, app
+
+
+def metric_value(text: str, sample: str, **labels: str) -> float:
+    """The sum of the samples named `sample` in a Prometheus text exposition whose labels
+    include `labels`; 0.0 when there is none (a labelled series not created yet)."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def free_port() -> int:

@@ -11,7 +11,8 @@ import pytest
 
 from models.bundle import resolve_bundle_path
 from service.app import StartupError, create_app
-from tests.service.conftest import running_app
+from service.schemas import ErrorBody
+from tests.service.conftest import metric_value, running_app
 from tests.service.fakes import FakeTextEncoder
 
 pytestmark = pytest.mark.anyio
@@ -45,6 +46,37 @@ async def test_popularity_fallback_and_long_history(make_settings) -> None:
             "/recommend", json={"history": long, "k": 3, "exclude_history": False}
         )
         assert r.status_code == 200 and len(r.json()["items"]) == 3
+        # No history field at all: the popularity ranking, at the default k.
+        r = await client.post("/recommend", json={})
+        assert r.status_code == 200 and r.json()["fallback"] == "popularity"
+        assert len(r.json()["items"]) == 10
+
+
+async def test_large_k_and_long_history_get_k_items(make_settings) -> None:
+    """k above the default beam width (the tiny bundle's 20): the beam is raised to k plus
+    one per excluded history item, up to max_beam_width, and the answer holds k items,
+    none of them from the history."""
+    history = [f"item-{i}" for i in range(1, 40)]  # 39 of the 60 items
+    k = 60 - len(history)  # 21: every item that is not excluded
+    for max_beam_width, expected_width in ((200, k + len(history)), (30, 30)):
+        async with running_app(make_settings(max_beam_width=max_beam_width)) as (client, app):
+            rec = app.state.engine.rec
+            widths, search = [], rec._search
+
+            def recording(queries, width, search=search, widths=widths):
+                widths.append(width)
+                return search(queries, width)
+
+            rec._search = recording
+            r = await client.post("/recommend", json={"history": history, "k": k})
+            assert r.status_code == 200, r.text
+            ids = [it["item_id"] for it in r.json()["items"]]
+            assert len(set(ids)) == k and not set(ids) & set(history)
+            assert widths == [expected_width]
+            # A beam narrower than k: the dense head's candidates still fill k.
+            r = await client.post("/recommend", json={"history": history, "k": k, "beam_width": 1})
+            assert len({it["item_id"] for it in r.json()["items"]}) == k
+            assert widths[-1] == 1
 
 
 async def test_added_items_are_served_and_idempotent(make_settings) -> None:
@@ -114,14 +146,13 @@ async def test_api_key_required_when_configured(make_settings) -> None:
         ("/recommend", {"history": ["item-1"], "k": 101}, "k must be <= 100"),
         ("/recommend", {"history": ["item-1"] * 201}, "at most 200"),
         ("/recommend", {"history": ["item-1"], "beam_width": 201}, "beam_width must be"),
-        ("/recommend", {"history": ["item-1"], "k": 20, "beam_width": 10}, "beam_width (10)"),
         ("/recommend", {"history": "item-1"}, "history"),
         ("/recommend", {"history": [""]}, "1 to 256"),
         ("/recommend", {"history": [], "unknown_field": 1}, "unknown_field"),
         ("/items", {"items": []}, "items"),
         ("/items", {"items": [{"item_id": "a"}]}, "title"),
-        ("/items", {"items": [{"item_id": "a", "title": "t", "x": {"y": 1}}]}, "'x'"),
-        ("/items", {"items": [{"item_id": "a", "title": "t"}] * 2}, "more than once"),
+        ("/items", {"items": [{"item_id": "a", "title": "t", "x": {"y": 1}}]}, "items.0.x"),
+        ("/items", {"items": [{"item_id": "a", "title": t} for t in "tu"]}, "appears twice"),
         ("/items", {"items": [{"item_id": f"a{i}", "title": "t"} for i in range(257)]}, "256"),
     ],
 )
@@ -130,6 +161,7 @@ async def test_bad_input_is_a_4xx_with_a_message(make_settings, path, body, need
         r = await client.post(path, json=body)
         assert 400 <= r.status_code < 500, r.text
         assert needle in r.json()["detail"], r.json()
+        ErrorBody.model_validate(r.json())  # the one error body, as the OpenAPI says
 
 
 async def test_malformed_and_oversized_bodies(make_settings) -> None:
@@ -139,7 +171,7 @@ async def test_malformed_and_oversized_bodies(make_settings) -> None:
         assert r.status_code == 422 and "JSON" in r.json()["detail"]
         big = {"history": ["item-1"] * 100, "pad": "x" * 5000}
         r = await client.post("/recommend", json=big)
-        assert r.status_code == 413 and "2048" in r.json()["detail"]
+        assert r.status_code == 413 and r.json() == {"detail": "request body exceeds 2048 bytes"}
 
         async def chunks():  # no Content-Length: the limit counts what arrives
             for _ in range(10):
@@ -147,7 +179,11 @@ async def test_malformed_and_oversized_bodies(make_settings) -> None:
 
         r = await client.post("/recommend", content=chunks(), headers=headers)
         assert r.status_code == 413
-        assert (await client.get("/nowhere")).status_code == 404
+        r = await client.get("/nowhere")
+        assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+        r = await client.get("/recommend")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert r.json() == {"detail": "Method Not Allowed"}
 
 
 async def test_health_and_metrics(make_settings) -> None:
@@ -158,26 +194,53 @@ async def test_health_and_metrics(make_settings) -> None:
         await client.post("/recommend", json={"history": ["item-1"], "k": 2})
         await client.post("/items", json={"items": [{"item_id": "m-1", "title": "x"}]})
         await client.get("/items/m-1")
-        await client.get("/items/nothing-here")
-        text = (await client.get("/metrics")).text
+        response = await client.get("/metrics")
+        assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = response.text
         for name in (
             "flexcode_http_request_duration_seconds_bucket",
             "flexcode_beam_search_duration_seconds_bucket",
             "flexcode_batch_size_bucket",
-            "flexcode_cache_hits_total",
-            "flexcode_cache_misses_total",
-            "flexcode_items_added_total 1.0",
-            "flexcode_catalog_items 61.0",
-            "flexcode_redis_up 0.0",
         ):
             assert name in text, name
+        assert metric_value(text, "flexcode_items_added_total") == 1
+        assert metric_value(text, "flexcode_catalog_items") == 61
+        assert metric_value(text, "flexcode_redis_up") == 0
         assert re.search(r'flexcode_model_info\{backend="torch",device="cpu",version="tiny-', text)
-        assert (
-            'route="/items/{item_id}",status="404"' in text.replace('method="GET",', "")
-            or 'route="/items/{item_id}"' in text
-        )
         assert 'route="/recommend"' in text
         assert 'route="/metrics"' not in text and 'route="/healthz"' not in text
+
+        # A 404 of GET /items/{item_id} is counted under its route template and status.
+        item_route = {"route": "/items/{item_id}", "method": "GET"}
+        requests = "flexcode_http_request_duration_seconds_count"
+        before_404 = metric_value(text, requests, status="404", **item_route)
+        before_200 = metric_value(text, requests, status="200", **item_route)
+        assert before_200 == 1
+        assert (await client.get("/items/nothing-here")).status_code == 404
+        text = (await client.get("/metrics")).text
+        assert metric_value(text, requests, status="404", **item_route) == before_404 + 1
+        assert metric_value(text, requests, status="200", **item_route) == before_200
+
+
+async def test_cache_metrics_count_lookups(make_settings) -> None:
+    """Every id looked up (history ids, GET /items) is one hit or one miss."""
+    async with running_app(make_settings()) as (client, _):
+        await client.post("/items", json={"items": [{"item_id": "c-1", "title": "x"}]})
+
+        async def counts() -> tuple[float, float]:
+            text = (await client.get("/metrics")).text
+            hits = metric_value(text, "flexcode_cache_hits_total")
+            return hits, metric_value(text, "flexcode_cache_misses_total")
+
+        hits, misses = await counts()
+        history = ["item-1", "nope", "c-1", "item-5", "gone"]
+        r = await client.post("/recommend", json={"history": history, "k": 3})
+        assert r.status_code == 200
+        assert await counts() == (hits + 3, misses + 2)
+        assert (await client.get("/items/c-1")).status_code == 200
+        assert (await client.get("/items/item-2")).status_code == 200
+        assert (await client.get("/items/missing")).status_code == 404
+        assert await counts() == (hits + 5, misses + 3)
 
 
 async def test_concurrent_requests_are_micro_batched(make_settings) -> None:
