@@ -49,10 +49,12 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 COPY deploy/docker/ ./deploy/docker/
 RUN TORCH_VERSION="${TORCH_VERSION}" sh deploy/docker/install-deps.sh "${FLAVOR}"
-# Then the project's three packages, as a regular (non-editable) install.
+# Then the project's three packages and the `flexcode` script that composes their
+# commands, as a regular (non-editable) install.
 COPY models ./models
 COPY training ./training
 COPY service ./service
+COPY flexcode_cli.py ./
 RUN pip install --no-deps . && flexcode --help > /dev/null
 
 # ---------------------------------------------------------------- runtime base

@@ -29,15 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.arrays import int_array
+
 PAD_TOKEN = -1  # token of a padding slot in the device tables
 NO_CHILD = -1  # child of a padding slot; also "no such node" in the decoder
-
-
-def _int_array(x: object, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
 
 
 def _check_items(
@@ -48,8 +43,8 @@ def _check_items(
         raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-    rows = _int_array(item_tokens, "item_tokens")
-    ids = _int_array(item_ids, "item_ids")
+    rows = int_array(item_tokens, "item_tokens")
+    ids = int_array(item_ids, "item_ids")
     if rows.ndim != 2 or rows.shape[1] < 1:
         raise ValueError(f"item_tokens must be (N, L + 1) with L + 1 >= 1, got shape {rows.shape}")
     if depth is not None and rows.shape[1] != depth:
@@ -135,7 +130,7 @@ class PrefixIndex:
         Vectorised walk: edges are sorted by (parent, token), so parent * V + token is a
         sorted key and one searchsorted per depth finds every row's child at once.
         """
-        rows = _int_array(item_tokens, "item_tokens")
+        rows = int_array(item_tokens, "item_tokens")
         if rows.ndim != 2 or rows.shape[1] != self.depth:
             raise ValueError(f"rows must be (M, {self.depth}), got shape {rows.shape}")
         key = self._edge_parent() * self.vocab_size + self.child_token  # (n_edges,) sorted
@@ -365,8 +360,8 @@ def build_path_tables(
 
     rows: (M,) int64 row ids in the catalogue (e.g. 1..N); their token rows must be unique
     (what `build_prefix_index` also requires)."""
-    tokens = _int_array(item_tokens, "item_tokens")
-    rows = _int_array(rows, "rows")
+    tokens = int_array(item_tokens, "item_tokens")
+    rows = int_array(rows, "rows")
     n_rows, depth = tokens.shape
     picked = tokens[rows]  # (M, D)
     if np.unique(picked, axis=0).shape[0] != picked.shape[0]:

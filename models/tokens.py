@@ -28,19 +28,13 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from models.arrays import int_array
+
 N_SPECIAL = 3  # PAD, BOS, EOS
 PAD, BOS, EOS = 0, 1, 2
 CF, SEM = 0, 1  # codebook indices, in vocabulary block order
 
 KIND_SPECIAL, KIND_CODE, KIND_DEDUP = 0, 1, 2  # values of describe()["kind"]
-
-
-def _int_array(x: object, name: str) -> np.ndarray:
-    """`x` as an int64 array; ValueError for non-integer input (floats are not rounded)."""
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
 
 
 def _check_range(arr: np.ndarray, low: int, high: int, name: str, hint: str = "") -> None:
@@ -82,9 +76,9 @@ class TokenLayout:
         codebook: CF (0) or SEM (1); level in [0, n_levels); code in [0, codebook_size).
         Returns int64 ids with the broadcast shape (a NumPy scalar for scalar inputs).
         """
-        codebook = _int_array(codebook, "codebook")
-        level = _int_array(level, "level")
-        code = _int_array(code, "code")
+        codebook = int_array(codebook, "codebook")
+        level = int_array(level, "level")
+        code = int_array(code, "code")
         _check_range(codebook, 0, 2, "codebook", " (CF=0, SEM=1)")
         _check_range(level, 0, self.n_levels, "level")
         _check_range(code, 0, self.codebook_size, "code")
@@ -93,7 +87,7 @@ class TokenLayout:
 
     def dedup_token(self, dedup: object) -> np.ndarray:
         """Token ids of dedup ids in [0, dedup_size); int64, the shape of `dedup`."""
-        dedup = _int_array(dedup, "dedup")
+        dedup = int_array(dedup, "dedup")
         if dedup.size and dedup.max() >= self.dedup_size:
             raise ValueError(
                 f"dedup id {dedup.max()} does not fit: dedup_size={self.dedup_size}, "
@@ -108,7 +102,7 @@ class TokenLayout:
         kind: 0 special, 1 code, 2 dedup; codebook (CF=0 / SEM=1), level, code: for code
         tokens; dedup: the dedup id, for dedup tokens. Fields that do not apply are -1.
         """
-        ids = _int_array(token_ids, "token_ids")
+        ids = int_array(token_ids, "token_ids")
         _check_range(ids, 0, self.vocab_size, "token_ids", f" (vocab_size={self.vocab_size})")
         is_code = (ids >= N_SPECIAL) & (ids < self.dedup_offset)
         is_dedup = ids >= self.dedup_offset
@@ -156,8 +150,8 @@ def code_sequences(
     [1, layout.n_levels]. Returns (N, L) int64 token ids: the first Lcol CF levels and
     the first L - Lcol SEM levels, the dominant codebook's first (`cf_first`).
     """
-    cf = _int_array(cf_codes, "cf_codes")
-    sem = _int_array(sem_codes, "sem_codes")
+    cf = int_array(cf_codes, "cf_codes")
+    sem = int_array(sem_codes, "sem_codes")
     if cf.ndim != 2 or sem.ndim != 2 or cf.shape[0] != sem.shape[0]:
         raise ValueError(
             f"cf_codes and sem_codes must be (N, levels) with the same N, got {cf.shape} "
@@ -172,7 +166,7 @@ def code_sequences(
             f"SEM {sem.shape[1]}), got {budget}"
         )
     n_items = cf.shape[0]
-    n_cf_arr = _int_array(n_cf, "n_cf")
+    n_cf_arr = int_array(n_cf, "n_cf")
     if n_cf_arr.ndim > 1 or (n_cf_arr.ndim == 1 and n_cf_arr.shape[0] != n_items):
         raise ValueError(f"n_cf must be one int or ({n_items},), got shape {n_cf_arr.shape}")
     n_cf_arr = np.broadcast_to(n_cf_arr, (n_items,))
@@ -216,7 +210,7 @@ def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
 
 
 def _check_rows(rows: object, name: str) -> np.ndarray:
-    arr = _int_array(rows, name)
+    arr = int_array(rows, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be (N, L) token rows, got shape {arr.shape}")
     return arr
@@ -241,7 +235,7 @@ def assign_dedup(
     if not isinstance(existing, tuple | list) or len(existing) != 2:
         raise ValueError("existing must be a pair ((M, L) rows, (M,) dedup ids)")
     old_rows = _check_rows(existing[0], "existing rows")
-    old_dedup = _int_array(existing[1], "existing dedup ids")
+    old_dedup = int_array(existing[1], "existing dedup ids")
     if old_rows.shape[1] != new_rows.shape[1]:
         raise ValueError(
             f"existing rows have {old_rows.shape[1]} tokens, prefixes {new_rows.shape[1]}"

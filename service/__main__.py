@@ -1,18 +1,13 @@
-"""`python -m service [--host H] [--port P]`; configuration from FLEXCODE_* variables."""
+"""`python -m service [--host H] [--port P] ...`: the `serve` command of `flexcode serve`
+(service/cli.py); configuration from FLEXCODE_* variables."""
 
 from __future__ import annotations
 
-import argparse
-
-from service.server import serve
+from service.cli import app
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    serve(host=args.host, port=args.port)
+    app(prog_name="python -m service")
 
 
 if __name__ == "__main__":

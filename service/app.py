@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import Bundle, BundleError, load_bundle
+from models.device import resolve_device
 from service.catalog import CatalogStore, LocalCatalog, RedisCatalog
 from service.engine import Engine, Recommender, TextEncoderLike
 from service.errors import install_error_handlers
@@ -30,11 +31,11 @@ class StartupError(RuntimeError):
 
 
 def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise StartupError("FLEXCODE_DEVICE=cuda but CUDA is not available here; use auto or cpu")
-    return torch.device(requested)
+    """The shared resolver (`models.device`), its refusal reported as a start-up error."""
+    try:
+        return resolve_device(requested, name="FLEXCODE_DEVICE")
+    except ValueError as error:
+        raise StartupError(str(error)) from error
 
 
 def _text_encoder(bundle: Bundle, device: torch.device) -> TextEncoderLike:

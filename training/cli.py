@@ -1,4 +1,4 @@
-"""`flexcode`: the one command-line entry point (data, train, evaluate, tune, benchmark).
+"""`flexcode`: train, evaluate and benchmark models, export serving bundles, serve them.
 
 Each command parses its options into the config dataclasses and hands them to the
 stage that does the work; nothing here trains or scores by itself.
@@ -16,67 +16,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from training.data import DEFAULT_CACHE_DIR, PreprocessConfig, SyntheticConfig, load_dataset
+from training.cli_options import DataOptions, DeviceOpt, VariantOpt, data_options, fail
 from training.data.preprocess import ProcessedDataset
-from training.data.schema import DataFormatError
 
 if TYPE_CHECKING:  # imported lazily below: torch.distributed is slow to import
     from training.distributed import DistContext
 
+# Every command but `serve`, which the service provides: `flexcode` (flexcode_cli.py)
+# composes both, so training never imports the service. `python -m training.cli`, what
+# torchrun launches, is `flexcode` without `serve`.
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 train_app = typer.Typer(no_args_is_help=True, help="Train one stage of the pipeline.")
 tune_app = typer.Typer(no_args_is_help=True, help="Hyperparameter searches.")
 app.add_typer(train_app, name="train")
 app.add_typer(tune_app, name="tune")
 logger = logging.getLogger("flexcode")
-
-DatasetOpt = Annotated[
-    str,
-    typer.Option(
-        "--dataset",
-        "-d",
-        help="ml-100k, synthetic, or a path to RecBole atomic files / Amazon JSON lines",
-    ),
-]
-KCoreOpt = Annotated[int, typer.Option(help="k-core filter on users and items")]
-ColdOpt = Annotated[
-    float, typer.Option(help="fraction of newest items held out of training (cold-start eval)")
-]
-SynItemsOpt = Annotated[int, typer.Option(help="synthetic: catalog size")]
-SynInterOpt = Annotated[int, typer.Option(help="synthetic: number of interactions")]
-SynSeedOpt = Annotated[int, typer.Option(help="synthetic: generator seed")]
-CacheOpt = Annotated[Path, typer.Option(help="processed-data cache directory")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
-VariantOpt = Annotated[
-    str,
-    typer.Option(
-        help="flexcode (what ships), or an ablation: full, fix, sid-only, cf-only, no-align, "
-        "dense-only, full-L2, full-L4, full-L5"
-    ),
-]
-
-
-def _load(ctx: typer.Context) -> ProcessedDataset:
-    """The dataset named by the command's shared data options (see DatasetOpt & co.)."""
-    params = ctx.params
-    try:
-        return load_dataset(
-            params["dataset"],
-            PreprocessConfig(
-                k_core=params.get("k_core", 5),
-                cold_item_fraction=params.get("cold_fraction", 0.0),
-            ),
-            SyntheticConfig(
-                n_items=params.get("synthetic_items", 10_000),
-                n_interactions=params.get("synthetic_interactions", 200_000),
-                seed=params.get("synthetic_seed", 0),
-            ),
-            params.get("cache_dir", DEFAULT_CACHE_DIR),
-        )
-    except (DataFormatError, ValueError, RuntimeError, FileNotFoundError) as error:
-        # Data problems are the user's to fix: say what, without a traceback.
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
 
 
 def _start_distributed(device: str) -> DistContext:
@@ -88,8 +42,7 @@ def _start_distributed(device: str) -> DistContext:
     try:
         dist_ctx = init_distributed(device)
     except ValueError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
+        fail(str(error))
     if dist_ctx.distributed:
         tag = f"[rank {dist_ctx.rank}/{dist_ctx.world_size}]"
         fmt = f"%(asctime)s %(levelname)s {tag} %(name)s: %(message)s"
@@ -101,15 +54,15 @@ def _start_distributed(device: str) -> DistContext:
     return dist_ctx
 
 
-def _load_ranked(ctx: typer.Context, dist_ctx: DistContext) -> ProcessedDataset:
-    """`_load`, rank 0 first: it may write the processed-data cache the others then read."""
+def _load_ranked(data: DataOptions, dist_ctx: DistContext) -> ProcessedDataset:
+    """`data.load()`, rank 0 first: it may write the processed-data cache the others read."""
     from training.distributed import barrier
 
     if dist_ctx.is_main:
-        ds = _load(ctx)
+        ds = data.load()
     barrier(dist_ctx)
     if not dist_ctx.is_main:
-        ds = _load(ctx)
+        ds = data.load()
     return ds
 
 
@@ -134,35 +87,21 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
     )
 
 
-@app.command()
-def data(
-    ctx: typer.Context,
-    dataset: DatasetOpt = "ml-100k",
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
-) -> None:
+@app.command("data")
+@data_options()
+def data_cmd(data: DataOptions = DataOptions()) -> None:
     """Read, filter and split a dataset (cached), then print its summary."""
-    ds = _load(ctx)
+    ds = data.load()
     typer.echo(json.dumps(ds.summary(), indent=2))
 
 
 @train_app.command("sasrec")
+@data_options()
 def train_sasrec_cmd(
-    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="where the model and CF embeddings go")] = Path(
         "runs/ml-100k"
     ),
-    dataset: DatasetOpt = "ml-100k",
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
     max_len: int = 100,
@@ -185,7 +124,7 @@ def train_sasrec_cmd(
 
     dist_ctx = _start_distributed(device)
     try:
-        ds = _load_ranked(ctx, dist_ctx)
+        ds = _load_ranked(data, dist_ctx)
         model_config = SASRecConfig(
             n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
         )
@@ -204,18 +143,12 @@ def train_sasrec_cmd(
 
 
 @train_app.command("tokenizer")
+@data_options()
 def train_tokenizer_cmd(
-    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory (reuses its SASRec stage)")] = Path(
         "runs/ml-100k"
     ),
-    dataset: DatasetOpt = "ml-100k",
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
     codebook_size: Annotated[
@@ -235,7 +168,7 @@ def train_tokenizer_cmd(
     from training.pipeline import run_tokenizer_stage
     from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
-    ds = _load(ctx)
+    ds = data.load()
     spec = TokenizerSpec(
         latent_dim=latent_dim,
         n_levels=levels,
@@ -250,59 +183,44 @@ def train_tokenizer_cmd(
             spec,
             TokenizerTrainConfig(epochs=epochs, seed=seed),
             compare_no_align=compare_no_align,
-            cache_dir=cache_dir,
+            cache_dir=data.cache_dir,
         )
     except ValueError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
+        fail(str(error))
     typer.echo((run_dir / "tokenizer" / "report.md").read_text())
 
 
 @app.command()
+@data_options()
 def evaluate(
-    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `train sasrec`")],
-    dataset: DatasetOpt = "ml-100k",
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
 ) -> None:
     """Evaluate a trained model on the test split (full ranking, by group)."""
     from training.device import resolve_device
     from training.stages.sasrec import evaluate_sasrec, load_sasrec
 
-    ds = _load(ctx)
+    ds = data.load()
     torch_device = resolve_device(device)
     model = load_sasrec(run_dir / "sasrec", torch_device)
     if model.config.n_items != ds.n_items:
-        typer.secho(
-            f"error: {run_dir} was trained on {model.config.n_items} items, the dataset has "
-            f"{ds.n_items}; pass the same --dataset and filters as for training",
-            fg=typer.colors.RED,
-            err=True,
+        fail(
+            f"{run_dir} was trained on {model.config.n_items} items, the dataset has "
+            f"{ds.n_items}; pass the same --dataset and filters as for training"
         )
-        raise typer.Exit(code=2)
     result = evaluate_sasrec(model, ds, torch_device)
     typer.echo(json.dumps({"metrics": result.metrics, "users": result.counts}, indent=2))
 
 
 @app.command()
+@data_options()
 def benchmark(
     ctx: typer.Context,
-    dataset: DatasetOpt = "ml-100k",
+    data: DataOptions = DataOptions(),
     models: Annotated[str, typer.Option(help="comma-separated model names")] = "pop,sasrec",
     seeds: Annotated[int, typer.Option(help="number of seeds (0..n-1)")] = 3,
     out: Annotated[Path | None, typer.Option(help="output directory")] = None,
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
     device: DeviceOpt = "auto",
     save_models: Annotated[bool, typer.Option(help="keep trained models under OUT")] = False,
     sasrec_max_epochs: Annotated[int, typer.Option(help="SASRec epoch cap")] = 300,
@@ -341,9 +259,8 @@ def benchmark(
             seeds=tuple(range(seed_offset, seed_offset + seeds)),
         )
     except ValueError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
-    ds = _load(ctx)
+        fail(str(error))
+    ds = data.load()
     out = out or Path("reports") / f"benchmark-{ds.name}"
     context = RunContext(
         device=resolve_device(device),
@@ -371,17 +288,16 @@ def benchmark(
 
 
 @tune_app.command("sasrec")
+@data_options("dataset", "k_core", "cache_dir")
 def tune_sasrec(
     ctx: typer.Context,
-    dataset: DatasetOpt = "ml-100k",
+    data: DataOptions = DataOptions(),
     max_len: Annotated[str, typer.Option(help="comma-separated grid")] = "50,200",
     dropout: Annotated[str, typer.Option(help="comma-separated grid")] = "0.2,0.5",
     lr: Annotated[str, typer.Option(help="comma-separated grid")] = "1e-3,2e-3",
     hidden: Annotated[str, typer.Option(help="comma-separated grid")] = "64",
     max_epochs: Annotated[int, typer.Option(help="epoch cap per configuration")] = 200,
     out: Annotated[Path, typer.Option(help="results file")] = Path("reports/tune-sasrec.json"),
-    k_core: KCoreOpt = 5,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
     device: DeviceOpt = "auto",
     seed: int = 0,
 ) -> None:
@@ -390,7 +306,7 @@ def tune_sasrec(
     from training.device import resolve_device
     from training.stages.sasrec import SASRecTrainConfig, train_sasrec
 
-    ds = _load(ctx)
+    ds = data.load()
     torch_device = resolve_device(device)
     grid = list(
         itertools.product(
@@ -424,18 +340,12 @@ def tune_sasrec(
 
 
 @train_app.command("generator")
+@data_options()
 def train_generator_cmd(
-    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory (reuses stages A-C)")] = Path(
         "runs/ml-100k"
     ),
-    dataset: DatasetOpt = "ml-100k",
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
     variant: VariantOpt = "flexcode",
@@ -454,7 +364,7 @@ def train_generator_cmd(
 
     dist_ctx = _start_distributed(device)
     try:
-        ds = _load_ranked(ctx, dist_ctx)
+        ds = _load_ranked(data, dist_ctx)
         train_config = GeneratorTrainConfig(
             seed=seed, max_epochs=max_epochs, patience=patience, eval_users=eval_users or None
         )
@@ -464,12 +374,11 @@ def train_generator_cmd(
             dist_ctx.device,
             variant,
             train_config,
-            cache_dir=cache_dir,
+            cache_dir=data.cache_dir,
             distributed=dist_ctx,
         )
     except (ValueError, FileNotFoundError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
+        fail(str(error))
     finally:
         cleanup(dist_ctx)
     if test is None:  # not rank 0: rank 0 prints the figures
@@ -487,8 +396,8 @@ def train_generator_cmd(
 
 
 @train_app.command("pipeline")
+@data_options()
 def train_pipeline_cmd(
-    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory for stages A-D")] = Path(
         "runs/ml-100k"
     ),
@@ -498,13 +407,7 @@ def train_pipeline_cmd(
     if_missing: Annotated[
         bool, typer.Option(help="do nothing when BUNDLE_ROOT already holds a bundle")
     ] = False,
-    dataset: DatasetOpt = "ml-100k",
-    k_core: KCoreOpt = 5,
-    cold_fraction: ColdOpt = 0.0,
-    synthetic_items: SynItemsOpt = 10_000,
-    synthetic_interactions: SynInterOpt = 200_000,
-    synthetic_seed: SynSeedOpt = 0,
-    cache_dir: CacheOpt = DEFAULT_CACHE_DIR,
+    data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
     variant: VariantOpt = "flexcode",
@@ -529,7 +432,7 @@ def train_pipeline_cmd(
     dist_ctx = _start_distributed(device)
     path = None
     try:
-        ds = _load_ranked(ctx, dist_ctx)
+        ds = _load_ranked(data, dist_ctx)
         torch_device = dist_ctx.device
         path = run_pipeline(
             ds,
@@ -540,12 +443,11 @@ def train_pipeline_cmd(
             GeneratorTrainConfig(seed=seed, max_epochs=generator_max_epochs),
             tokenizer_train_config=TokenizerTrainConfig(epochs=tokenizer_epochs, seed=seed),
             sasrec_train_config=SASRecTrainConfig(max_epochs=sasrec_max_epochs, seed=seed),
-            cache_dir=cache_dir,
+            cache_dir=data.cache_dir,
             distributed=dist_ctx,
         )
     except (ValueError, FileNotFoundError, BundleError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
+        fail(str(error))
     finally:
         cleanup(dist_ctx)
     if path is not None:
@@ -566,8 +468,7 @@ def compare(
     try:
         found = compare_runs(run_a, row_a, run_b, row_b)
     except (ValueError, FileNotFoundError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
+        fail(str(error))
     c = found["all"]
     typer.echo(
         f"{row_a} {found['a']['ndcg@10']:.4f} vs {row_b} {found['b']['ndcg@10']:.4f} "
@@ -591,42 +492,8 @@ def export(
     try:
         path = export_bundle(run_dir, out_dir, resolve_device(device))
     except (ValueError, FileNotFoundError, BundleError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from error
+        fail(str(error))
     typer.echo(f"bundle: {path}")
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    train_if_missing: Annotated[
-        bool,
-        typer.Option(
-            help="when FLEXCODE_BUNDLE_PATH holds no bundle, first train one on MovieLens-100K "
-            "(`train pipeline`, about 5 min on 2 CPU cores) and export it there"
-        ),
-    ] = False,
-    run_dir: Annotated[Path, typer.Option(help="run directory for --train-if-missing")] = Path(
-        "runs/ml-100k"
-    ),
-) -> None:
-    """Serve the bundle at FLEXCODE_BUNDLE_PATH over HTTP (settings: FLEXCODE_* env vars)."""
-    from service.server import serve as serve_http
-    from service.settings import Settings
-
-    settings = Settings()
-    bundle_path = Path(settings.bundle_path)
-    has_bundle = (bundle_path / "manifest.json").exists() or (bundle_path / "LATEST").exists()
-    if not has_bundle and train_if_missing:
-        from training.data import PreprocessConfig, load_dataset
-        from training.device import resolve_device
-        from training.pipeline import run_pipeline
-
-        typer.echo(f"no bundle at {bundle_path}: training one on ml-100k into {run_dir}")
-        device = resolve_device(settings.device)
-        run_pipeline(load_dataset("ml-100k", PreprocessConfig()), run_dir, bundle_path, device)
-    serve_http(settings, host=host, port=port)
 
 
 def main() -> None:

@@ -9,17 +9,10 @@ import random
 import numpy as np
 import torch
 
+# The resolver is the service's too, so it lives in models/; training imports it from here.
+from models.device import resolve_device
+
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(requested: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is taken as given."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available here")
-    return device
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -34,3 +27,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+__all__ = ["autocast", "resolve_device", "seed_everything"]

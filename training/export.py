@@ -34,6 +34,7 @@ from models.onnx_generator import (
     export_generator_onnx,
 )
 from models.text_encoder import MODEL_DISTRIBUTION, MODEL_NAME, TextEncoderConfig
+from training.data.preprocess import warm_mask
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ def export_bundle(
     budget = inputs.budget
     sem_codes = np.asarray(inputs.sem_codes, dtype=np.int64)
     cf_codes = np.asarray(inputs.cf_codes, dtype=np.int64)  # cold items already imputed
-    warm = np.asarray(inputs.warm, dtype=bool).copy()
-    warm[0] = False
+    warm = warm_mask(inputs.warm)
     _check_codes("sem_codes", sem_codes, np.asarray(codes["sem_codes"], dtype=np.int64))
     tok_warm = np.asarray(codes["warm"], dtype=bool)
     both = warm & tok_warm  # imputation replaced cold items' codes, warm ones must be equal

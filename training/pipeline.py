@@ -27,7 +27,7 @@ from models.sasrec import SASRecConfig
 from models.text_encoder import TextEncoder, TextEncoderConfig
 from training.alpha_report import alpha_summary, plot_alpha
 from training.data import DEFAULT_CACHE_DIR
-from training.data.preprocess import ProcessedDataset
+from training.data.preprocess import ProcessedDataset, warm_mask
 from training.distributed import DistContext, barrier, single_process
 from training.evaluate import EvalResult
 from training.stages.generator import (
@@ -157,7 +157,7 @@ def _train_tokenizers(
     """Stages B and C on the (N + 1, D_cf) CF table: writes run_dir/tokenizer (and the
     no-align twin when asked); returns the report."""
     sem_emb = ensure_semantic_embeddings(dataset, device, cache_dir)
-    warm = dataset.train_counts() > 0
+    warm = warm_mask(dataset.train_counts())
     config = build_config(spec, sem_emb.shape[1], cf_emb.shape[1], dataset.n_items)
 
     result = train_tokenizer(sem_emb, cf_emb, warm, config, train_config, device)

@@ -15,6 +15,7 @@ from models.item_table import ItemTable
 from models.onnx_generator import OnnxGenerator
 from models.router import RouterConfig
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
+from training.data.preprocess import warm_mask
 from training.export import ExportError, export_bundle
 from training.stages.generator import (
     GeneratorTrainConfig,
@@ -92,8 +93,7 @@ def test_export_writes_a_verified_bundle_that_serves_like_the_run(run_dir, tmp_p
     np.testing.assert_array_equal(b.external_ids, dataset.item_ids)
     np.testing.assert_array_equal(b.item_tokens, result.layout.item_tokens)
     np.testing.assert_array_equal(b.popularity, dataset.train_counts())
-    warm = dataset.train_counts() > 0
-    warm[0] = False
+    warm = warm_mask(dataset.train_counts())
     np.testing.assert_array_equal(b.imputation_ids, np.flatnonzero(warm))
 
     # The bundle's item table, and both its torch and ONNX generators, rank as the

@@ -35,6 +35,15 @@ class EmptyDatasetError(ValueError):
     """Filtering left nothing to train or evaluate on."""
 
 
+def warm_mask(counts: np.ndarray) -> np.ndarray:
+    """(N + 1,) bool: the items with training interactions (`train_counts() > 0`); row 0,
+    padding, is never warm. An existing warm mask works too (True counts as 1); a new
+    array is returned either way, so callers may modify it."""
+    warm = np.asarray(counts) > 0
+    warm[0] = False
+    return warm
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     k_core: int = 5  # the paper's and the field's default for Amazon/MovieLens
@@ -175,7 +184,7 @@ class ProcessedDataset:
         """(N + 1,) int8 group of each item: HEAD, TAIL or COLD (index into GROUPS)."""
         counts = self.train_counts()
         groups = np.full(self.n_items + 1, COLD, dtype=np.int8)
-        warm = np.flatnonzero(counts > 0)
+        warm = np.flatnonzero(warm_mask(counts))
         # Most popular first; ties broken by id so the split is deterministic.
         order = warm[np.lexsort((warm, -counts[warm]))]
         n_head = int(np.ceil(self.config.head_fraction * len(warm)))

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.sasrec import SASRec, SASRecConfig
-from training.data.preprocess import ProcessedDataset, Sequences
+from training.data.preprocess import ProcessedDataset, Sequences, warm_mask
 from training.device import autocast, seed_everything
 from training.distributed import DistContext, broadcast_module, single_process
 from training.evaluate import EvalResult, ScoreFn, evaluate_scores
@@ -85,7 +85,7 @@ def train_sasrec(
     id_rows = None
     if text is not None:
         counts = dataset.train_counts()
-        id_rows = torch.as_tensor(np.where(counts > 0, np.arange(len(counts)), 0))
+        id_rows = torch.as_tensor(np.where(warm_mask(counts), np.arange(len(counts)), 0))
         text = torch.as_tensor(text, dtype=torch.float32)
     model = SASRec(model_config, text, id_rows).to(device)
     if dist_ctx.distributed:

@@ -36,6 +36,7 @@ from models.tokens import (
     collision_rates_by_split,
     max_dedup_needed,
 )
+from training.data.preprocess import warm_mask
 from training.device import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ def train_tokenizer(
             f"embeddings disagree on the catalog: {len(sem_emb)} semantic rows, "
             f"{len(cf_emb)} CF rows, {len(warm)} items"
         )
-    warm = warm.copy()
-    warm[0] = False
+    warm = warm_mask(warm)
     n_warm = int(warm.sum())
     if n_warm < config.sem.codebook_size:
         raise ValueError(

