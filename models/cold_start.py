@@ -20,6 +20,7 @@ export and loaded by the service.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -29,6 +30,9 @@ from models.dual_tokenizer import DualTokenizer
 from models.generator import Generator, ItemFeatures
 from models.router import Router
 from models.tokens import TokenLayout, code_sequences
+
+if TYPE_CHECKING:  # models.bundle imports this module: the bundle is only a type here
+    from models.bundle import BundleContents
 
 
 def build_imputation_index(vectors: np.ndarray) -> faiss.Index:
@@ -45,20 +49,36 @@ def build_imputation_index(vectors: np.ndarray) -> faiss.Index:
     return index
 
 
+# Rows projected at a time: the decoder and projection MLPs' activations of a 1M-item
+# catalogue at once would take GBs; per batch they stay ~100 MB.
+PROJECTION_BATCH = 65_536
+
+
 @torch.no_grad()
+def _aligned_vectors(project, codes: np.ndarray, device: torch.device) -> np.ndarray:
+    codes = np.asarray(codes)
+    parts = [
+        torch.nn.functional.normalize(
+            project(torch.as_tensor(codes[i : i + PROJECTION_BATCH], device=device)).float(),
+            dim=1,
+        )
+        .cpu()
+        .numpy()
+        for i in range(0, max(len(codes), 1), PROJECTION_BATCH)  # one call when empty
+    ]
+    return np.concatenate(parts)
+
+
 def aligned_cf_vectors(tokenizer: DualTokenizer, cf_codes: np.ndarray) -> np.ndarray:
     """(W, L_max) CF codes -> (W, P) float32 L2-normalised aligned CF projections."""
     device = next(tokenizer.parameters()).device
-    points = tokenizer.project_cf_codes(torch.as_tensor(np.asarray(cf_codes), device=device))
-    return torch.nn.functional.normalize(points.float(), dim=1).cpu().numpy()
+    return _aligned_vectors(tokenizer.project_cf_codes, cf_codes, device)
 
 
-@torch.no_grad()
 def aligned_sem_vectors(tokenizer: DualTokenizer, sem_codes: np.ndarray) -> np.ndarray:
     """(M, L_max) semantic codes -> (M, P) float32 L2-normalised aligned projections."""
     device = next(tokenizer.parameters()).device
-    points = tokenizer.project_sem_codes(torch.as_tensor(np.asarray(sem_codes), device=device))
-    return torch.nn.functional.normalize(points.float(), dim=1).cpu().numpy()
+    return _aligned_vectors(tokenizer.project_sem_codes, sem_codes, device)
 
 
 def nearest_warm(
@@ -113,7 +133,8 @@ def served_item_features(
 
 @dataclass
 class ColdStart:
-    """Everything the cold-start path reads, from one bundle (or stage D's results).
+    """Everything the cold-start path reads, built once (`from_bundle`, or from stage D's
+    results) and then asked for any number of new items (`tokenize`).
 
     cf_codes_table: (N + 1, L_max) CF codes of the catalogue; imputation_ids index into it
     and name the rows of `imputation_index`.
@@ -127,6 +148,21 @@ class ColdStart:
     imputation_index: faiss.Index
     imputation_ids: np.ndarray
     cf_codes_table: np.ndarray
+
+    @classmethod
+    def from_bundle(cls, bundle: BundleContents) -> ColdStart:
+        """The cold-start path of a bundle: a loaded `Bundle` or the `BundleContents` an
+        export is about to write (its modules are used as they are, not copied)."""
+        return cls(
+            tokenizer=bundle.tokenizer,
+            router=bundle.router,
+            generator=bundle.generator,
+            layout=bundle.layout,
+            budget=bundle.budget,
+            imputation_index=bundle.imputation_index,
+            imputation_ids=bundle.imputation_ids,
+            cf_codes_table=bundle.cf_codes,
+        )
 
     @torch.no_grad()
     def tokenize(self, sem_embeddings: np.ndarray) -> NewItemCodes:

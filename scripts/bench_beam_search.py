@@ -16,13 +16,14 @@ of that depth), per full search, and the model's share of it (medians over `repe
 rounds after a warm-up; the rounds visit every size in turn, so load on a shared machine
 hits all sizes alike). The largest catalogue is also searched as a base index plus an
 overlay of its last `overlay` items (OverlayIndex, the serving path), checked to give the
-same results as the whole index. At the smallest size, the reference per-beam dict-trie search of
-tests/models/test_beam_search.py runs on the same batch and model (its trie built
-beforehand, outside the timing, as the kernel's index is): its results (items, scores,
-tokens) are checked equal to the kernel's, and each reference run is paired with a kernel
-run right before it; the speed-ups are medians of the paired ratios, for the full search
-(model calls included: the reference calls the model once per beam, the kernel once per
-depth) and for the search alone (model time subtracted on both sides).
+same results as the whole index. At the smallest size, the reference per-beam dict-trie
+search (models/reference_beam_search.py, the tests' oracle) runs on the same batch and
+model (its trie built beforehand, outside the timing, as the kernel's index is): its
+results (items, scores, tokens) are checked equal to the kernel's, and each reference run
+is paired with a kernel run right before it; the speed-ups are medians of the paired
+ratios, for the full search (model calls included: the reference calls the model once per
+beam, the kernel once per depth) and for the search alone (model time subtracted on both
+sides).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from models.beam_search import constrained_beam_search  # noqa: E402
 from models.prefix_index import OverlayIndex, build_prefix_index  # noqa: E402
+from models.reference_beam_search import reference_beam_search, reference_trie  # noqa: E402
 from models.tokens import TokenLayout, item_tokens  # noqa: E402
-from tests.models.test_beam_search import reference_beam_search, reference_trie  # noqa: E402
 
 LEVELS, K = 5, 256
 

@@ -2,10 +2,10 @@
 throughput (concurrency 32, micro-batched vs unbatched, as a ratio measured in the same
 run), and POST /items latency, for the torch and ONNX backends and several catalog sizes.
 
-The bundles are synthetic (tests/bundle_factory: RANDOM weights, tiny model); only the
-timings mean anything. New items' text goes through a hash stand-in for MiniLM (the
-synthetic bundle's text space is 24-d), so POST /items latency here excludes sentence
-encoding. The server is uvicorn in a subprocess, embedded catalog store.
+The bundles are synthetic (scripts/make_large_bundle.py: the shipped model shape, RANDOM
+weights); only the timings mean anything. New items' text goes through a hash stand-in
+for MiniLM (`HashTextEncoder`, 384-d like it), so POST /items latency here excludes
+sentence encoding. The server is uvicorn in a subprocess, embedded catalog store.
 
     .venv/bin/python scripts/bench_service.py                  # 10k items
     .venv/bin/python scripts/bench_service.py --sizes 10000,1000000
@@ -36,9 +36,9 @@ def _serve(bundle: str, port: int, backend: str, batch: int, journal: str, devic
     """Child process: the real app under uvicorn, with the hash text encoder."""
     import uvicorn
 
+    from scripts.make_large_bundle import HashTextEncoder
     from service.app import create_app
     from service.settings import Settings
-    from tests.service.fakes import FakeTextEncoder
 
     settings = Settings(
         bundle_path=bundle,
@@ -48,7 +48,7 @@ def _serve(bundle: str, port: int, backend: str, batch: int, journal: str, devic
         device=device,
         log_level="warning",
     )
-    app = create_app(settings, text_encoder=FakeTextEncoder())
+    app = create_app(settings, text_encoder=HashTextEncoder())
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -125,10 +125,11 @@ async def _run_load(url: str, bodies: list[dict], concurrency: int, path: str) -
 
 
 def bench_size(n_items: int, args: argparse.Namespace, bundle_dir: Path) -> dict:
-    from tests.bundle_factory import make_tiny_bundle
+    from scripts.make_large_bundle import LargeBundleShape, make_large_bundle
 
     t0 = time.perf_counter()
-    bundle = make_tiny_bundle(bundle_dir / f"n{n_items}", n_items=n_items, budget=3)
+    shape = LargeBundleShape(dense_weight=args.dense_weight)
+    bundle = make_large_bundle(bundle_dir / f"n{n_items}", n_items, shape=shape)
     build_s = time.perf_counter() - t0
     print(f"[{n_items} items] bundle built in {build_s:.1f} s: {bundle}", flush=True)
     result: dict = {"n_items": n_items, "bundle_build_s": round(build_s, 1), "backends": {}}
@@ -171,10 +172,18 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         _serve(*sys.argv[2:7], device=sys.argv[7])  # type: ignore[misc]
         return
+    from scripts.make_large_bundle import LargeBundleShape
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000", help="catalog sizes, e.g. 10000,1000000")
     parser.add_argument("--backends", default="torch,onnx")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--dense-weight",
+        type=float,
+        default=LargeBundleShape.dense_weight,
+        help="the bundles' dense weight w (default: the shipped bundle's)",
+    )
     parser.add_argument("--requests", type=int, default=200, help="sequential /recommend")
     parser.add_argument("--concurrent-requests", type=int, default=640)
     parser.add_argument("--item-requests", type=int, default=30, help="sequential POST /items")
@@ -184,13 +193,18 @@ def main() -> None:
     import torch
 
     report = {
-        "note": "synthetic bundles with RANDOM weights (tests/bundle_factory); timings only. "
+        "note": "synthetic bundles of the shipped shape with RANDOM weights "
+        "(scripts/make_large_bundle.py); timings only. "
         "POST /items uses a hash text encoder (no MiniLM). Client and server share the host.",
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "device": args.device,
+        },
+        "bundle": {
+            "shape": "scripts/make_large_bundle.py (shipped tokenizer, budget, generator)",
+            "dense_weight": args.dense_weight,
         },
         "sizes": [],
     }

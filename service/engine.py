@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from models.bundle import Bundle
-from models.cold_start import NewItemCodes
+from models.cold_start import ColdStart, NewItemCodes
 from models.decoding import ServingModel, recommend_top_k
 from models.item_table import ItemTable
 from models.prefix_index import PrefixIndex
@@ -146,7 +146,7 @@ class Recommender:
         self.decoding = bundle.decoding  # what stage D measured; beam width per request
         self.max_len = int(bundle.generator.config.max_len)
         self.table = ItemTable(bundle.item_vectors, bundle.item_tokens, bundle.prefix_index, device)
-        self.cold_start = bundle.cold_start()
+        self.cold_start = ColdStart.from_bundle(bundle)
         self.n_bundle = bundle.n_items
         # A plain dict: one hash lookup per id. (A pandas Index of 1M strings took 0.3-0.9 s
         # per get_indexer call under pandas 3, which made /recommend scale with the catalog.)
@@ -345,12 +345,17 @@ class Engine:
 
     # --- lifecycle ---
     async def start(self) -> None:
-        await self.store.start(self.rec.bundle_cache_entries, self.apply_records, self._on_up)
+        await self.store.start(
+            self.rec.bundle_cache_entries, self.apply_records, self._on_up, self._on_resync
+        )
         self.batcher.start()
         self.metrics.catalog_items.set(self.rec.n_items)
 
     def _on_up(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)
+
+    def _on_resync(self) -> None:
+        self.metrics.catalog_resyncs.inc()
 
     async def warm_up(self) -> None:
         started = time.perf_counter()
@@ -368,7 +373,9 @@ class Engine:
         self.executor.shutdown(wait=True)
         self.encode_executor.shutdown(wait=True)
 
-    async def apply_records(self, records: list[ItemRecord]) -> None:
+    async def apply_records(self, records: list[ItemRecord]) -> int:
+        """Make stored records servable here; returns how many changed local state (the
+        rest were held already, at the same or a newer revision)."""
         try:
             changed = await self._on_thread(self.rec.apply, records)
         except ValueError:
@@ -383,6 +390,7 @@ class Engine:
         if changed:
             self.metrics.catalog_items.set(self.rec.n_items)
             logger.debug("applied %d item records", changed)
+        return changed
 
     # --- lookups ---
     def _count_lookups(self, rows: np.ndarray) -> None:

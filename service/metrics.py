@@ -57,6 +57,12 @@ class Metrics:
         self.redis_up = Gauge(
             "flexcode_redis_up", "1 when the shared Redis is reachable, else 0", registry=r
         )
+        self.catalog_resyncs = Counter(
+            "flexcode_catalog_resyncs",
+            "Full reloads of the added items from Redis because the replication stream was "
+            "trimmed past what this replica had read (it fell too far behind)",
+            registry=r,
+        )
         self.model_info = Gauge(
             "flexcode_model_info",
             "Always 1; labels describe the served model",

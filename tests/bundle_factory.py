@@ -1,7 +1,10 @@
 """A small, complete, valid bundle from RANDOM (untrained, seeded) modules, for tests.
 
-`make_tiny_bundle` is the service tests' fixture: it writes through the real
-`models.bundle.write_bundle` (ONNX graphs included) in a few seconds on one CPU core.
+`tiny_contents` hands random modules and a random item table to the real assembler
+(`models.bundle.assemble_contents`), as an export does; `make_tiny_bundle`, the service
+tests' fixture, writes them through `models.bundle.write_bundle` (ONNX graphs included)
+in a few seconds on one CPU core. For benchmark-sized bundles with the shipped model
+shape, see scripts/make_large_bundle.py.
 External ids are "item-1" .. "item-N"; about a fifth of the items are cold (popularity 0)
 and get CF codes imputed from their nearest warm item, as a real export does.
 """
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 
 from models.alignment import AlignmentConfig
-from models.bundle import BundleContents, BundleExistsError, write_bundle
+from models.bundle import BundleContents, BundleExistsError, assemble_contents, write_bundle
 from models.cold_start import (
     aligned_cf_vectors,
     build_imputation_index,
@@ -32,7 +35,6 @@ from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_ne
 TEXT_DIM, CF_DIM = 24, 16  # small stand-ins for MiniLM (384) and SASRec (64)
 N_LEVELS, CODEBOOK = 4, 8
 TEXT_MODEL_ID = "tiny-random-text-encoder;max_seq_length=128"
-MAX_IMPUTATION_CANDIDATES = 10_000
 
 
 def tiny_contents(
@@ -66,17 +68,11 @@ def tiny_contents(
     warm = popularity > 0
 
     # Cold items: CF codes of the nearest warm item in the aligned space, as export does.
-    # Random weights make the choice arbitrary anyway, so large catalogs (scale benchmarks)
-    # search only the first MAX_IMPUTATION_CANDIDATES warm items to build in seconds.
     warm_ids = np.flatnonzero(warm)
-    vectors = aligned_cf_vectors(tokenizer, cf_codes[warm_ids])  # (W, P)
     cold_ids = np.flatnonzero(~warm)[1:]
     if cold_ids.size:
-        candidates = warm_ids[:MAX_IMPUTATION_CANDIDATES]
-        index = build_imputation_index(vectors[:MAX_IMPUTATION_CANDIDATES])
-        cf_codes[cold_ids] = cf_codes[
-            nearest_warm(tokenizer, sem_codes[cold_ids], index, candidates)
-        ]
+        index = build_imputation_index(aligned_cf_vectors(tokenizer, cf_codes[warm_ids]))
+        cf_codes[cold_ids] = cf_codes[nearest_warm(tokenizer, sem_codes[cold_ids], index, warm_ids)]
 
     router = Router(RouterConfig(budget=budget)).init_slope(popularity).eval()
     with torch.no_grad():
@@ -117,27 +113,23 @@ def tiny_contents(
         item_vectors = generator.item_vectors(features).numpy()
     item_vectors[0] = 0.0  # padding (the random re-init above also hit padding rows)
 
-    external_ids = np.array([""] + [f"item-{i}" for i in range(1, rows)])
-    return BundleContents(
+    return assemble_contents(
         tokenizer=tokenizer,
         router=router,
         generator=generator,
         layout=layout,
-        budget=budget,
-        external_ids=external_ids,
+        decoding=DecodingConfig(beam_width=20, dense_weight=0.5, dense_candidates=20),
+        external_ids=np.array([""] + [f"item-{i}" for i in range(1, rows)]),
         sem_codes=sem_codes,
         cf_codes=cf_codes,
         item_tokens=tokens,
-        n_cf=n_cf.astype(np.int64),
+        n_cf=n_cf,
         alpha=alpha,
         popularity=popularity,
         item_vectors=item_vectors,
-        decoding=DecodingConfig(beam_width=20, dense_weight=0.5, dense_candidates=20),
-        imputation_vectors=vectors,
-        imputation_ids=warm_ids.astype(np.int64),
+        warm=warm,
         text_model_id=TEXT_MODEL_ID,
         dataset={"name": "tiny", "fingerprint": f"tiny-seed{seed}", "n_items": n_items},
-        metrics={},
     )
 
 

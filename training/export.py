@@ -8,10 +8,11 @@ Reads the run directory the pipeline wrote:
                       from generator.json's "tokenizer_dir", else its "variant")
     generator/        stage D (`training.stages.generator.save_generator`)
 
-checks that stage D's items agree with the tokenizer's codes, builds the cold-start
-imputation vectors, exports the generator to ONNX and checks it against torch (max abs
-difference <= 1e-4, else the export is refused), writes the bundle with
-`models.bundle.write_bundle` and loads it back with full verification before returning.
+checks that stage D's items agree with the tokenizer's codes, hands the modules and the
+served item table to `models.bundle.assemble_contents` (which builds the cold-start
+imputation index), writes the bundle with `models.bundle.write_bundle` (which exports the
+generator to ONNX and checks it against torch: max abs difference <= 1e-4, else the
+export is refused) and loads it back with full verification before returning.
 """
 
 from __future__ import annotations
@@ -25,14 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bundle import BundleContents, load_bundle, write_bundle
-from models.cold_start import aligned_cf_vectors
-from models.onnx_generator import (
-    ONNX_TOLERANCE,
-    OnnxExportError,
-    check_onnx_against_torch,
-    export_generator_onnx,
-)
+from models.bundle import assemble_contents, load_bundle, write_bundle
 from models.text_encoder import MODEL_DISTRIBUTION, MODEL_NAME, TextEncoderConfig
 from training.data.preprocess import warm_mask
 
@@ -123,7 +117,6 @@ def export_bundle(
             f"{generator_dir / 'items.npz'} has {len(items['external_ids']) - 1} items, "
             f"run.json says {n_items}: the artifacts come from different datasets"
         )
-    budget = inputs.budget
     sem_codes = np.asarray(inputs.sem_codes, dtype=np.int64)
     cf_codes = np.asarray(inputs.cf_codes, dtype=np.int64)  # cold items already imputed
     warm = warm_mask(inputs.warm)
@@ -142,46 +135,30 @@ def export_bundle(
             "n_cf under the saved layout; the stage-D artifacts are inconsistent, retrain it"
         )
 
-    imputation_ids = np.flatnonzero(warm).astype(np.int64)
-    if imputation_ids.size == 0:
-        raise ExportError("no warm item: the cold-start imputation index would be empty")
-    imputation_vectors = aligned_cf_vectors(tokenizer, cf_codes[imputation_ids])  # (W, P)
     # The dense head's table exactly as stage D measured it: hard masks of each split.
     item_vectors = served_model(
         result.generator, result.router, inputs, layout, result.decoding, device
     ).catalogue.item_vectors
 
-    logger.info("export: ONNX generator")
-    onnx_files = export_generator_onnx(result.generator)
-    onnx_diff = check_onnx_against_torch(result.generator, onnx_files)
-    if not onnx_diff <= ONNX_TOLERANCE:
-        raise OnnxExportError(
-            f"ONNX generator differs from torch by {onnx_diff:.3g} (> {ONNX_TOLERANCE:g}); "
-            "export refused"
-        )
-    logger.info("export: ONNX matches torch, max abs diff %.3g", onnx_diff)
-
-    metrics = {"valid": result.best_valid, "onnx_max_abs_diff": onnx_diff}
+    metrics = {"valid": result.best_valid}
     for key in ("variant", "test", "test_dense_only", "test_generative_only", "alpha"):
         if key in gen_meta:
             metrics[key] = gen_meta[key]
-    contents = BundleContents(
+    contents = assemble_contents(
         tokenizer=tokenizer,
         router=result.router,
         generator=result.generator,
         layout=inputs.layout,
-        budget=budget,
-        external_ids=np.asarray(items["external_ids"], dtype=str),
+        decoding=result.decoding,
+        external_ids=items["external_ids"],
         sem_codes=sem_codes,
         cf_codes=cf_codes,
         item_tokens=served,
-        n_cf=np.asarray(layout.n_cf, dtype=np.int64),
-        alpha=np.asarray(layout.alpha, dtype=np.float32),
-        popularity=np.asarray(inputs.counts, dtype=np.int64),
+        n_cf=layout.n_cf,
+        alpha=layout.alpha,
+        popularity=inputs.counts,
         item_vectors=item_vectors.float().cpu().numpy(),
-        decoding=result.decoding,
-        imputation_vectors=imputation_vectors,
-        imputation_ids=imputation_ids,
+        warm=warm,
         text_model_id=str(
             run_info.get("text_model_id")
             or gen_meta.get("text_model_id")
@@ -194,7 +171,10 @@ def export_bundle(
         },
         metrics=metrics,
     )
-    bundle_dir = write_bundle(Path(bundle_root), contents, onnx_files)
+    logger.info("export: ONNX generator, checked against torch")
+    # write_bundle exports the ONNX graphs and refuses them (OnnxExportError) beyond
+    # ONNX_TOLERANCE; the difference goes into the manifest's metrics.
+    bundle_dir = write_bundle(Path(bundle_root), contents)
     bundle = load_bundle(bundle_dir, device="cpu", verify=True)  # what the service will do
     logger.info(
         "export: bundle %s (%d items, L=%d) verified in %.1f s: %s",

@@ -1,14 +1,8 @@
 """The constrained beam-search kernel against a plain per-beam trie search (the reference).
 
-The reference is how constrained decoding is usually written with HF
-`prefix_allowed_tokens_fn`: a dict trie, and standard beam search one request and one beam
-at a time, calling the model on each beam alone. Like the kernel, it renormalises the
-model's scores over each beam's allowed next tokens (a softmax restricted to the prefix's
-children), so a finished item's score is log P(item). Its tie rule is the kernel's
-documented one: at the last step (score desc, item id asc); before it (score desc, parent
-beam rank, token asc). Scores are float32 like the kernel's but the log-sum-exp runs over a
-row of another length, so they agree to ~1e-6, not bit for bit; items, their order and
-their tokens must agree exactly.
+The reference (`models.reference_beam_search`) is how constrained decoding is usually
+written with HF `prefix_allowed_tokens_fn`; its docstring says how it must agree with the
+kernel: items, their order and their tokens exactly, scores to ~1e-6.
 """
 
 from __future__ import annotations
@@ -19,9 +13,9 @@ import torch
 
 from models.beam_search import _select, constrained_beam_search, restrict, sequence_log_probs
 from models.prefix_index import OverlayIndex, build_prefix_index
+from models.reference_beam_search import reference_beam_search
+from models.tokens import BOS
 from tests.models.test_prefix_index import random_catalog
-
-BOS = 1
 
 
 def make_table_model(seed: int, depth: int, vocab: int, quantise: bool = False):
@@ -41,74 +35,6 @@ def make_table_model(seed: int, depth: int, vocab: int, quantise: bool = False):
         return table[t][tokens[..., -1]], state
 
     return step_fn
-
-
-def reference_trie(rows, ids) -> dict:
-    """The reference's dict trie: nested {token: child}, the last token maps to the item id."""
-    trie: dict = {}
-    for row, item in zip(rows.tolist(), ids.tolist(), strict=True):
-        node = trie
-        for tok in row[:-1]:
-            node = node.setdefault(tok, {})
-        node[row[-1]] = item
-    return trie
-
-
-def reference_beam_search(
-    step_fn, rows, ids, batch_size, beam_width, top_k, exclude=None, trie=None
-):
-    """Per-request, per-beam constrained beam search over a dict trie.
-
-    trie: `reference_trie(rows, ids)`, built here when None (pass it to time the search
-    alone, as scripts/bench_beam_search.py does).
-    Returns, per request, a list of (item id, float32 score, tokens tuple), best first.
-    """
-    if trie is None:
-        trie = reference_trie(rows, ids)
-    depth = rows.shape[1]
-
-    def node_at(prefix):
-        node = trie
-        for tok in prefix:
-            node = node[tok]
-        return node
-
-    def prefix_allowed_tokens_fn(prefix):
-        return sorted(node_at(prefix))
-
-    results = []
-    for b in range(batch_size):
-        banned = set() if exclude is None else set(exclude[b].tolist()) - {-1}
-        beams = [(np.float32(0.0), [])]  # (score, generated tokens), best first
-        for t in range(depth):
-            cands = []
-            for rank, (score, prefix) in enumerate(beams):
-                tokens = torch.tensor([[[BOS, *prefix]]])
-                logp = step_fn(tokens, None)[0][0, 0]
-                allowed = prefix_allowed_tokens_fn(prefix)
-                # The softmax over the allowed tokens only (NaN = forbidden, like -inf).
-                vals = logp[allowed]
-                vals = vals.masked_fill(vals.isnan(), -np.inf)
-                lse = np.float32(torch.logsumexp(vals, dim=0).item())
-                if lse == -np.inf:
-                    continue  # every allowed token is forbidden: the beam dies
-                for tok, val in zip(allowed, vals.tolist(), strict=True):
-                    s = np.float32(score + np.float32(np.float32(val) - lse))
-                    if s == -np.inf:
-                        continue
-                    new = [*prefix, tok]
-                    if t == depth - 1:
-                        item = node_at(new)
-                        if item in banned:
-                            continue
-                        cands.append(((-s, item), s, new, item))
-                    else:
-                        cands.append(((-s, rank, tok), s, new, None))
-            cands.sort(key=lambda c: c[0])
-            beams = [(c[1], c[2]) for c in cands[:beam_width]]
-            if t == depth - 1:
-                results.append([(c[3], c[1], tuple(c[2])) for c in cands[:top_k]])
-    return results
 
 
 SCORE_ATOL = 1e-5

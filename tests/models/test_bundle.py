@@ -16,12 +16,13 @@ from models.bundle import (
     BundleError,
     BundleExistsError,
     BundleManifest,
+    assemble_contents,
     load_bundle,
     resolve_bundle_path,
     verify_bundle,
     write_bundle,
 )
-from models.cold_start import ColdStart, served_item_features
+from models.cold_start import ColdStart, aligned_cf_vectors, served_item_features
 from models.decoding import DecodingConfig, recommend_top_k
 from models.item_table import ItemTable
 from models.onnx_generator import OnnxGenerator, export_checked, sample_history
@@ -123,7 +124,7 @@ def test_loaded_bundle_recommends_like_the_contents(bundle_dir, contents):
 def test_loaded_bundle_tokenizes_a_new_item(bundle_dir, contents):
     """Everything the cold-start path needs is in the bundle (models.cold_start)."""
     b = load_bundle(bundle_dir)
-    cold = b.cold_start()
+    cold = ColdStart.from_bundle(b)
     assert isinstance(cold, ColdStart) and cold.budget == b.budget and cold.layout == b.layout
     text = np.random.default_rng(0).standard_normal((2, b.tokenizer.config.sem.input_dim))
     codes = cold.tokenize(text)
@@ -147,16 +148,7 @@ def test_loaded_bundle_tokenizes_a_new_item(bundle_dir, contents):
     assert codes.vectors.shape == (2, b.generator.config.hidden)
     np.testing.assert_allclose(codes.vectors, want, rtol=0, atol=1e-6)
     # The same as the cold-start path of the modules the bundle was written from.
-    original = ColdStart(
-        tokenizer=contents.tokenizer,
-        router=contents.router,
-        generator=contents.generator,
-        layout=contents.layout,
-        budget=contents.budget,
-        imputation_index=b.imputation_index,
-        imputation_ids=contents.imputation_ids,
-        cf_codes_table=contents.cf_codes,
-    ).tokenize(text)
+    original = ColdStart.from_bundle(contents).tokenize(text)
     np.testing.assert_array_equal(original.prefixes, codes.prefixes)
     np.testing.assert_allclose(original.vectors, codes.vectors, rtol=0, atol=1e-6)
 
@@ -305,6 +297,40 @@ def test_inconsistent_contents_are_refused(tmp_path, contents, onnx_files):
     with pytest.raises(ValueError, match="history_encoder"):
         write_bundle(tmp_path, contents, {"token_decoder": b""})
     assert not any(tmp_path.iterdir())
+
+
+def assembler_inputs(contents) -> dict:
+    """What `assemble_contents` took to make these contents (warm = popularity > 0)."""
+    names = ("tokenizer", "router", "generator", "layout", "decoding", "external_ids")
+    names += ("sem_codes", "cf_codes", "item_tokens", "n_cf", "alpha", "popularity")
+    names += ("item_vectors", "text_model_id", "dataset", "metrics")
+    return {name: getattr(contents, name) for name in names} | {"warm": contents.popularity > 0}
+
+
+def test_assembler_indexes_the_warm_items(contents):
+    """The imputation index holds the warm items' aligned CF projections, row r for
+    imputation_ids[r]; the budget is the layout's."""
+    np.testing.assert_array_equal(contents.imputation_ids, np.flatnonzero(contents.popularity))
+    want = aligned_cf_vectors(contents.tokenizer, contents.cf_codes[contents.imputation_ids])
+    index = contents.imputation_index
+    np.testing.assert_allclose(index.reconstruct_n(0, index.ntotal), want, rtol=0, atol=1e-6)
+    assert contents.budget == contents.layout.n_levels == 3
+
+
+def test_assembler_refuses_what_cannot_be_written(contents):
+    inputs = assembler_inputs(contents)
+    with pytest.raises(ValueError, match="no warm item"):
+        assemble_contents(**(inputs | {"warm": np.zeros_like(inputs["warm"])}))
+    with pytest.raises(ValueError, match="n_cf has shape"):
+        assemble_contents(**(inputs | {"n_cf": contents.n_cf[:-1]}))
+
+
+def test_write_exports_and_records_the_onnx_check(tmp_path, contents):
+    """Without ONNX files, write_bundle exports them, checks them against torch and
+    records the difference; the caller's contents stay as they were."""
+    manifest = verify_bundle(write_bundle(tmp_path, contents, now=T0))
+    assert 0 <= manifest.metrics["onnx_max_abs_diff"] <= 1e-4
+    assert "onnx_max_abs_diff" not in contents.metrics
 
 
 def test_make_tiny_bundle(tmp_path):

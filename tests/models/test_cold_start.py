@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
+from models import cold_start
 from models.alignment import AlignmentConfig
 from models.cold_start import (
     ColdStart,
     aligned_cf_vectors,
+    aligned_sem_vectors,
     build_imputation_index,
     nearest_warm,
     served_item_features,
@@ -55,6 +57,19 @@ def test_nearest_warm_matches_brute_force_cosine():
     assert nearest_warm(tok, sem_codes[:0], build_imputation_index(np.eye(3)), ids).shape == (0,)
     with pytest.raises(ValueError):
         build_imputation_index(np.zeros((0, 5)))
+
+
+def test_aligned_vectors_are_the_same_in_batches(monkeypatch):
+    """Large catalogues are projected PROJECTION_BATCH rows at a time; the vectors do not
+    depend on the batching, and an empty input still gives (0, P)."""
+    tok = random_tokenizer()
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, K, size=(23, LEVELS))
+    whole_cf, whole_sem = aligned_cf_vectors(tok, codes), aligned_sem_vectors(tok, codes)
+    monkeypatch.setattr(cold_start, "PROJECTION_BATCH", 5)
+    np.testing.assert_allclose(aligned_cf_vectors(tok, codes), whole_cf, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(aligned_sem_vectors(tok, codes), whole_sem, rtol=0, atol=1e-6)
+    assert aligned_cf_vectors(tok, codes[:0]).shape == (0, whole_cf.shape[1])
 
 
 def make_cold_start(router: Router, text_dim: int = SEM_DIM, seed: int = 1):

@@ -93,3 +93,32 @@ async def test_redis_concurrent_adds_get_distinct_dedup_ids(redis_prefix: str) -
     finally:
         for s in stores:
             await s.close()
+
+
+def test_package_keeps_the_old_module_names() -> None:
+    """service/catalog.py became a package: what it exported is importable as before."""
+    import service.catalog as catalog
+
+    names = [
+        "STATUS_ADDED", "STATUS_REPLACED", "STATUS_UNCHANGED", "ItemRecord", "AddOutcome",
+        "RecordsCallback", "UpCallback", "CatalogStore", "LocalCatalog", "RedisCatalog",
+        "_check_dedup", "_exhausted", "_conflict", "_ADD_LUA", "_RESEED_LUA", "_REDIS_ERRORS",
+    ]  # fmt: skip
+    missing = [name for name in names if not hasattr(catalog, name)]
+    assert not missing
+
+
+def test_lua_scripts_are_files_of_the_package() -> None:
+    from importlib import resources
+
+    from service.catalog import ADD_ITEMS_LUA, RESEED_ITEMS_LUA
+
+    files = resources.files("service.catalog")
+    assert files.joinpath("add_items.lua").read_text(encoding="utf-8") == ADD_ITEMS_LUA
+    assert files.joinpath("reseed_items.lua").read_text(encoding="utf-8") == RESEED_ITEMS_LUA
+    assert "XADD" in ADD_ITEMS_LUA and "HEXISTS" in RESEED_ITEMS_LUA
+
+
+def test_redis_catalog_refuses_an_empty_stream() -> None:
+    with pytest.raises(ValueError, match="stream_maxlen"):
+        RedisCatalog(REDIS_URL, "unused", "v1", stream_maxlen=0)

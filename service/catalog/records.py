@@ -1,0 +1,72 @@
+"""The wire format of an added item: what the stores keep, replicate and hand back.
+
+One JSON object per item (`ItemRecord.to_json`), the same in the SQLite journal, in
+Redis (the Lua scripts decode and re-encode it with cjson, so every field must survive
+that round trip) and on the replication stream.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+STATUS_ADDED, STATUS_REPLACED, STATUS_UNCHANGED = "added", "replaced", "unchanged"
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One added item's assignment, as stored and replicated.
+
+    prefix: its L code tokens; base: first dedup id free after the bundle's items with
+    this prefix; dedup: the assigned dedup id (-1 before assignment); seq: store-wide
+    revision (larger = newer; a replace gets a new one); vector: its item vector for the
+    dense head (C floats, this bundle's), so every replica serves it the same way.
+    """
+
+    id: str
+    hash: str
+    prefix: tuple[int, ...]
+    base: int
+    cf: tuple[int, ...]
+    sem: tuple[int, ...]
+    alpha: float
+    n_cf: int
+    vector: tuple[float, ...] = ()
+    dedup: int = -1
+    seq: int = 0
+    at: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.update(
+            prefix=list(self.prefix), cf=list(self.cf), sem=list(self.sem), vector=list(self.vector)
+        )
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ItemRecord:
+        data = json.loads(text)
+        return cls(
+            id=str(data["id"]),
+            hash=str(data["hash"]),
+            prefix=tuple(int(x) for x in data["prefix"]),
+            base=int(data["base"]),
+            cf=tuple(int(x) for x in data["cf"]),
+            sem=tuple(int(x) for x in data["sem"]),
+            alpha=float(data["alpha"]),
+            n_cf=int(data["n_cf"]),
+            vector=tuple(float(x) for x in data.get("vector") or ()),
+            dedup=int(data.get("dedup", -1)),
+            seq=int(data.get("seq", 0)),
+            at=float(data.get("at", 0.0)),
+        )
+
+    @property
+    def prefix_key(self) -> str:
+        return ",".join(str(t) for t in self.prefix)
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    status: str  # added | replaced | unchanged
+    record: ItemRecord

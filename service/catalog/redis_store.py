@@ -1,0 +1,364 @@
+"""Redis mode: one catalog shared by every replica.
+
+Keys are namespaced by prefix AND bundle version (`{prefix}:{<version>}:...`), so a new
+model never reads the old one's tokens:
+
+  items   hash  id -> JSON: the bundle's items (`{"o":"b",...}`, loaded once per version,
+                pipelined) and the added ones; the Lua scripts check ids against it
+  added   hash  id -> ItemRecord JSON: the authoritative set of added items
+  dedup   hash  code prefix -> how many dedup ids after the bundle's are taken
+  seq     int   store-wide revision
+  events  stream of `item` entries, one per write, trimmed to about `stream_maxlen`
+
+A batch of new items is assigned in ONE Lua script (add_items.lua, atomic on the
+server), so two replicas adding colliding items at once never get the same token row.
+Replicas tail the stream; on (re)connect they catch up from the `added` hash and write
+back what Redis lost (reseed_items.lua). The stream is trimmed, so a replica that falls
+further behind than `stream_maxlen` entries (a long pause, a slow apply during a bulk
+import) would never see the trimmed items: after every read it checks whether entries
+past its position were trimmed and, if so, reloads the `added` hash (a resync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+from redis import asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.catalog.records import AddOutcome, ItemRecord
+from service.catalog.store import (
+    BundleItems,
+    CatalogStore,
+    RecordsCallback,
+    ResyncCallback,
+    UpCallback,
+    dedup_exhausted,
+    item_conflict,
+)
+from service.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Connection-level failures: Redis is down or unreachable (writes refused, reconnect).
+CONNECTION_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+# An error reply: the server is up but refused the command (e.g. XINFO of a missing key).
+REPLY_ERRORS = (ResponseError,)
+
+
+def _read_lua(name: str) -> str:
+    """A Lua script shipped beside this module (package data), read once at import, so
+    a missing file stops the service at start-up rather than at its first write."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+ADD_ITEMS_LUA = _read_lua("add_items.lua")
+RESEED_ITEMS_LUA = _read_lua("reseed_items.lua")
+
+ORIGIN = "0-0"  # the cursor before the first entry of a stream that does not exist yet
+
+
+def _stream_id(entry_id: str | bytes) -> tuple[int, int]:
+    """A stream entry id ('<ms>-<n>') as a pair that orders like the ids themselves."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, n = text.partition("-")
+    return int(ms), int(n or 0)
+
+
+class RedisCatalog(CatalogStore):
+    """Shared catalog in Redis (redis-py asyncio); see the module docstring for the keys."""
+
+    mode = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        version: str,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        stream_maxlen: int = 100_000,
+        local_records: Callable[[], list[ItemRecord]] | None = None,
+    ) -> None:
+        if stream_maxlen < 1:
+            raise ValueError(f"stream_maxlen must be at least 1, got {stream_maxlen}")
+        self.url = url
+        ns = f"{prefix}:{{{version}}}"
+        self.keys = {
+            name: f"{ns}:{name}"
+            for name in ("items", "added", "dedup", "seq", "events", "bundle_loaded")
+        }
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stream_maxlen = stream_maxlen
+        self._local_records = local_records
+        self._block_ms = 500
+        common = {"socket_connect_timeout": 1.0, "retry_on_timeout": False}
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=2.0, **common)
+        # The tail blocks in XREAD: its own connection, with a timeout above the block time.
+        self._tail = aioredis.Redis.from_url(
+            url, socket_timeout=self._block_ms / 1000 + 2.0, **common
+        )
+        self._add_script = self._redis.register_script(ADD_ITEMS_LUA)
+        self._reseed_script = self._redis.register_script(RESEED_ITEMS_LUA)
+        self._up = False
+        self._closing = False
+        self._cursor = ORIGIN
+        self._task: asyncio.Task | None = None
+        self._bundle_items: BundleItems | None = None
+        self._on_records: RecordsCallback | None = None
+        self._on_up: UpCallback | None = None
+        self._on_resync: ResyncCallback | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def _set_up(self, up: bool) -> None:
+        if up != self._up:
+            (logger.info if up else logger.warning)(
+                "redis at %s is %s", self.url, "up" if up else "DOWN (writes refused)"
+            )
+        self._up = up
+        if self._on_up is not None:
+            self._on_up(up)
+
+    async def start(
+        self,
+        bundle_items: BundleItems,
+        on_records: RecordsCallback,
+        on_up: UpCallback | None = None,
+        on_resync: ResyncCallback | None = None,
+    ) -> None:
+        self._bundle_items = bundle_items
+        self._on_records = on_records
+        self._on_up = on_up
+        self._on_resync = on_resync
+        try:
+            await self._sync()
+            self._set_up(True)
+        except CONNECTION_ERRORS as e:
+            logger.warning("redis at %s unreachable at start-up (%s); retrying", self.url, e)
+            self._set_up(False)
+        self._task = asyncio.create_task(self._supervise(), name="flexcode-redis")
+
+    async def _load_bundle(self) -> None:
+        """Write the bundle's items into the cache hash once per version (pipelined)."""
+        marker = self.keys["bundle_loaded"]
+        if await self._redis.exists(marker):
+            return
+        assert self._bundle_items is not None
+        started, count, chunk = time.perf_counter(), 0, {}
+        for item_id, value in self._bundle_items():
+            chunk[item_id] = value
+            if len(chunk) >= 5000:
+                await self._redis.hset(self.keys["items"], mapping=chunk)
+                count, chunk = count + len(chunk), {}
+        if chunk:
+            await self._redis.hset(self.keys["items"], mapping=chunk)
+            count += len(chunk)
+        await self._redis.set(marker, str(count))
+        logger.info(
+            "loaded %d bundle items into redis in %.1f s", count, time.perf_counter() - started
+        )
+
+    async def _stream_end(self) -> str:
+        """The id of the stream's newest entry (ORIGIN when there is no stream yet). Read
+        BEFORE the `added` hash: whatever is written after it reaches us on the stream."""
+        last = await self._redis.xrevrange(self.keys["events"], count=1)
+        return last[0][0].decode() if last else ORIGIN
+
+    async def _read_added(self) -> dict[str, ItemRecord]:
+        stored: dict[str, ItemRecord] = {}
+        async for _key, value in self._redis.hscan_iter(self.keys["added"], count=1000):
+            rec = ItemRecord.from_json(value)
+            stored[rec.id] = rec
+        return stored
+
+    async def _deliver(self, stored: dict[str, ItemRecord]) -> int | None:
+        if not stored or self._on_records is None:
+            return 0
+        return await self._on_records(sorted(stored.values(), key=lambda r: r.seq))
+
+    async def _sync(self) -> None:
+        """(Re)connect: bundle cache, put back what Redis lost, catch up on added items."""
+        await self._redis.ping()
+        await self._load_bundle()
+        cursor = await self._stream_end()
+        stored = await self._read_added()
+        if self._local_records is not None:
+            lost = [r for r in self._local_records() if r.id not in stored]
+            if lost:
+                logger.warning("redis lost %d added items; writing them back", len(lost))
+                await self._reseed_script(
+                    keys=self._key_list(),
+                    args=[self.stream_maxlen, *(r.to_json() for r in lost)],
+                )
+        self._cursor = cursor
+        await self._deliver(stored)
+
+    async def _resync(self, trimmed_to: str) -> None:
+        """The stream lost entries this replica had not read: reload the `added` hash, the
+        authoritative copy, and go on tailing from the stream's end."""
+        logger.warning(
+            "replication stream %s was trimmed past this replica's last-read entry %s "
+            "(oldest left: %s; it keeps about %d entries): items may have been missed, "
+            "reloading every added item from redis",
+            self.keys["events"],
+            self._cursor,
+            trimmed_to,
+            self.stream_maxlen,
+        )
+        if self._on_resync is not None:
+            self._on_resync()
+        started = time.perf_counter()
+        cursor = await self._stream_end()
+        stored = await self._read_added()
+        self._cursor = cursor
+        changed = await self._deliver(stored)
+        logger.info(
+            "resynchronised from redis in %.1f s: %d added items read, %s new or newer here",
+            time.perf_counter() - started,
+            len(stored),
+            "?" if changed is None else changed,
+        )
+
+    def _key_list(self) -> list[str]:
+        return [self.keys[k] for k in ("items", "added", "dedup", "seq", "events")]
+
+    async def _supervise(self) -> None:
+        """Tail the event stream while up; reconnect with exponential backoff while down."""
+        backoff = self.backoff_initial_s
+        while not self._closing:
+            try:
+                if not self._up:
+                    await self._sync()
+                    self._set_up(True)
+                    backoff = self.backoff_initial_s
+                await self._tail_once()
+            except asyncio.CancelledError:
+                raise
+            except CONNECTION_ERRORS as e:
+                if self._up:
+                    logger.warning("lost redis at %s: %s", self.url, e)
+                self._set_up(False)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
+            except Exception:
+                logger.exception("unexpected error following redis; retrying")
+                await asyncio.sleep(backoff)
+
+    async def _tail_once(self) -> None:
+        got = await self._tail.xread(
+            {self.keys["events"]: self._cursor}, count=500, block=self._block_ms
+        )
+        entries = [entry for _stream, batch in got or [] for entry in batch]
+        if not entries:
+            return
+        # After the read, not before: entries trimmed between a check and the read would
+        # otherwise go unnoticed.
+        trimmed_to = await self._trimmed_past_cursor()
+        if trimmed_to is not None:
+            await self._resync(trimmed_to)
+            return
+        records = []
+        for entry_id, fields in entries:
+            self._cursor = entry_id.decode()
+            records.append(ItemRecord.from_json(fields[b"item"]))
+        if self._on_records is not None:
+            await self._on_records(records)
+
+    async def _trimmed_past_cursor(self) -> str | None:
+        """The oldest entry left in the stream when entries after the cursor may have been
+        trimmed before this replica read them, else None.
+
+        Trimming removes the oldest entries, so nothing past the cursor is gone while the
+        oldest entry left is at or before it. When the cursor entry itself is gone, the
+        replica is about `stream_maxlen` entries behind and cannot tell whether anything
+        between was lost: that counts as a gap (a resync too many costs one reload; one
+        too few loses items). A cursor at ORIGIN (no stream at the last sync) has lost
+        nothing while the stream has never been trimmed (Redis >= 7: entries-added)."""
+        try:
+            info = await self._redis.xinfo_stream(self.keys["events"])
+        except REPLY_ERRORS as e:  # "no such key": the stream vanished under us
+            return f"(no stream: {e})"
+        first = info.get("first-entry")
+        if not first:
+            return "(empty stream)"
+        oldest = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+        if _stream_id(oldest) <= _stream_id(self._cursor):
+            return None
+        added = info.get("entries-added")
+        if self._cursor == ORIGIN and added is not None and int(added) == int(info["length"]):
+            return None
+        return oldest
+
+    async def add(
+        self, records: Sequence[ItemRecord], replace: bool, dedup_size: int
+    ) -> list[AddOutcome]:
+        if not self._up:
+            raise StoreUnavailable(
+                "redis is unreachable: new items cannot be stored now (retry later)"
+            )
+        args = [
+            "1" if replace else "0",
+            dedup_size,
+            self.stream_maxlen,
+            *(r.to_json() for r in records),
+        ]
+        try:
+            out = await self._add_script(keys=self._key_list(), args=args)
+        except CONNECTION_ERRORS as e:
+            self._set_up(False)
+            raise StoreUnavailable(
+                f"redis became unreachable while storing new items ({e}); retry later"
+            ) from e
+        status = out[0].decode()
+        if status == "bundle":
+            raise item_conflict(out[1].decode(), bundle=True)
+        if status == "conflict":
+            raise item_conflict(out[1].decode(), bundle=False)
+        if status == "full":
+            raise dedup_exhausted(out[1].decode(), dedup_size)
+        outcomes = []
+        for i in range(1, len(out), 2):
+            outcomes.append(AddOutcome(out[i].decode(), ItemRecord.from_json(out[i + 1])))
+        return outcomes
+
+    async def get(self, item_id: str) -> ItemRecord | None:
+        if not self._up:
+            return None
+        try:
+            value = await self._redis.hget(self.keys["added"], item_id)
+        except CONNECTION_ERRORS:
+            self._set_up(False)
+            return None
+        return ItemRecord.from_json(value) if value else None
+
+    async def close(self) -> None:
+        # The tail blocks at most block_ms in XREAD: let it see the flag and return. A
+        # cancelled XREAD can leave redis-py waiting on a read that never completes, so
+        # cancelling is only the fallback, and is not waited on for long.
+        self._closing = True
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=self._block_ms / 1000 + 3.0)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
+            self._task = None
+        for client in (self._redis, self._tail):
+            with contextlib.suppress(Exception):
+                await client.aclose()
