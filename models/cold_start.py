@@ -11,7 +11,10 @@ A cold item's own CF embedding was never trained, so its collaborative codes hav
 borrowed; the aligned space is where text meets co-consumption, which is what the
 InfoNCE loss trained it for. The dedup token is NOT assigned here: it depends on the
 other items sharing the prefix, which only the catalog (training table, or the serving
-store's atomic counter) knows.
+store's atomic counter) knows. What IS computed here is each item's placement order
+(`models.tokens.placement_order`): where the store puts the item when the dedup block of
+its own prefix is full, the code sequences nearest to its own first, ranked by the
+RQ-VAE's distances (`ranked_codes`).
 
 The FAISS index builder is separate from the lookup so the index can be built once at
 export and loaded by the service.
@@ -29,7 +32,7 @@ import torch
 from models.dual_tokenizer import DualTokenizer
 from models.generator import Generator, ItemFeatures
 from models.router import Router
-from models.tokens import TokenLayout, code_sequences
+from models.tokens import TokenLayout, code_sequences, placement_order
 
 if TYPE_CHECKING:  # models.bundle imports this module: the bundle is only a type here
     from models.bundle import BundleContents
@@ -95,6 +98,49 @@ def nearest_warm(
     return np.asarray(index_ids, dtype=np.int64)[rows[:, 0]]
 
 
+@torch.no_grad()
+def ranked_codes(codebooks: torch.Tensor, start: torch.Tensor, codes: np.ndarray) -> np.ndarray:
+    """Every level's codes ranked for each of M items, nearest first: (M, L_max, K) int64.
+
+    codebooks: (L_max, K, d) one residual quantiser's codewords; start: (M, d) what its
+    levels quantise; codes: (M, L_max) the items' codes. Level l ranks its codewords by
+    squared distance to the item's residual there, start minus the codewords of its codes
+    at levels < l (the path `ResidualQuantizer.encode` walks). The item's own code comes
+    first even where another is as near: step 0 of a placement order is its own codes.
+    Ties among the others go to the lowest code (a stable sort), so the order is
+    deterministic.
+    """
+    books = codebooks.detach().float()
+    codes_t = torch.as_tensor(np.asarray(codes), dtype=torch.long, device=books.device)
+    residual = start.detach().float().to(books.device)  # (M, d)
+    rows = torch.arange(codes_t.shape[0], device=books.device)
+    ranked = []
+    for level in range(books.shape[0]):
+        book = books[level]  # (K, d)
+        # Expanded, as the quantiser measures it: (M, K), never an (M, K, d) difference.
+        dist = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(1)
+        dist[rows, codes_t[:, level]] = float("-inf")
+        ranked.append(np.argsort(dist.cpu().numpy(), axis=1, kind="stable"))
+        residual = residual - book[codes_t[:, level]]
+    return np.stack(ranked, axis=1).astype(np.int64)
+
+
+def sem_ranked_codes(
+    tokenizer: DualTokenizer, sem_x: torch.Tensor, sem_codes: np.ndarray
+) -> np.ndarray:
+    """(M, L_max, K) semantic codes ranked around each item's text latent."""
+    latent = tokenizer.sem.encoder(tokenizer.standardise_sem(sem_x))
+    return ranked_codes(tokenizer.sem.quantizer.codebooks, latent, sem_codes)
+
+
+def cf_ranked_codes(tokenizer: DualTokenizer, cf_codes: np.ndarray) -> np.ndarray:
+    """(M, L_max, K) CF codes ranked around borrowed codes. A new item has no CF latent
+    (its codes are a warm item's), so their reconstruction stands in for it."""
+    quantizer = tokenizer.cf.quantizer
+    codes = torch.as_tensor(cf_codes, dtype=torch.long, device=quantizer.codebooks.device)
+    return ranked_codes(quantizer.codebooks, quantizer.decode(codes), cf_codes)
+
+
 @dataclass(frozen=True)
 class NewItemCodes:
     """Codes of M new items. prefixes: (M, L) int64 code tokens in the order the item is
@@ -107,6 +153,9 @@ class NewItemCodes:
     n_cf: np.ndarray  # (M,) int64 CF tokens of the L
     prefixes: np.ndarray  # (M, L) int64 (`models.tokens.code_sequences`)
     vectors: np.ndarray  # (M, C) float32 item vectors for the dense head
+    # (M, L, W) int64 where to put each item when its prefix is full; row m's step 0 is
+    # prefixes[m] (`models.tokens.placement_order`)
+    placement_order: np.ndarray
 
 
 def served_item_features(
@@ -172,8 +221,8 @@ class ColdStart:
             raise ValueError(f"sem_embeddings must be (M, D), got {sem_embeddings.shape}")
         device = next(self.tokenizer.parameters()).device
         n = sem_embeddings.shape[0]
-        sem_codes = self.tokenizer.encode_sem(torch.as_tensor(sem_embeddings, device=device))
-        sem_codes = sem_codes.cpu().numpy().astype(np.int64)
+        sem_x = torch.as_tensor(sem_embeddings, device=device)
+        sem_codes = self.tokenizer.encode_sem(sem_x).cpu().numpy().astype(np.int64)
         neighbours = nearest_warm(
             self.tokenizer, sem_codes, self.imputation_index, self.imputation_ids
         )
@@ -203,4 +252,11 @@ class ColdStart:
             n_cf=n_cf,
             prefixes=code_sequences(cf_codes, sem_codes, n_cf, self.budget, self.layout),
             vectors=vectors,
+            placement_order=placement_order(
+                cf_ranked_codes(self.tokenizer, cf_codes),
+                sem_ranked_codes(self.tokenizer, sem_x, sem_codes),
+                n_cf,
+                self.budget,
+                self.layout,
+            ),
         )

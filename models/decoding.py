@@ -18,11 +18,21 @@ The dense candidates alone hold at least k non-excluded items whenever the catal
 k, so every request gets k results. w = 0 ranks by the generative head only, w = 1 by the
 dense head only.
 
+New-item share (optional, `DecodingConfig.new_item_share` = pi): items without an id of
+their own (added at serving time, or never seen in training) are scored by codes and text
+alone, and the dense softmax gives them together only a sliver of the mass, so they are
+almost never returned (BENCHMARKS.md, cold start). With pi set, P_dense becomes a two-part
+mixture: the id-free items share pi between them, in proportion to their dense scores, and
+the other items share 1 - pi, likewise. pi is the operator's exposure knob for new items;
+None (the default) leaves the dense head as trained. The generative head is not
+re-weighted.
+
 `model` is anything with the `ServingModel` methods: the torch Generator or the ONNX one.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,14 +60,17 @@ class Catalogue:
     item_vectors: (R, C) float the dense head's item vectors (row 0 padding).
     item_tokens: (R, L + 1) int64 every row's served tokens (row 0 zeros).
     index: the prefix index over those tokens (a DeviceIndex, or (base, overlay)).
-    live: optional (R,) bool, rows that may be returned (False for padding and for rows
-        of items that were replaced); None = every row but 0.
+    live: optional (R,) bool, rows that may be returned (False for padding, for rows of
+        items that were replaced and for retired items); None = every row but 0.
+    id_free: optional (R,) bool, rows of items without an id embedding of their own (the
+        new items the new-item share applies to); None = no such rows.
     """
 
     item_vectors: torch.Tensor
     item_tokens: torch.Tensor
     index: IndexTensors
     live: torch.Tensor | None = None
+    id_free: torch.Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -69,10 +82,15 @@ class DecodingConfig:
     beam_width: int = 50  # generative candidates per request
     dense_weight: float = 0.5  # w in the mixed score; chosen on validation by stage D
     dense_candidates: int = 50  # dense-head candidates per request (at least k are used)
+    # Share of the dense head's mass given to id-free (new) items; None = as trained.
+    new_item_share: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dense_weight <= 1.0:
             raise ValueError(f"dense_weight must lie in [0, 1], got {self.dense_weight}")
+        share = self.new_item_share
+        if share is not None and (isinstance(share, bool) or not 0.0 < share < 1.0):
+            raise ValueError(f"new_item_share must lie in (0, 1) or be None, got {share!r}")
         for name in ("beam_width", "dense_candidates"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -135,15 +153,42 @@ class Candidates:
         return mix(self.dense, self.generative, dense_weight).masked_fill(~self.eligible, NEG_INF)
 
 
-def dense_log_probs(state: torch.Tensor, catalogue: Catalogue) -> torch.Tensor:
+def dense_log_probs(
+    state: torch.Tensor, catalogue: Catalogue, new_item_share: float | None = None
+) -> torch.Tensor:
     """(B, C) user states -> (B, R) log P_dense over the catalogue's live rows (the
-    softmax of state . v_i over them, as the dense head is trained); -inf elsewhere."""
+    softmax of state . v_i over them, as the dense head is trained); -inf elsewhere.
+    new_item_share: pi of the module docstring (None: the plain softmax)."""
     logits = state.float() @ catalogue.item_vectors.float().T
     dead = torch.zeros(catalogue.n_rows, dtype=torch.bool, device=logits.device)
     dead[0] = True
     if catalogue.live is not None:
         dead |= ~catalogue.live
-    return torch.log_softmax(logits.masked_fill(dead[None], NEG_INF), dim=1)
+    return shared_log_softmax(logits, dead, catalogue.id_free, new_item_share)
+
+
+def shared_log_softmax(
+    logits: torch.Tensor,
+    dead: torch.Tensor,
+    id_free: torch.Tensor | None,
+    new_item_share: float | None,
+) -> torch.Tensor:
+    """(B, R) logits, (R,) bool dead rows, (R,) bool id-free rows -> (B, R) log-probs:
+    the softmax over the live rows, or, with a share pi, the two-part mixture of the
+    module docstring (id-free rows share pi, the others 1 - pi). Dead rows are -inf. Any
+    score table works (the SASRec baseline uses it too, for a like-for-like comparison)."""
+    if new_item_share is None or id_free is None:
+        return torch.log_softmax(logits.masked_fill(dead[None], NEG_INF), dim=1)
+    new = id_free.to(logits.device) & ~dead
+    known = ~new & ~dead
+    if not bool(new.any()) or not bool(known.any()):  # one part empty: nothing to share
+        return torch.log_softmax(logits.masked_fill(dead[None], NEG_INF), dim=1)
+    log_new = torch.log_softmax(logits.masked_fill(~new[None], NEG_INF), dim=1)
+    log_known = torch.log_softmax(logits.masked_fill(~known[None], NEG_INF), dim=1)
+    mixed = torch.where(
+        new[None], log_new + math.log(new_item_share), log_known + math.log1p(-new_item_share)
+    )
+    return mixed.masked_fill(dead[None], NEG_INF)
 
 
 def _blocked_rows(
@@ -181,7 +226,7 @@ def find_candidates(
     vectors = catalogue.item_vectors
     batch = history.shape[0]
     state = model.user_state(vectors[history], history != 0)  # (B, C)
-    dense_all = dense_log_probs(state, catalogue)  # (B, R)
+    dense_all = dense_log_probs(state, catalogue, config.new_item_share)  # (B, R)
     blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device)
     n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
     found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
@@ -249,13 +294,15 @@ def exact_log_probs(
     catalogue: Catalogue,
     generative: bool = True,
     chunk_sequences: int = 8192,
+    new_item_share: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) histories -> ((B, R) log P_dense of EVERY row, (B, R) log P_gen of every row
     or None): the parts of the mixed score without beam search or candidates, for
-    diagnostics and validation. Row 0 and non-live rows are -inf."""
+    diagnostics and validation. Row 0 and non-live rows are -inf. new_item_share: as in
+    `DecodingConfig`."""
     vectors = catalogue.item_vectors
     state = model.user_state(vectors[history], history != 0)
-    dense = dense_log_probs(state, catalogue)
+    dense = dense_log_probs(state, catalogue, new_item_share)
     dead = torch.isneginf(dense[0])
     gen = None
     if generative:
@@ -287,8 +334,11 @@ def exact_scores(
     catalogue: Catalogue,
     dense_weight: float,
     chunk_sequences: int = 8192,
+    new_item_share: float | None = None,
 ) -> torch.Tensor:
     """(B, T) histories -> (B, R) the mixed score of EVERY row (no beam, no candidates):
     the ranking beam search approximates. Row 0 and non-live rows -inf."""
-    dense, gen = exact_log_probs(model, history, catalogue, dense_weight < 1.0, chunk_sequences)
+    dense, gen = exact_log_probs(
+        model, history, catalogue, dense_weight < 1.0, chunk_sequences, new_item_share
+    )
     return mix(dense, gen, dense_weight)

@@ -1,5 +1,8 @@
 """The app factory and its lifespan: everything long-lived is built at start-up, handed to
-handlers through app.state + dependencies, and closed on shutdown."""
+handlers through app.state + dependencies, and closed on shutdown.
+
+app.state holds: settings, metrics, engine (the serving bundle version; replaced by a
+swap), histories (per-user events) and swapper (service/swap.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -15,13 +19,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from models.bundle import Bundle, BundleError, load_bundle
 from models.device import resolve_device
 from service.catalog import CatalogStore, LocalCatalog, RedisCatalog
+from service.catalog.histories import JournalHistories, RedisHistories, UserHistories
 from service.engine import Engine, Recommender, TextEncoderLike
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.openapi import install_openapi
-from service.routes import health, items, recommend
+from service.routes import admin, events, health, items, recommend
 from service.schemas import ErrorBody
 from service.settings import Settings
+from service.swap import BundleSwapper
 
 logger = logging.getLogger(__name__)
 
@@ -73,28 +79,34 @@ def _make_store(settings: Settings, version: str, recommender: Recommender) -> C
             backoff_initial_s=settings.redis_backoff_initial_s,
             backoff_max_s=settings.redis_backoff_max_s,
             local_records=lambda: [s.record for s in recommender.added.values()],
+            local_retirements=lambda: list(recommender.retirements.values()),
         )
     return LocalCatalog(settings.journal_path, version)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    metrics: Metrics = app.state.metrics
-    device = pick_device(settings.device)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    try:
-        bundle = await asyncio.to_thread(load_bundle, settings.bundle_path, device, True)
-    except BundleError as e:
-        logger.error("cannot start: %s", e)
-        raise StartupError(f"cannot load the model bundle: {e}") from e
-    encoder = app.state.text_encoder_override or await asyncio.to_thread(
-        _text_encoder, bundle, device
-    )
+def _make_histories(settings: Settings) -> UserHistories:
+    if settings.redis_enabled:
+        return RedisHistories(settings.redis_url, settings.redis_prefix, settings.user_history_max)
+    return JournalHistories(settings.journal_path, settings.user_history_max)
+
+
+async def build_engine(
+    settings: Settings,
+    metrics: Metrics,
+    path: Path,
+    device: torch.device,
+    encoder: TextEncoderLike | None,
+) -> tuple[Engine, TextEncoderLike]:
+    """An engine (not started) for the bundle at `path`, verified file by file, and the
+    text encoder it uses: `encoder` when given (a swap keeps the one already loaded),
+    else MiniLM. BundleError or StartupError when the bundle cannot serve."""
+    bundle = await asyncio.to_thread(load_bundle, path, device, True)
+    encoder = encoder or await asyncio.to_thread(_text_encoder, bundle, device)
     _check_text_encoder(bundle, encoder)
     generator = _make_generator(bundle, settings.backend, device)
-    recommender = await asyncio.to_thread(Recommender, bundle, generator, device, settings.backend)
+    recommender = await asyncio.to_thread(
+        Recommender, bundle, generator, device, settings.backend, settings.new_item_share
+    )
     store = _make_store(settings, bundle.version, recommender)
     engine = Engine(
         recommender,
@@ -108,29 +120,70 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         max_beam_width=settings.max_beam_width,
     )
+    return engine, encoder
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    device = pick_device(settings.device)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        engine, encoder = await build_engine(
+            settings, metrics, settings.bundle_path, device, app.state.text_encoder_override
+        )
+    except BundleError as e:
+        logger.error("cannot start: %s", e)
+        raise StartupError(f"cannot load the model bundle: {e}") from e
+    bundle = engine.rec.bundle
     metrics.model_info.labels(
         version=bundle.version, device=str(device), backend=settings.backend
     ).set(1)
     metrics.redis_up.set(0)
+
+    async def build_next(path: Path) -> Engine:
+        return (await build_engine(settings, metrics, path, device, encoder))[0]
+
+    def switch(new: Engine) -> None:
+        app.state.engine = new  # one assignment: the next request gets the new version
+
+    swapper = BundleSwapper(
+        settings.bundle_path,
+        build_next,
+        current=lambda: app.state.engine,
+        switch=switch,
+        metrics=metrics,
+        poll_s=settings.bundle_poll_s,
+    )
+    histories = _make_histories(settings)
     try:
+        await histories.start()
         await engine.start()
         if settings.warmup:
             await engine.warm_up()
         engine.ready = True
         app.state.engine = engine
+        app.state.histories = histories
+        app.state.swapper = swapper
+        swapper.start()
         logger.info(
             "serving bundle %s (%d items) on %s with the %s backend; catalog store: %s",
             bundle.version,
-            recommender.n_items,
+            engine.rec.n_items,
             device,
             settings.backend,
-            store.mode,
+            engine.store.mode,
         )
         yield
     finally:
+        await swapper.close()
+        engine = app.state.engine or engine  # the version serving now
         engine.ready = False
         app.state.engine = None
         await engine.close()
+        await histories.close()
         logger.info("service stopped")
 
 
@@ -202,8 +255,9 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
 
 
 # What no single operation can declare: answers for paths and methods it does not have.
-API_DESCRIPTION = """Generative recommendation: top-k next items for a history, and
-cold-start items added while serving.
+API_DESCRIPTION = """Generative recommendation: top-k next items for a history (sent, or
+stored per user from events), cold-start items added while serving, retiring items, and
+new model versions taken up without downtime.
 
 Every error response has the body `ErrorBody` (`{"detail": "..."}`), including those no
 operation declares: 404 for a path the API does not have, and 405, with an `Allow`
@@ -227,11 +281,15 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = None
+    app.state.histories = None
+    app.state.swapper = None
     app.state.text_encoder_override = text_encoder
     install_error_handlers(app)
-    app.include_router(recommend.router)
-    app.include_router(items.router)
-    app.include_router(health.router)
+    routers = [recommend.router, items.router, events.router, admin.router, health.router]
+    for router in routers:
+        app.include_router(router)
+    # For the Allow header of a 405 (service.errors.allowed_methods).
+    app.state.api_routes = [route for router in routers for route in router.routes]
     # Outermost last: size limit first, then timing (which then sees the 413s too).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

@@ -4,15 +4,18 @@ module globals."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.catalog.histories import UserHistories
 from service.engine import Engine
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.settings import Settings
+from service.swap import BundleSwapper
 
 # Declared in OpenAPI on the routes that depend on require_api_key (the write routes).
 _bearer = HTTPBearer(
@@ -30,16 +33,38 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> AsyncIterator[Engine]:
+    """The serving engine, read ONCE per request and held until the request is done: a
+    swap in the meantime changes nothing for it (one bundle version answers it all) and
+    closes the old engine only after it. (async: runs on the event loop, as the engine's
+    request count must.)"""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
         raise NotReady("the model is still loading; retry shortly")
-    return engine
+    with engine.serving():
+        yield engine
+
+
+def _started(request: Request, name: str):
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        raise NotReady("the service is still starting; retry shortly")
+    return value
+
+
+def get_histories(request: Request) -> UserHistories:
+    return _started(request, "histories")
+
+
+def get_swapper(request: Request) -> BundleSwapper:
+    return _started(request, "swapper")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+HistoriesDep = Annotated[UserHistories, Depends(get_histories)]
+SwapperDep = Annotated[BundleSwapper, Depends(get_swapper)]
 
 
 def require_api_key(

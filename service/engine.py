@@ -10,6 +10,10 @@ Two layers:
   /recommend is there for it.
 * `Engine` (asyncio) is what routes call: it resolves ids, micro-batches recommendations,
   asks the catalog store for atomic dedup ids, and applies stored records locally.
+
+One Engine serves one bundle version. A swap (service/swap.py) builds a second Engine
+beside it and replaces the app's reference; each request holds the Engine it started
+with (`Engine.serving`), so it is answered by one version throughout.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -34,14 +39,19 @@ from models.item_table import ItemTable
 from models.prefix_index import PrefixIndex
 from models.text_encoder import item_description
 from service.batching import MicroBatcher
-from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord
+from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord, Retirement
 from service.errors import ItemConflict, NotFound
 from service.metrics import Metrics
+from service.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 
 ORIGIN_BUNDLE, ORIGIN_ADDED = "bundle", "added"
 FALLBACK_POPULARITY = "popularity"
+# Longest a recommendation waits for the retirement check before going on without it.
+RETIREMENT_CHECK_TIMEOUT_S = 1.0
+# Items re-tokenized per step when carried to a new bundle version.
+CARRY_CHUNK = 256
 
 
 class TextEncoderLike(Protocol):
@@ -80,6 +90,7 @@ class ItemView:
     alpha: float
     n_cf: int
     added_at: float | None = None
+    retired: bool = False
 
 
 @dataclass
@@ -135,8 +146,14 @@ class Recommender:
     """Model state and the synchronous operations on it (all on the inference thread)."""
 
     def __init__(
-        self, bundle: Bundle, generator: ServingModel, device: torch.device, backend: str
+        self,
+        bundle: Bundle,
+        generator: ServingModel,
+        device: torch.device,
+        backend: str,
+        new_item_share: float | None = None,
     ) -> None:
+        """new_item_share: overrides the bundle's `DecodingConfig.new_item_share` when set."""
         self.bundle = bundle
         self.generator = generator
         self.device = device
@@ -144,8 +161,16 @@ class Recommender:
         self.layout = bundle.layout
         self.budget = bundle.budget
         self.decoding = bundle.decoding  # what stage D measured; beam width per request
+        if new_item_share is not None:
+            self.decoding = replace(self.decoding, new_item_share=new_item_share)
         self.max_len = int(bundle.generator.config.max_len)
-        self.table = ItemTable(bundle.item_vectors, bundle.item_tokens, bundle.prefix_index, device)
+        self.table = ItemTable(
+            bundle.item_vectors,
+            bundle.item_tokens,
+            bundle.prefix_index,
+            device,
+            base_id_free=np.asarray(bundle.popularity) == 0,  # no training interaction: no id
+        )
         self.cold_start = ColdStart.from_bundle(bundle)
         self.n_bundle = bundle.n_items
         # A plain dict: one hash lookup per id. (A pandas Index of 1M strings took 0.3-0.9 s
@@ -162,6 +187,11 @@ class Recommender:
         pop[0] = -1
         self.popular = np.argsort(-pop, kind="stable")[: max(1, min(len(pop) - 1, 10_000))]
         self.popularity = pop
+        # Retirements by external id (the newest revision seen of each: retired or
+        # restored), kept for ids not in the catalog yet too (an added item whose record
+        # has not arrived), and the rows they withdraw: never returned, read in histories.
+        self.retirements: dict[str, Retirement] = {}
+        self.retired_rows = np.zeros(0, dtype=np.int64)
 
     # --- ids ---
     @property
@@ -184,12 +214,19 @@ class Recommender:
             return str(self.bundle.external_ids[row])
         return self.row_to_added[row]
 
+    def is_retired(self, item_id: str) -> bool:
+        held = self.retirements.get(item_id)
+        return held is not None and held.retired
+
     def view(self, item_id: str) -> ItemView | None:
+        retired = self.is_retired(item_id)
         state = self.added.get(item_id)
         if state is not None:
             rec = state.record
             tokens = [*rec.prefix, int(self.layout.dedup_offset + rec.dedup)]
-            return ItemView(item_id, tokens, ORIGIN_ADDED, rec.alpha, rec.n_cf, rec.at)
+            return ItemView(
+                item_id, tokens, ORIGIN_ADDED, rec.alpha, rec.n_cf, rec.at, retired=retired
+            )
         rows = self.resolve([item_id])
         if rows[0] < 1:
             return None
@@ -200,6 +237,7 @@ class Recommender:
             ORIGIN_BUNDLE,
             float(self.bundle.alpha[row]),
             int(self.bundle.n_cf[row]),
+            retired=retired,
         )
 
     def bundle_cache_entries(self) -> Iterator[tuple[str, str]]:
@@ -252,7 +290,8 @@ class Recommender:
         return out
 
     def popular_items(self, k: int, exclude: np.ndarray) -> RecResult:
-        rows = self.popular[~np.isin(self.popular, exclude)][:k]
+        skip = np.concatenate([np.asarray(exclude, dtype=np.int64), self.retired_rows])
+        rows = self.popular[~np.isin(self.popular, skip)][:k]
         return RecResult(
             [self.external_id(int(r)) for r in rows],
             [float(self.popularity[r]) for r in rows],
@@ -295,7 +334,35 @@ class Recommender:
             new_added[rec.id] = AddedState(int(row), rec)
             self.row_to_added[int(row)] = rec.id
         self.added = new_added
+        if any(r.id in self.retirements for r in recs):  # a retired item's new row
+            self._withdraw_retired([r.id for r in recs])
         return len(recs)
+
+    # --- retiring ---
+    def apply_retirements(self, changes: Sequence[Retirement]) -> int:
+        """Retire or restore items; idempotent (revisions not newer than the one held are
+        skipped). Returns how many changed the state."""
+        fresh: dict[str, Retirement] = {}
+        for change in changes:
+            held = fresh.get(change.id) or self.retirements.get(change.id)
+            if held is None or change.seq > held.seq:
+                fresh[change.id] = change
+        if not fresh:
+            return 0
+        self.retirements.update(fresh)
+        self._withdraw_retired(list(fresh))
+        return len(fresh)
+
+    def _withdraw_retired(self, item_ids: list[str]) -> None:
+        """Bring the item table's withdrawn rows in line with `retirements` for these ids."""
+        rows = self.resolve(item_ids)
+        flags = np.array([self.is_retired(i) for i in item_ids], dtype=bool)
+        known = rows > 0
+        self.table.set_withdrawn(rows[known & flags], True)
+        self.table.set_withdrawn(rows[known & ~flags], False)
+        retired = [i for i, r in self.retirements.items() if r.retired]
+        held = self.resolve(retired)
+        self.retired_rows = np.unique(held[held > 0])
 
 
 # --- the asynchronous façade ---------------------------------------------------------------
@@ -335,6 +402,12 @@ class Engine:
             on_batch=self._on_batch,
         )
         self.ready = False
+        # Before each recommendation, the retirements stored anywhere before it arrived are
+        # applied here (one check shared by the requests waiting at the same time).
+        self._catch_up = SingleFlight(store.catch_up_retirements)
+        self._in_flight = 0  # requests holding this engine (`serving`)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -346,7 +419,11 @@ class Engine:
     # --- lifecycle ---
     async def start(self) -> None:
         await self.store.start(
-            self.rec.bundle_cache_entries, self.apply_records, self._on_up, self._on_resync
+            self.rec.bundle_cache_entries,
+            self.apply_records,
+            self._on_up,
+            self._on_resync,
+            on_retirements=self.apply_retirements,
         )
         self.batcher.start()
         self.metrics.catalog_items.set(self.rec.n_items)
@@ -366,6 +443,27 @@ class Engine:
             self.encode_executor, self.text_encoder.encode, ["warm-up item"]
         )
         logger.info("warm-up done in %.2f s", time.perf_counter() - started)
+
+    @contextmanager
+    def serving(self) -> Iterator[Engine]:
+        """Held by a request for as long as it uses this engine: a swap closes the old
+        engine only once no request holds it any more."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no request holds this engine; False when timeout_s passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         await self.batcher.stop()
@@ -392,6 +490,22 @@ class Engine:
             logger.debug("applied %d item records", changed)
         return changed
 
+    async def apply_retirements(self, changes: list[Retirement]) -> None:
+        """Retire or restore items here (stored retirements, from any replica)."""
+        changed = await self._on_thread(self.rec.apply_retirements, changes)
+        if changed:
+            logger.debug("applied %d retirement changes", changed)
+
+    async def _catch_up_retirements(self) -> None:
+        """Retirements stored before this call, by any replica, applied before it returns:
+        a DELETE holds from the very next request everywhere, not once the stream brings
+        it. On a store error or a slow store, go on with what is held (recommendations
+        work while Redis is down)."""
+        try:
+            await asyncio.wait_for(self._catch_up(), RETIREMENT_CHECK_TIMEOUT_S)
+        except Exception as e:  # a timeout or a store error: serve anyway
+            logger.debug("retirement check skipped: %r", e)
+
     # --- lookups ---
     def _count_lookups(self, rows: np.ndarray) -> None:
         hits = int((rows > 0).sum())
@@ -414,6 +528,7 @@ class Engine:
         """(result, unknown history ids, fallback name or None). beam_width: None = the
         width `auto_beam_width` picks. Any width returns k items when the catalog has k
         eligible ones: the dense head's candidates hold k of them whatever the beam finds."""
+        await self._catch_up_retirements()
         rows = self.rec.resolve(history)
         self._count_lookups(rows)
         unknown = [h for h, r in zip(history, rows, strict=True) if r < 1]
@@ -459,32 +574,10 @@ class Engine:
             held = self.rec.added.get(it.item_id)
             if held is None or held.record.hash != it.content_hash:
                 todo.append(it)
-        records: list[ItemRecord] = []
-        if todo:
-            loop = asyncio.get_running_loop()
-            texts = [it.text for it in todo]
-            embeddings = await loop.run_in_executor(
-                self.encode_executor, self.text_encoder.encode, texts
-            )
-            base, codes = await loop.run_in_executor(
-                self.encode_executor, self.rec.tokenize, embeddings
-            )
-            now = time.time()
-            for i, it in enumerate(todo):
-                records.append(
-                    ItemRecord(
-                        id=it.item_id,
-                        hash=it.content_hash,
-                        prefix=tuple(int(t) for t in codes.prefixes[i]),
-                        base=int(base[i]),
-                        cf=tuple(int(c) for c in codes.cf_codes[i]),
-                        sem=tuple(int(c) for c in codes.sem_codes[i]),
-                        alpha=round(float(codes.alpha[i]), 6),
-                        n_cf=int(codes.n_cf[i]),
-                        vector=tuple(float(v) for v in codes.vectors[i]),
-                        at=round(now, 3),
-                    )
-                )
+        now = round(time.time(), 3)
+        records = await self._tokenized(
+            [(it.item_id, it.content_hash, it.text, now) for it in todo]
+        )
         outcomes = {}
         if records:
             stored = await self.store.add(records, replace, self.rec.layout.dedup_size)
@@ -493,6 +586,12 @@ class Engine:
             for o in stored:
                 outcomes[o.record.id] = o.status
             self.metrics.items_added.inc(sum(o.status != STATUS_UNCHANGED for o in stored))
+        # Re-adding a retired item restores it (after a look at what other replicas retired).
+        await self._catch_up_retirements()
+        retired = [it.item_id for it in items if self.rec.is_retired(it.item_id)]
+        if retired:
+            await self.store.retire(retired, False)
+            self.metrics.items_restored.inc(len(retired))
         out = []
         for it in items:
             view = self.rec.view(it.item_id)
@@ -500,3 +599,73 @@ class Engine:
                 raise RuntimeError(f"item {it.item_id!r} was stored but is not in the catalog")
             out.append((outcomes.get(it.item_id, STATUS_UNCHANGED), view))
         return out
+
+    async def _tokenized(self, items: Sequence[tuple[str, str, str, float]]) -> list[ItemRecord]:
+        """(id, content hash, text, time) per item -> records holding this bundle's
+        cold-start tokens and item vectors; the store assigns their dedup ids."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        texts = [text for _id, _hash, text, _at in items]
+        embeddings = await loop.run_in_executor(
+            self.encode_executor, self.text_encoder.encode, texts
+        )
+        base, codes = await loop.run_in_executor(
+            self.encode_executor, self.rec.tokenize, embeddings
+        )
+        return [
+            ItemRecord(
+                id=item_id,
+                hash=content_hash,
+                prefix=tuple(int(t) for t in codes.prefixes[i]),
+                base=int(base[i]),
+                cf=tuple(int(c) for c in codes.cf_codes[i]),
+                sem=tuple(int(c) for c in codes.sem_codes[i]),
+                alpha=round(float(codes.alpha[i]), 6),
+                n_cf=int(codes.n_cf[i]),
+                vector=tuple(float(v) for v in codes.vectors[i]),
+                at=at,
+                text=text,
+                order=tuple(map(tuple, codes.placement_order[i].tolist())),
+            )
+            for i, (item_id, content_hash, text, at) in enumerate(items)
+        ]
+
+    # --- retiring ---
+    async def retire(self, item_id: str, retired: bool) -> ItemView:
+        """Retire (retired=True) or restore a bundle or added item, for every replica and
+        every bundle version. NotFound for an id the catalog does not have."""
+        await self.get_item(item_id)
+        held = self.rec.retirements.get(item_id)
+        (change,) = await self.store.retire([item_id], retired)
+        if change.seq > (held.seq if held else 0):  # a change, not a repeat
+            (self.metrics.items_retired if retired else self.metrics.items_restored).inc()
+        view = self.rec.view(item_id)
+        assert view is not None
+        return view
+
+    # --- a new bundle version ---
+    async def carry(self, records: Sequence[ItemRecord]) -> tuple[int, list[str]]:
+        """Items added while another bundle version served, made servable by this one: the
+        same ids, contents and times, tokenized by THIS bundle's cold-start path (its
+        codebooks differ) and stored in this version's catalog. Idempotent, so replicas
+        swapping at the same time may all carry the same items. Left alone: ids this
+        bundle has itself (it was trained on them), and ids it holds already with the same
+        content or content at least as new. Returns (how many were carried, the ids that
+        could not be: stored before records kept their text)."""
+        todo, no_text = [], []
+        for rec in records:
+            held = self.rec.added.get(rec.id)
+            if rec.id in self.rec.bundle_ids or (
+                held is not None and (held.record.hash == rec.hash or held.record.at >= rec.at)
+            ):
+                continue
+            (todo if rec.text else no_text).append(rec)
+        carried = 0
+        for start in range(0, len(todo), CARRY_CHUNK):
+            chunk = todo[start : start + CARRY_CHUNK]
+            fresh = await self._tokenized([(r.id, r.hash, r.text, r.at) for r in chunk])
+            stored = await self.store.add(fresh, True, self.rec.layout.dedup_size)
+            await self.apply_records([o.record for o in stored])
+            carried += len(stored)
+        return carried, [r.id for r in no_text]

@@ -4,12 +4,14 @@ one body `service.schemas.ErrorBody`; `error_responses` declares them in OpenAPI
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.schemas import ErrorBody, FieldError
 
@@ -36,6 +38,12 @@ class NotFound(ServiceError):
 
 class ItemConflict(ServiceError):
     """The same item id with other content (and no replace), or an id of the bundle."""
+
+    status = 409
+
+
+class BundleConflict(ServiceError):
+    """The bundle version LATEST names cannot serve; the serving version goes on."""
 
     status = 409
 
@@ -75,6 +83,24 @@ def validation_body(exc: RequestValidationError) -> ErrorBody:
     return ErrorBody(detail="; ".join(lines), errors=errors)
 
 
+def allowed_methods(request: Request) -> str:
+    """The methods of the path template this path belongs to, as the OpenAPI document
+    lists them. Starlette's own 405 names only the first route whose path matched (GET of
+    /items/{id}, not its DELETE). When several templates match (an id may hold "/", so
+    /items/x/restore fits /items/{item_id} too), the most specific one, with the most
+    literal text, is the path's. The routes are those create_app lists in
+    app.state.api_routes."""
+    by_template: dict[str, set[str]] = {}
+    for route in request.app.state.api_routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            by_template.setdefault(route.path_format, set()).update(route.methods or ())
+    if not by_template:
+        return ""
+    template = max(by_template, key=lambda t: len(re.sub(r"\{[^}]*\}", "", t)))
+    return ", ".join(sorted(by_template[template]))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
@@ -86,9 +112,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_json(422, validation_body(exc))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette's 404 and 405 (with its Allow header) and the 401 of the API key check.
+        # Starlette's 404 and 405 and the 401 of the API key check.
         assert isinstance(exc, StarletteHTTPException)
-        return error_json(exc.status_code, ErrorBody(detail=str(exc.detail)), exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_json(exc.status_code, ErrorBody(detail=str(exc.detail)), headers)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -125,11 +154,15 @@ _HEADERS: dict[int, dict[str, Any]] = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each status with the ErrorBody model and what it means."""
+def error_responses(
+    *statuses: int, descriptions: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status with the ErrorBody model and what it means
+    (`descriptions`: the route's own meaning of a status, where it differs)."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        entry: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        description = (descriptions or {}).get(status, _DESCRIPTIONS[status])
+        entry: dict[str, Any] = {"model": ErrorBody, "description": description}
         if status in _HEADERS:
             entry["headers"] = _HEADERS[status]
         out[status] = entry

@@ -16,6 +16,7 @@ _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_SWAP_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:
@@ -59,8 +60,50 @@ class Metrics:
         )
         self.catalog_resyncs = Counter(
             "flexcode_catalog_resyncs",
-            "Full reloads of the added items from Redis because the replication stream was "
-            "trimmed past what this replica had read (it fell too far behind)",
+            "Full reloads of the added items (or of the retirements) from Redis because their "
+            "replication stream was trimmed past what this replica had read (it fell too far "
+            "behind)",
+            registry=r,
+        )
+        self.items_retired = Counter(
+            "flexcode_items_retired", "Items retired through DELETE /items/{id}", registry=r
+        )
+        self.items_restored = Counter(
+            "flexcode_items_restored",
+            "Retired items restored (POST /items/{id}/restore, or added again)",
+            registry=r,
+        )
+        self.events_recorded = Counter(
+            "flexcode_events_recorded", "User events stored through POST /events", registry=r
+        )
+        self.events_unknown_items = Counter(
+            "flexcode_events_unknown_items",
+            "User events naming an item the catalog does not have (stored all the same)",
+            registry=r,
+        )
+        self.user_histories_deleted = Counter(
+            "flexcode_user_histories_deleted",
+            "Users forgotten through DELETE /users/{id}",
+            registry=r,
+        )
+        self.bundle_swaps = Counter(
+            "flexcode_bundle_swaps", "Switches to a new bundle version while serving", registry=r
+        )
+        self.bundle_refusals = Counter(
+            "flexcode_bundle_refusals",
+            "New bundle versions refused (unreadable, corrupted, or their items cannot be "
+            "carried over); the old version kept serving",
+            registry=r,
+        )
+        self.bundle_swap_duration = Histogram(
+            "flexcode_bundle_swap_duration_seconds",
+            "From noticing a new bundle version to serving it: load, verify, carry items, warm",
+            buckets=_SWAP_BUCKETS,
+            registry=r,
+        )
+        self.items_carried = Counter(
+            "flexcode_items_carried",
+            "Added items tokenized again for a new bundle version (this replica's share)",
             registry=r,
         )
         self.model_info = Gauge(

@@ -1,7 +1,7 @@
 """The OpenAPI document, with the bounds this deployment's Settings put on requests.
 
 The request models carry the static bounds; the ones an operator sets (history length,
-k, beam width, items per request) are checked by the routes and written in here, so the
+k, beam width, items and events per request) are checked by the routes and written in here, so the
 document describes the service that serves it."""
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def apply_settings_bounds(document: dict[str, Any], settings: Settings) -> None:
     _integer_branch(recommend["beam_width"])["maximum"] = settings.max_beam_width
     items = schemas["ItemsCreateRequest"]["properties"]["items"]
     items["maxItems"] = settings.max_items_per_request
+    events = schemas["EventsRequest"]["properties"]["events"]
+    events["maxItems"] = settings.max_events_per_request
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:

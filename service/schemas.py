@@ -62,6 +62,24 @@ ITEM_ID_SCHEMA: dict[str, Any] = {
 # allowed); the JSON schema states the same rule for clients and generators.
 ItemId = Annotated[str, AfterValidator(check_item_id), WithJsonSchema(ITEM_ID_SCHEMA)]
 
+# User ids follow the same rule, for the same reasons (one path segment in
+# DELETE /users/{user_id}, part of a Redis key).
+USER_ID_RULE = ITEM_ID_RULE.replace("item ids", "user ids")
+USER_ID_SCHEMA: dict[str, Any] = {
+    **ITEM_ID_SCHEMA,
+    "description": f"User id (yours: any stable pseudonymous id); {USER_ID_RULE}.",
+}
+
+
+def check_user_id(value: str) -> str:
+    try:
+        return check_item_id(value)
+    except ValueError:
+        raise ValueError(USER_ID_RULE) from None
+
+
+UserId = Annotated[str, AfterValidator(check_user_id), WithJsonSchema(USER_ID_SCHEMA)]
+
 
 # --- text -----------------------------------------------------------------------------------
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -141,6 +159,14 @@ class RecommendRequest(RequestBody):
             "absent history, or one with no known id, gets the popularity ranking "
             '("fallback": "popularity"). Unknown ids are skipped and listed in '
             "unknown_items."
+        ),
+    )
+    user_id: UserId | None = Field(
+        None,
+        description=(
+            "Use the history stored for this user by POST /events (oldest first); the "
+            "items of `history`, if any, come after it, as the most recent. A user with "
+            "no events and no `history` gets the popularity ranking."
         ),
     )
     k: PositiveInt = Field(10, description="Number of items to return")
@@ -250,6 +276,10 @@ class ItemPublic(BaseModel):
     alpha: float = Field(description="The router's CF share")
     n_cf: int = Field(description="Lcol: how many of the L code tokens are collaborative")
     added_at: float | None = None
+    retired: bool = Field(
+        False,
+        description="Retired (DELETE /items/{item_id}): never recommended, still read in histories",
+    )
 
 
 class ItemAdded(ItemPublic):
@@ -259,6 +289,61 @@ class ItemAdded(ItemPublic):
 class ItemsCreateResponse(BaseModel):
     items: list[ItemAdded]
     model_version: str
+
+
+# --- /events and /users -----------------------------------------------------------------
+
+# Unix seconds; the bound refuses milliseconds sent by mistake (they would sort as the
+# year 50000) and is far beyond any real event.
+MAX_TIMESTAMP = 10_000_000_000
+
+
+class EventIn(RequestBody):
+    user_id: UserId
+    item_id: ItemId = Field(
+        description="Stored even when the catalog does not have it (it may be added later); "
+        "such ids are listed in the answer's unknown_items"
+    )
+    timestamp: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_TIMESTAMP,
+        allow_inf_nan=False,
+        description="Unix time of the event in seconds (UTC); default: when the service "
+        "receives it. A user's history is ordered by it; the same item at the same time "
+        "is one event (a retried batch does not count twice)",
+    )
+
+
+class EventsRequest(RequestBody):
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventsResponse(BaseModel):
+    recorded: int = Field(description="Events in the request (repeats of stored ones included)")
+    unknown_items: list[str] = Field(
+        description="Item ids of the request that the catalog does not have, each once"
+    )
+
+
+class UserForgotten(BaseModel):
+    user_id: str
+    events_deleted: int
+
+
+# --- /admin ---------------------------------------------------------------------------------
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["swapped", "unchanged"] = Field(
+        description="'unchanged' when LATEST names the version already serving"
+    )
+    model_version: str = Field(description="The version serving now")
+    previous_version: str | None = None
+    carried_items: int = Field(
+        description="Added items tokenized again for the new version by this replica"
+    )
+    seconds: float = Field(description="Load, verification, carrying and warm-up")
 
 
 # --- health ---------------------------------------------------------------------------------
@@ -273,6 +358,13 @@ class StoreState(BaseModel):
     up: bool
 
 
+class SwapState(BaseModel):
+    status: Literal["swapped", "refused"]
+    version: str = Field(description="The version the attempt was about")
+    detail: str
+    at: float = Field(description="Unix time of the attempt")
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded"] = Field(
         description="'degraded' while the shared Redis is unreachable: recommendations "
@@ -283,7 +375,11 @@ class Readiness(BaseModel):
     backend: str
     catalog_items: int
     added_items: int
+    retired_items: int
     store: StoreState
+    last_swap: SwapState | None = Field(
+        None, description="The last attempt to serve another bundle version, if any"
+    )
 
 
 class Starting(BaseModel):

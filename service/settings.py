@@ -44,7 +44,15 @@ class Settings(BaseSettings):
     # max_beam_width (Engine.auto_beam_width). Excluded items never cost results: the
     # dense head's candidates hold k eligible items whatever the beam finds.
     default_beam_width: int = Field(0, ge=0, le=10_000)
+    # Share of the dense head's mass given to items without an id (added at serving time
+    # or unseen in training), an exposure knob for new items (docs/method.md, new-item
+    # share); unset = the bundle's own (None in shipped bundles: the model as trained).
+    new_item_share: float | None = Field(None, gt=0.0, lt=1.0)
     max_items_per_request: int = Field(256, ge=1, le=100_000)
+    # POST /events: most events in one request, and the newest events kept per user
+    # (older ones are dropped as new ones arrive; /recommend reads them all).
+    max_events_per_request: int = Field(1000, ge=1, le=100_000)
+    user_history_max: int = Field(200, ge=1, le=100_000)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     batch_max_size: int = Field(32, ge=1, le=4096)
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
@@ -57,6 +65,9 @@ class Settings(BaseSettings):
     redis_backoff_max_s: float = Field(5.0, gt=0)
     # Torch intra-op threads for inference; 0 = leave torch's default.
     torch_threads: int = Field(0, ge=0)
+    # Seconds between looks at the bundle root's LATEST (a new version is loaded beside
+    # the serving one and swapped in); 0 = only on POST /admin/reload.
+    bundle_poll_s: float = Field(30.0, ge=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 A runner is `runner(dataset, seed, context)` and returns an EvalResult on the test split,
 or (results, diagnostics) where results maps a sub-row name to an EvalResult ("" is the
-model itself; FlexCode adds "dense", "generative", "exact" and "generative-exact") and
+model itself; FlexCode adds "dense", "generative", "exact" and "generative-exact"; both
+FlexCode and sasrec-content add "share-0.1", "share-0.2" when there are id-free items) and
 diagnostics is a dict of numbers. The benchmark looks models up by name in MODEL_RUNNERS,
 so one run compares the baselines and every FlexCode variant.
 """
@@ -16,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.decoding import shared_log_softmax
 from models.sasrec import SASRecConfig
-from training.data.preprocess import ProcessedDataset, Sequences
-from training.evaluate import EvalResult, ScoreFn, evaluate_scores
+from training.data.preprocess import ProcessedDataset, Sequences, warm_mask
+from training.evaluate import NEW_ITEM_SHARES, EvalResult, ScoreFn, evaluate_scores, share_row
 from training.stages.generator import VARIANTS, GeneratorTrainConfig, flexcode_runner
 from training.stages.sasrec import (
     SASRecTrainConfig,
     evaluate_sasrec,
+    sasrec_score_fn,
     save_sasrec,
     train_sasrec,
 )
@@ -76,7 +79,7 @@ def run_sasrec(dataset: ProcessedDataset, seed: int, context: RunContext) -> Eva
 CONTENT_ID_DROPOUT = 0.1
 
 
-def run_sasrec_content(dataset: ProcessedDataset, seed: int, context: RunContext) -> EvalResult:
+def run_sasrec_content(dataset: ProcessedDataset, seed: int, context: RunContext) -> RunOutput:
     from training.pipeline import ensure_semantic_embeddings
 
     text = ensure_semantic_embeddings(dataset, context.device)
@@ -90,7 +93,25 @@ def run_sasrec_content(dataset: ProcessedDataset, seed: int, context: RunContext
     result = train_sasrec(
         dataset, model_config, train_config, context.device, context.progress, text=text
     )
-    return evaluate_sasrec(result.model, dataset, context.device)
+    plain = evaluate_sasrec(result.model, dataset, context.device)
+    id_free = torch.as_tensor(~warm_mask(dataset.train_counts()))
+    id_free[0] = False  # padding
+    if not bool(id_free.any()):  # no item without an id: the share changes nothing
+        return plain
+    # The same new-item share FlexCode's served decoding offers, on SASRec's softmax: the
+    # like-for-like comparison of the exposure knob.
+    rows = {"": plain}
+    base = sasrec_score_fn(result.model, context.device)
+    dead = torch.zeros_like(id_free)
+    dead[0] = True
+    for share in NEW_ITEM_SHARES:
+
+        def shared(users, history, share=share):
+            scores = base(users, history).float()
+            return shared_log_softmax(scores, dead.to(scores.device), id_free, share)
+
+        rows[share_row(share)] = evaluate_scores(shared, dataset.test(), dataset.item_groups())
+    return rows, {}
 
 
 CONTENT_RECENT_ITEMS = 5  # how many of the user's latest items the content baseline reads

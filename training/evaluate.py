@@ -26,6 +26,14 @@ from training.data.preprocess import GROUPS, EvalSet, Sequences
 KS = (5, 10)
 METRICS = tuple(f"{name}@{k}" for k in KS for name in ("recall", "ndcg"))
 MISS = np.iinfo(np.int64).max  # rank of a target that is not ranked at all
+# New-item shares (`DecodingConfig.new_item_share`) the benchmark reports as extra rows
+# ("share-0.1", ...) of the models that can score items without an id, when some test
+# targets are such items (the cold-holdout protocol): the exposure knob's trade-off.
+NEW_ITEM_SHARES = (0.1, 0.2, 0.3)
+
+
+def share_row(share: float) -> str:
+    return f"share-{share:g}"
 
 
 def history_mask_indices(history: Sequences) -> tuple[np.ndarray, np.ndarray]:

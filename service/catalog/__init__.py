@@ -11,12 +11,20 @@ Two implementations of one interface (`CatalogStore`, store.py), one module each
   node, with a SQLite journal (WAL, synchronous=FULL) as the durable log, shared by the
   node's worker processes.
 
-records.py is the wire format both store and replicate (`ItemRecord`).
+records.py is the wire format both store and replicate (`ItemRecord`, `Retirement`).
+
+Retired items (DELETE /items/{id}) are stored beside the added ones, keyed by external id
+rather than bundle version, and replicated the same way (redis_retirements.py,
+sqlite_retirements.py). Per-user event histories (histories.py) are stored too, but not
+replicated: every request reads them.
 
 Dedup ids: an item's tokens are its L code tokens (the prefix) and one dedup token. For a
 prefix the bundle already uses, numbering starts after the bundle's largest dedup id for
 it (`base`, computed from the bundle identically on every replica); the store's counter
 says how many ids after `base` are taken. Ids are never reused, not even after a replace.
+A new item whose own prefix is full takes the first code sequence of its placement order
+with a free id (placement.py; the same walk inside add_items.lua), so a 507 only comes
+once every sequence of that order is full.
 """
 
 from service.catalog.records import (
@@ -25,6 +33,7 @@ from service.catalog.records import (
     STATUS_UNCHANGED,
     AddOutcome,
     ItemRecord,
+    Retirement,
 )
 from service.catalog.redis_store import (
     ADD_ITEMS_LUA,
@@ -38,6 +47,7 @@ from service.catalog.store import (
     CatalogStore,
     RecordsCallback,
     ResyncCallback,
+    RetirementsCallback,
     UpCallback,
     check_dedup,
     dedup_exhausted,
@@ -64,5 +74,7 @@ __all__ = [
     "RecordsCallback",
     "RedisCatalog",
     "ResyncCallback",
+    "Retirement",
+    "RetirementsCallback",
     "UpCallback",
 ]

@@ -8,7 +8,7 @@ that round trip) and on the replication stream.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 STATUS_ADDED, STATUS_REPLACED, STATUS_UNCHANGED = "added", "replaced", "unchanged"
 
@@ -20,7 +20,16 @@ class ItemRecord:
     prefix: its L code tokens; base: first dedup id free after the bundle's items with
     this prefix; dedup: the assigned dedup id (-1 before assignment); seq: store-wide
     revision (larger = newer; a replace gets a new one); vector: its item vector for the
-    dense head (C floats, this bundle's), so every replica serves it the same way.
+    dense head (C floats, this bundle's), so every replica serves it the same way; text:
+    what the text encoder read, kept so a new bundle version can tokenize the item again
+    (its codebooks differ) under the same id.
+
+    Dedup placement (service/catalog/placement.py): `order` is the item's (L, W) placement
+    order (`models.tokens.placement_order`), handed to the store with a new item and never
+    stored (`to_json` leaves it out); when the dedup block of its own prefix is full, the
+    store gives it the first code sequence of that order with a free dedup id.
+    `placement` is the step it got (0: its own codes); prefix and base are then those of
+    the sequence it got.
     """
 
     id: str
@@ -35,9 +44,13 @@ class ItemRecord:
     dedup: int = -1
     seq: int = 0
     at: float = 0.0
+    text: str = ""
+    placement: int = 0
+    order: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = asdict(replace(self, order=()))  # not deep-copied first: it is large
+        del data["order"]
         data.update(
             prefix=list(self.prefix), cf=list(self.cf), sem=list(self.sem), vector=list(self.vector)
         )
@@ -59,6 +72,8 @@ class ItemRecord:
             dedup=int(data.get("dedup", -1)),
             seq=int(data.get("seq", 0)),
             at=float(data.get("at", 0.0)),
+            text=str(data.get("text") or ""),
+            placement=int(data.get("placement", 0)),
         )
 
     @property
@@ -70,3 +85,29 @@ class ItemRecord:
 class AddOutcome:
     status: str  # added | replaced | unchanged
     record: ItemRecord
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """Whether an item is retired (DELETE /items/{id}) or restored, as stored and
+    replicated. Keyed by the external id, not by bundle version: retiring is a fact about
+    the catalogue, not about one model's tokens, so it holds for every version served
+    (and outlives a swap by itself). seq: revision among retirements (larger = newer)."""
+
+    id: str
+    retired: bool
+    seq: int = 0
+    at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Retirement:
+        data = json.loads(text)
+        return cls(
+            id=str(data["id"]),
+            retired=bool(data["retired"]),
+            seq=int(data.get("seq", 0)),
+            at=float(data.get("at", 0.0)),
+        )

@@ -4,6 +4,9 @@ WAL with synchronous=FULL: an acknowledged item survives a crash. `BEGIN IMMEDIA
 makes the check-and-assign atomic even across worker processes sharing the file, and a
 poll picks up what other processes on the node added (rows with a larger seq). Nothing
 is ever trimmed from the journal, so a reader can never fall behind a gap.
+
+Retired items have a table of their own (sqlite_retirements.py), not versioned, followed
+by the same poll.
 """
 
 from __future__ import annotations
@@ -13,24 +16,28 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from service.catalog import sqlite_bases, sqlite_retirements
+from service.catalog.placement import Placer
 from service.catalog.records import (
     STATUS_ADDED,
     STATUS_REPLACED,
     STATUS_UNCHANGED,
     AddOutcome,
     ItemRecord,
+    Retirement,
 )
 from service.catalog.store import (
     BundleItems,
     CatalogStore,
     RecordsCallback,
     ResyncCallback,
+    RetirementsCallback,
     UpCallback,
-    check_dedup,
     item_conflict,
 )
 from service.errors import StoreUnavailable
@@ -53,6 +60,8 @@ class LocalCatalog(CatalogStore):
         self._last_seq = 0
         self._task: asyncio.Task | None = None
         self._on_records: RecordsCallback | None = None
+        self._retired_seq = 0  # newest retirement revision delivered
+        self._on_retirements: RetirementsCallback | None = None
 
     @property
     def up(self) -> bool:
@@ -78,6 +87,7 @@ class LocalCatalog(CatalogStore):
                 version TEXT PRIMARY KEY, seq INTEGER NOT NULL);
             """
         )
+        conn.executescript(sqlite_retirements.SCHEMA)
         return conn
 
     def _read_since(self, seq: int) -> list[ItemRecord]:
@@ -100,13 +110,17 @@ class LocalCatalog(CatalogStore):
         on_records: RecordsCallback,
         on_up: UpCallback | None = None,
         on_resync: ResyncCallback | None = None,
+        on_retirements: RetirementsCallback | None = None,
     ) -> None:
-        del bundle_items  # the bundle on disk is the durable copy; nothing to cache
         # The journal is never trimmed: the poll cannot miss rows, so no resync ever.
         del on_resync
         self._conn = await asyncio.to_thread(self._open)
+        # Of the bundle only its dedup bases are kept (placement.py); the rest is on disk.
+        await asyncio.to_thread(self._load_bases, bundle_items)
         self._on_records = on_records
+        self._on_retirements = on_retirements
         await self._deliver(await asyncio.to_thread(self._read_since, 0))
+        await self.catch_up_retirements()
         # on_up is not called: there is no Redis in embedded mode (flexcode_redis_up stays 0).
         del on_up
         logger.info("embedded catalog journal at %s (version %s)", self.path, self.version)
@@ -118,8 +132,14 @@ class LocalCatalog(CatalogStore):
             await asyncio.sleep(self.poll_s)
             try:
                 await self._deliver(await asyncio.to_thread(self._read_since, self._last_seq))
+                await self.catch_up_retirements()
             except Exception:  # keep polling: the next round may succeed
                 logger.exception("reading the catalog journal failed")
+
+    def _load_bases(self, bundle_items: BundleItems) -> None:
+        assert self._conn is not None
+        with self._lock:
+            sqlite_bases.load(self._conn, self.version, bundle_items)
 
     def _add_sync(
         self, records: Sequence[ItemRecord], replace_: bool, dedup_size: int
@@ -136,6 +156,13 @@ class LocalCatalog(CatalogStore):
             conn.execute("COMMIT")
         return outcomes
 
+    def _read_used(self, conn: sqlite3.Connection, key: str) -> int:
+        """Dedup ids taken after the base of code sequence `key` (placement.py)."""
+        row = conn.execute(
+            "SELECT used FROM dedup WHERE version = ? AND prefix = ?", (self.version, key)
+        ).fetchone()
+        return row[0] if row else 0
+
     def _add_in_transaction(
         self,
         conn: sqlite3.Connection,
@@ -145,7 +172,11 @@ class LocalCatalog(CatalogStore):
     ) -> list[AddOutcome]:
         version = self.version
         plan: list[tuple[ItemRecord, str]] = []
-        used: dict[str, int] = {}
+        placer = Placer(
+            dedup_size,
+            read_used=lambda key: self._read_used(conn, key),
+            read_base=lambda key: sqlite_bases.read(conn, version, key),
+        )
         for rec in records:
             row = conn.execute(
                 "SELECT record FROM items WHERE version = ? AND id = ?", (version, rec.id)
@@ -159,15 +190,7 @@ class LocalCatalog(CatalogStore):
                 if not replace_:
                     raise item_conflict(rec.id, bundle=False)
                 status = STATUS_REPLACED
-            key = rec.prefix_key
-            if key not in used:
-                got = conn.execute(
-                    "SELECT used FROM dedup WHERE version = ? AND prefix = ?", (version, key)
-                ).fetchone()
-                used[key] = got[0] if got else 0
-            used[key] += 1
-            check_dedup(rec.base, used[key], dedup_size, key)
-            plan.append((replace(rec, dedup=rec.base + used[key] - 1), status))
+            plan.append((placer.place(rec), status))
         row = conn.execute("SELECT seq FROM counters WHERE version = ?", (version,)).fetchone()
         seq = row[0] if row else 0
         outcomes = []
@@ -182,7 +205,7 @@ class LocalCatalog(CatalogStore):
                 (version, rec.id, seq, rec.to_json()),
             )
             outcomes.append(AddOutcome(status, rec))
-        for key, n in used.items():
+        for key, n in placer.used.items():
             conn.execute(
                 "INSERT OR REPLACE INTO dedup (version, prefix, used) VALUES (?, ?, ?)",
                 (version, key, n),
@@ -196,6 +219,46 @@ class LocalCatalog(CatalogStore):
         if self._conn is None:
             raise StoreUnavailable("the catalog journal is not open")
         return await asyncio.to_thread(self._add_sync, records, replace, dedup_size)
+
+    def _retire_sync(self, item_ids: Sequence[str], retired: bool) -> list[Retirement]:
+        assert self._conn is not None
+        conn = self._conn
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = sqlite_retirements.write(conn, item_ids, retired, round(time.time(), 3))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return out
+
+    async def retire(self, item_ids: Sequence[str], retired: bool) -> list[Retirement]:
+        if self._conn is None:
+            raise StoreUnavailable("the catalog journal is not open")
+        changes = await asyncio.to_thread(self._retire_sync, item_ids, retired)
+        # Applied at once, not counted as read: the poll still reads the revisions
+        # other processes wrote before it.
+        if self._on_retirements is not None:
+            await self._on_retirements([r for r in changes if r.seq > 0])
+        return changes
+
+    def _retirements_since(self, seq: int) -> list[Retirement]:
+        assert self._conn is not None
+        with self._lock:
+            return sqlite_retirements.read_since(self._conn, seq)
+
+    async def catch_up_retirements(self) -> None:
+        """One indexed read of the revisions after the newest delivered (the node's other
+        processes write to the same journal)."""
+        if self._conn is None:
+            return
+        changes = await asyncio.to_thread(self._retirements_since, self._retired_seq)
+        if not changes:
+            return
+        if self._on_retirements is not None:
+            await self._on_retirements(changes)
+        self._retired_seq = max(self._retired_seq, max(r.seq for r in changes))
 
     async def get(self, item_id: str) -> ItemRecord | None:
         if self._conn is None:

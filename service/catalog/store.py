@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-from service.catalog.records import AddOutcome, ItemRecord
+from service.catalog.records import AddOutcome, ItemRecord, Retirement
 from service.errors import DedupExhausted, ItemConflict
 
 # Receives stored records to make servable; may return how many changed local state (the
@@ -15,6 +15,8 @@ UpCallback = Callable[[bool], None]
 # Called once per full reload forced by a replication gap (flexcode_catalog_resyncs_total).
 ResyncCallback = Callable[[], None]
 BundleItems = Callable[[], Iterator[tuple[str, str]]]
+# Receives retirement changes (read back from the store, or just written here) to apply.
+RetirementsCallback = Callable[[list[Retirement]], Awaitable[None]]
 
 
 class CatalogStore(ABC):
@@ -34,9 +36,10 @@ class CatalogStore(ABC):
         on_records: RecordsCallback,
         on_up: UpCallback | None = None,
         on_resync: ResyncCallback | None = None,
+        on_retirements: RetirementsCallback | None = None,
     ) -> None:
-        """Connect, load what is stored (passed to on_records before returning when the
-        store is reachable) and keep following changes made elsewhere.
+        """Connect, load what is stored (passed to on_records and on_retirements before
+        returning when the store is reachable) and keep following changes made elsewhere.
 
         bundle_items() yields (item id, compact JSON) of the bundle's items, for stores
         that cache them. on_resync: called when the store had to reload everything because
@@ -54,6 +57,17 @@ class CatalogStore(ABC):
         """The stored record of an added item, or None."""
 
     @abstractmethod
+    async def retire(self, item_ids: Sequence[str], retired: bool) -> list[Retirement]:
+        """Retire (retired=True) or restore the ids, shared by every bundle version; one
+        Retirement per id (seq 0: restoring an id that was never retired). Passed to
+        on_retirements before returning. StoreUnavailable."""
+
+    @abstractmethod
+    async def catch_up_retirements(self) -> None:
+        """Return once every retirement stored before the call has reached on_retirements
+        (a cheap check when nothing is new); does nothing while the store is unreachable."""
+
+    @abstractmethod
     async def close(self) -> None: ...
 
 
@@ -62,10 +76,15 @@ def check_dedup(base: int, counter: int, dedup_size: int, key: str) -> None:
         raise dedup_exhausted(key, dedup_size)
 
 
-def dedup_exhausted(key: str, dedup_size: int) -> DedupExhausted:
+def dedup_exhausted(key: str, dedup_size: int, steps: int = 1) -> DedupExhausted:
+    """The refusal when an item's own code prefix [key] and the code sequences after it in
+    its placement order, `steps` in all (service/catalog/placement.py), are full."""
+    where = f"code prefix [{key}]"
+    if steps > 1:
+        where += f" nor for the {steps - 1} code sequences nearest to it"
     return DedupExhausted(
-        f"no dedup id left for code prefix [{key}]: dedup_size={dedup_size} ids are taken "
-        "by items sharing it; the next bundle needs a larger dedup block",
+        f"no dedup id left for {where}: dedup_size={dedup_size} ids are taken by items "
+        "sharing each; the next bundle needs a larger dedup block",
         prefix=[int(t) for t in key.split(",")],
     )
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.deps import MetricsDep
-from service.schemas import Health, Readiness, Starting, StoreState
+from service.schemas import Health, Readiness, Starting, StoreState, SwapState
 
 router = APIRouter(tags=["health"])
 
@@ -23,11 +25,14 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Readiness | JSONResponse:
     """200 once the bundle is loaded and warm ("degraded" when the shared Redis is down:
-    recommendations still work, additions are refused); 503 before that."""
+    recommendations still work, additions are refused); 503 before that. `last_swap`:
+    the last attempt to serve a new bundle version (swapped, or refused and why)."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
         return JSONResponse(Starting(status="starting").model_dump(), status_code=503)
     store = engine.store
+    swapper = getattr(request.app.state, "swapper", None)
+    last = swapper.last if swapper is not None else None
     return Readiness(
         status="ready" if store.up else "degraded",
         model_version=engine.rec.bundle.version,
@@ -35,7 +40,9 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
         backend=engine.rec.backend,
         catalog_items=engine.rec.n_items,
         added_items=len(engine.rec.added),
+        retired_items=len(engine.rec.retired_rows),
         store=StoreState(mode=store.mode, up=store.up),
+        last_swap=None if last is None else SwapState(**asdict(last)),
     )
 
 

@@ -4,34 +4,16 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from starlette.convertors import Convertor, register_url_convertor
 
 from service.deps import ApiKeyDep, EngineDep, SettingsDep
 from service.engine import NewItemInput
 from service.errors import BadRequest, ItemConflict, error_responses
+from service.routes import paths  # noqa: F401 (registers the `text` path convertor)
 from service.schemas import ItemAdded, ItemId, ItemPublic, ItemsCreateRequest, ItemsCreateResponse
 
 router = APIRouter(prefix="/items", tags=["items"])
 
-
-class AnyTextConvertor(Convertor[str]):
-    """The rest of the path, whatever it holds. Starlette's `path` convertor is `.*`,
-    whose dot stops at a newline (and `$` matches before a final one): "/items/x%0A"
-    would be looked up as "x", "/items/a%0Ab" would match no route. With every character
-    captured, the id check refuses those ids with its 422 instead."""
-
-    regex = r"[\s\S]*"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-# Starlette's extension point for path convertors (one registry per process); registered
-# before the route below compiles its path.
-register_url_convertor("text", AnyTextConvertor())
+PathItemId = Annotated[ItemId, Path(description="The id, percent-encoded as one path segment")]
 
 
 @router.post(
@@ -45,7 +27,8 @@ async def add_items(
 ) -> ItemsCreateResponse:
     """Cold-start new items: text -> semantic codes -> router split -> imputed CF codes ->
     a dedup id assigned atomically by the catalog store. All or nothing. Idempotent: the
-    same id with the same content returns the same assignment, within one request too."""
+    same id with the same content returns the same assignment, within one request too.
+    Adding a retired item again restores it."""
     if len(body.items) > settings.max_items_per_request:
         raise BadRequest(
             f"{len(body.items)} items in one request; at most "
@@ -70,11 +53,36 @@ async def add_items(
     )
 
 
-# `:text` so an id holding "/" (sent percent-encoded, %2F, or as is) reaches this route.
+# `:text` so an id holding "/" (sent percent-encoded, %2F, or as is) reaches these routes.
+# The restore route is POST only, and no other POST route has an id, so an id ending in
+# "/restore" is never read as a restore.
 @router.get("/{item_id:text}", response_model=ItemPublic, responses=error_responses(404, 422, 503))
-async def get_item(
-    engine: EngineDep,
-    item_id: Annotated[ItemId, Path(description="The id, percent-encoded as one path segment")],
-) -> ItemPublic:
-    """An item's tokens and where it comes from (the bundle, or added at serving time)."""
+async def get_item(engine: EngineDep, item_id: PathItemId) -> ItemPublic:
+    """An item's tokens, where it comes from (the bundle, or added at serving time) and
+    whether it is retired."""
     return ItemPublic(**asdict(await engine.get_item(item_id)))
+
+
+@router.delete(
+    "/{item_id:text}",
+    response_model=ItemPublic,
+    dependencies=[ApiKeyDep],
+    responses=error_responses(401, 404, 422, 503),
+)
+async def retire_item(engine: EngineDep, item_id: PathItemId) -> ItemPublic:
+    """Retire an item of the bundle or an added one: from the next /recommend on, on every
+    replica and for every bundle version, it is never recommended (popularity fallback
+    included); it stays readable in histories and through GET. Idempotent. Undone by
+    POST /items/{item_id}/restore, or, for an added item, by adding it again."""
+    return ItemPublic(**asdict(await engine.retire(item_id, retired=True)))
+
+
+@router.post(
+    "/{item_id:text}/restore",
+    response_model=ItemPublic,
+    dependencies=[ApiKeyDep],
+    responses=error_responses(401, 404, 422, 503),
+)
+async def restore_item(engine: EngineDep, item_id: PathItemId) -> ItemPublic:
+    """Make a retired item recommendable again (a no-op for one that is not retired)."""
+    return ItemPublic(**asdict(await engine.retire(item_id, retired=False)))

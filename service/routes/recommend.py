@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import EngineDep, SettingsDep
+from service.deps import EngineDep, HistoriesDep, SettingsDep
 from service.errors import BadRequest, error_responses
 from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
 
@@ -15,10 +15,12 @@ router = APIRouter(tags=["recommend"])
     responses=error_responses(400, 413, 422, 503),
 )
 async def recommend(
-    body: RecommendRequest, engine: EngineDep, settings: SettingsDep
+    body: RecommendRequest, engine: EngineDep, histories: HistoriesDep, settings: SettingsDep
 ) -> RecommendResponse:
-    """Top-k next items for a history (most recent last). Unknown ids are skipped and
-    listed; a history with no known item (or none at all) gets the popularity ranking."""
+    """Top-k next items for a history (most recent last): the one sent, after the one
+    stored for `user_id` (POST /events) when given. Unknown ids are skipped and listed; a
+    history with no known item (or none at all) gets the popularity ranking. Retired items
+    are never returned."""
     # The same bounds are in the OpenAPI document (service.openapi); checked here with a
     # message that names the setting's value.
     if len(body.history) > settings.max_history:
@@ -30,8 +32,11 @@ async def recommend(
         raise BadRequest(f"k must be <= {settings.max_k}, got {body.k}")
     if body.beam_width is not None and body.beam_width > settings.max_beam_width:
         raise BadRequest(f"beam_width must be <= {settings.max_beam_width}, got {body.beam_width}")
+    history = body.history
+    if body.user_id is not None:
+        history = await histories.read(body.user_id) + history
     result, unknown, fallback = await engine.recommend(
-        body.history, body.k, body.exclude_history, body.beam_width
+        history, body.k, body.exclude_history, body.beam_width
     )
     return RecommendResponse(
         items=[

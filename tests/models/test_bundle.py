@@ -96,7 +96,12 @@ def test_round_trip_arrays_modules_and_outputs(bundle_dir, contents):
     assert m.created_at == "2026-01-02T03:04:05Z"
     assert m.dataset == {"name": "tiny", "fingerprint": "tiny-seed1", "n_items": 40}
     assert m.config["budget"] == 3 and m.config["text_model_id"] == contents.text_model_id
-    assert m.config["decoding"] == {"beam_width": 20, "dense_weight": 0.5, "dense_candidates": 20}
+    assert m.config["decoding"] == {
+        "beam_width": 20,
+        "dense_weight": 0.5,
+        "dense_candidates": 20,
+        "new_item_share": None,
+    }
     assert set(b.onnx_paths) == {"history_encoder", "token_decoder"}
     assert all(p.is_file() for p in b.onnx_paths.values())
 

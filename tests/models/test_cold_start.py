@@ -203,3 +203,74 @@ def test_served_item_features_use_the_router_gate():
     text = rng.normal(size=(4, 5))
     f = served_item_features(router, LAYOUT, 3, np.zeros(4), cf, sem, alpha, text, "cpu")
     assert f.text.dtype == torch.float32 and f.ids.dtype == torch.int64
+
+
+def brute_force_ranking(codebooks: np.ndarray, start: np.ndarray, codes: np.ndarray):
+    """Per item and level: own code first, then the others by distance to the residual of
+    the greedy path, ties to the lower code (plain loops)."""
+    out = np.zeros((len(codes), codebooks.shape[0], codebooks.shape[1]), dtype=np.int64)
+    for m in range(len(codes)):
+        residual = start[m].astype(np.float64)
+        for level in range(codebooks.shape[0]):
+            dist = ((residual - codebooks[level]) ** 2).sum(axis=1)
+            others = sorted(
+                (c for c in range(len(dist)) if c != codes[m, level]), key=dist.__getitem__
+            )
+            out[m, level] = [codes[m, level], *others]
+            residual = residual - codebooks[level][codes[m, level]]
+    return out
+
+
+def test_ranked_codes_put_the_own_code_first_then_the_nearest():
+    tok = random_tokenizer()
+    emb = torch.as_tensor(np.random.default_rng(5).normal(size=(6, SEM_DIM)), dtype=torch.float32)
+    codes = tok.encode_sem(emb).numpy()
+    with torch.no_grad():
+        latent = tok.sem.encoder(tok.standardise_sem(emb))
+    books = tok.sem.quantizer.codebooks.detach()
+    got = cold_start.ranked_codes(books, latent, codes)
+    assert got.shape == (6, LEVELS, K) and got.dtype == np.int64
+    np.testing.assert_array_equal(got[:, :, 0], codes)  # the greedy code is the nearest
+    want = brute_force_ranking(books.numpy(), latent.numpy(), codes)
+    np.testing.assert_array_equal(got, want)
+    # Every level's ranking is a permutation of the codebook.
+    assert (np.sort(got, axis=2) == np.arange(K)).all()
+
+
+def test_ranked_codes_keep_an_own_code_that_is_not_the_nearest_first():
+    """Borrowed CF codes need not be the nearest to their reconstruction's residual."""
+    books = torch.tensor([[[0.0], [1.0], [2.0]]])  # one level, K = 3, d = 1
+    got = cold_start.ranked_codes(books, torch.tensor([[0.9]]), np.array([[2]]))
+    assert got.tolist() == [[[2, 1, 0]]]
+
+
+def test_tokenize_gives_each_item_its_placement_order():
+    counts = np.r_[0, np.arange(1, 31)]
+    for router in (
+        Router(RouterConfig(budget=LEVELS)).init_slope(counts),  # cold: SEM only
+        Router(RouterConfig(budget=LEVELS, fixed_alpha=0.5)),  # CF, CF, SEM
+    ):
+        cold = make_cold_start(router)
+        emb = np.random.default_rng(6).normal(size=(4, SEM_DIM)).astype(np.float32)
+        out = cold.tokenize(emb)
+        order = out.placement_order
+        assert order.shape == (4, LEVELS, K)
+        np.testing.assert_array_equal(order[:, :, 0], out.prefixes)  # step 0: own codes
+        info = LAYOUT.describe(order)
+        own = LAYOUT.describe(out.prefixes)
+        # Every position ranks the codes of its own (codebook, level) block.
+        np.testing.assert_array_equal(info["codebook"], own["codebook"][..., None].repeat(K, 2))
+        np.testing.assert_array_equal(info["level"], own["level"][..., None].repeat(K, 2))
+        assert (np.sort(info["code"], axis=2) == np.arange(K)).all()
+        # The semantic positions follow the text latent's distances.
+        with torch.no_grad():
+            latent = cold.tokenizer.sem.encoder(
+                cold.tokenizer.standardise_sem(torch.as_tensor(emb))
+            )
+        sem_rank = brute_force_ranking(
+            cold.tokenizer.sem.quantizer.codebooks.detach().numpy(), latent.numpy(), out.sem_codes
+        )
+        is_sem = own["codebook"] == SEM
+        for m, pos in zip(*np.nonzero(is_sem), strict=True):
+            np.testing.assert_array_equal(info["code"][m, pos], sem_rank[m, own["level"][m, pos]])
+    assert cold.tokenize(emb[:0]).placement_order.shape == (0, LEVELS, K)

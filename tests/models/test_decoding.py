@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from models.decoding import (
     Candidates,
     Catalogue,
     DecodingConfig,
+    dense_log_probs,
     exact_log_probs,
     exact_scores,
     find_candidates,
@@ -310,3 +313,75 @@ def test_argument_checks(contents):
         recommend_top_k(
             contents.generator, HISTORY, cat, 3, DecodingConfig(), exclude=HISTORY.int()
         )
+
+
+# --- new-item share ------------------------------------------------------------------
+
+
+def test_shared_softmax_gives_id_free_rows_exactly_their_share(contents):
+    table = make_table(contents, grow=True)  # added rows are id-free
+    cat = table.catalogue()
+    state = state_of(contents.generator, HISTORY, cat)
+    share = 0.3
+    log_p = dense_log_probs(state, cat, share)
+    p = log_p.exp()
+    new = cat.id_free & cat.live
+    torch.testing.assert_close(p.sum(1), torch.ones(len(HISTORY)))
+    torch.testing.assert_close(p[:, new].sum(1), torch.full((len(HISTORY),), share))
+    assert torch.isneginf(log_p[:, ~cat.live]).all()  # retired and padding rows stay out
+    # Within each part the order is the plain softmax's: only the parts' masses move.
+    plain = dense_log_probs(state, cat)
+    for part in (new, cat.live & ~new):
+        diff = (log_p - plain)[:, part]
+        torch.testing.assert_close(diff, diff[:, :1].expand_as(diff))
+
+
+def test_no_share_or_no_id_free_rows_is_the_plain_softmax(contents):
+    grown = make_table(contents, grow=True).catalogue()
+    state = state_of(contents.generator, HISTORY, grown)
+    torch.testing.assert_close(dense_log_probs(state, grown, None), dense_log_probs(state, grown))
+    bundle_only = make_table(contents).catalogue()  # nothing added: no id-free row
+    assert not bundle_only.id_free.any()
+    torch.testing.assert_close(
+        dense_log_probs(state, bundle_only, 0.5), dense_log_probs(state, bundle_only)
+    )
+
+
+def test_a_large_share_puts_a_new_item_in_the_top_k(contents):
+    table = make_table(contents, grow=True)
+    cat = table.catalogue()
+    config = DecodingConfig(beam_width=4, dense_weight=1.0, dense_candidates=4)
+    rows, _ = recommend_top_k(contents.generator, HISTORY, cat, 3, config)
+    shared = replace(config, new_item_share=0.9)
+    rows_shared, _ = recommend_top_k(contents.generator, HISTORY, cat, 3, shared)
+    new_rows = set(torch.nonzero(cat.id_free & cat.live).flatten().tolist())
+    # At 0.9 the live added rows hold 90% of the mass: every list leads with one of them.
+    assert all(int(r[0]) in new_rows for r in rows_shared)
+    assert len(rows_shared[0]) == 3 and (rows_shared >= 0).all()
+    assert not torch.equal(rows, rows_shared)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1, True])
+def test_new_item_share_must_lie_strictly_between_0_and_1(share):
+    with pytest.raises(ValueError, match="new_item_share"):
+        DecodingConfig(new_item_share=share)
+
+
+def test_item_table_marks_added_rows_and_the_bundles_id_free_rows(contents):
+    index = build_prefix_index(
+        contents.item_tokens[1:], np.arange(1, N_ITEMS + 1), contents.layout.vocab_size
+    )
+    base = np.zeros(N_ITEMS + 1, dtype=bool)
+    base[[2, 5]] = True
+    table = ItemTable(contents.item_vectors, contents.item_tokens, index, base_id_free=base)
+    assert torch.nonzero(table.catalogue().id_free).flatten().tolist() == [2, 5]
+    toks = fresh_tokens(contents, [1, 2])
+    table.add(np.zeros((2, 16), np.float32), toks)
+    assert torch.nonzero(table.catalogue().id_free).flatten().tolist() == [
+        2,
+        5,
+        N_ITEMS + 1,
+        N_ITEMS + 2,
+    ]
+    with pytest.raises(ValueError, match="base_id_free"):
+        ItemTable(contents.item_vectors, contents.item_tokens, index, base_id_free=base[:-1])

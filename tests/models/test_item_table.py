@@ -181,3 +181,26 @@ def test_vectors_and_tokens_must_match(contents):
     with pytest.raises(ValueError):
         table.add(vectors(2), fresh_tokens(contents, [3]))
     assert table.vectors.shape[0] == table.tokens.shape[0] == table.n_rows
+
+
+def test_withdrawn_rows_stay_indexed_and_can_be_reinstated(contents):
+    """Withdrawing (an item retired through DELETE /items) is undone by reinstating;
+    unlike a row superseded by a replace, a withdrawn row keeps its place in the index."""
+    table = make_table(contents)
+    toks = fresh_tokens(contents, [2, 5])
+    (a, b) = table.add(vectors(2), toks)
+    held = table.catalogue()
+    table.set_withdrawn(np.array([3, a]), True)
+    assert not table.live[3] and not table.live[a] and table.live[b]
+    assert held.live[3] and held.live[a]  # a snapshot taken before keeps what it saw
+    # A replace of b rebuilds the overlay: withdrawn a stays in it.
+    (c,) = table.add(vectors(1, seed=1), fresh_tokens(contents, [7], taken=toks), retire=[b])
+    assert found_rows(table, toks) == [a, -1]
+    assert table.live.tolist().count(False) == 4  # padding, 3, a, b
+    table.set_withdrawn(np.array([3, a, b]), False)
+    assert table.live[3] and table.live[a] and table.live[c]
+    assert not table.live[b]  # superseded: reinstating does not bring it back
+    with pytest.raises(ValueError):
+        table.set_withdrawn(np.array([0]), True)
+    with pytest.raises(ValueError):
+        table.set_withdrawn(np.array([table.n_rows]), True)

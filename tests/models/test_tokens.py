@@ -9,6 +9,7 @@ from models.tokens import (
     BOS,
     CF,
     EOS,
+    MAX_PLACEMENT_STEPS,
     N_SPECIAL,
     PAD,
     SEM,
@@ -20,6 +21,11 @@ from models.tokens import (
     collision_rates_by_split,
     item_tokens,
     max_dedup_needed,
+    placement_order,
+    placement_prefix,
+    placement_steps,
+    placement_width,
+    served_positions,
 )
 
 
@@ -255,3 +261,69 @@ def test_layout_round_trips_through_a_dict():
     assert TokenLayout.from_dict(layout.to_dict()) == layout
     with pytest.raises(ValueError, match="missing keys"):
         TokenLayout.from_dict({"codebook_size": 512})
+
+
+def ranked_with_own_first(codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, L) codes -> (N, L, K): each level's codes, own first, the others shuffled."""
+    out = np.zeros((*codes.shape, k), dtype=np.int64)
+    for idx in np.ndindex(codes.shape):
+        others = [c for c in rng.permutation(k) if c != codes[idx]]
+        out[idx] = [codes[idx], *others]
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(catalogues(), st.integers(0, 2**31))
+def test_placement_order_starts_at_the_code_sequence(case, seed):
+    cf, sem, n_cf, budget, layout = case
+    rng = np.random.default_rng(seed)
+    k = layout.codebook_size
+    cf_ranked = ranked_with_own_first(cf, k, rng)
+    sem_ranked = ranked_with_own_first(sem, k, rng)
+    order = placement_order(cf_ranked, sem_ranked, n_cf, budget, layout)
+    assert order.shape == (cf.shape[0], budget, k)
+    prefixes = code_sequences(cf, sem, n_cf, budget, layout)
+    np.testing.assert_array_equal(order[:, :, 0], prefixes)
+    # Each position ranks the codes of its own block, in the ranking it was given.
+    from_cf, level = served_positions(np.broadcast_to(n_cf, (cf.shape[0],)), budget)
+    info = layout.describe(order)
+    rows = np.arange(cf.shape[0])[:, None]
+    want = np.where(from_cf[..., None], cf_ranked[rows, level], sem_ranked[rows, level])
+    np.testing.assert_array_equal(info["code"], want)
+    codebook = np.broadcast_to(np.where(from_cf, CF, SEM)[..., None], want.shape)
+    np.testing.assert_array_equal(info["codebook"], codebook)
+
+
+def test_placement_prefix_is_an_odometer_over_every_code_sequence():
+    order = np.array([[10, 11, 12], [20, 21, 22]])  # L = 2 positions, K = 3 ranked codes
+    steps = [placement_prefix(order, s) for s in range(placement_steps(order))]
+    assert placement_steps(order) == 9
+    assert steps[0] == (10, 20)  # own codes
+    assert steps[1:3] == [(10, 21), (10, 22)]  # the last position turns first, nearest first
+    assert steps[3] == (11, 20)  # then the position before it moves to its second code
+    assert len(set(steps)) == 9  # every sequence once
+    assert placement_prefix(order.tolist(), 5) == placement_prefix(order, 5) == (11, 22)
+    assert placement_steps([[1], [2], [3]]) == 1  # an item sent without an order
+
+
+def test_placement_steps_are_bounded():
+    wide = np.zeros((3, 512), dtype=np.int64)  # 512^3 sequences
+    assert placement_steps(wide) == MAX_PLACEMENT_STEPS
+
+
+def test_placement_order_checks_shapes():
+    layout = TokenLayout(codebook_size=4, n_levels=2, dedup_size=2)
+    good = np.zeros((3, 2, 4), dtype=np.int64)
+    with pytest.raises(ValueError, match="cf_ranked and sem_ranked"):
+        placement_order(good[:, :, :3], good[:, :, :3], 0, 2, layout)
+    with pytest.raises(ValueError, match="cf_ranked and sem_ranked"):
+        placement_order(good[:, :1], good[:, :1], 0, 2, layout)
+
+
+@pytest.mark.parametrize(
+    ("k", "budget", "want"), [(512, 3, 26), (512, 1, 512), (512, 2, 128), (8, 3, 8), (256, 5, 7)]
+)
+def test_placement_width_spans_the_step_bound(k, budget, want):
+    width = placement_width(k, budget)
+    assert width == want
+    assert width == k or width**budget >= MAX_PLACEMENT_STEPS > (width - 1) ** budget

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from tests.training.tiny_pipeline import SMALL_SYNTHETIC, tiny_pipeline_args
 from training.cli import app
+from training.evaluate import NEW_ITEM_SHARES
 
 SMALL = SMALL_SYNTHETIC
 
@@ -38,7 +39,9 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     assert results["command"].startswith("flexcode benchmark")
-    assert set(results["models"]) == {"pop", "sasrec", "content-knn", "sasrec-content"}
+    shares = {f"sasrec-content/share-{share:g}" for share in NEW_ITEM_SHARES}
+    # sasrec-content can score items without an id: it adds one row per new-item share.
+    assert set(results["models"]) == {"pop", "sasrec", "content-knn", "sasrec-content"} | shares
     for groups in results["models"].values():
         assert set(groups) == {"all", "head", "tail", "cold"}
         for metrics in groups.values():
@@ -56,7 +59,13 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     markdown = (out / "results.md").read_text()
     assert markdown.count("| pop |") == 4 + 4  # 4 group tables + 4 comparison rows
     # Every model is compared with sasrec on the same test users (paired bootstrap).
-    assert set(results["comparisons"]) == {"pop", "content-knn", "sasrec-content"}
+    assert set(results["comparisons"]) == {"pop", "content-knn", "sasrec-content"} | shares
+    # The largest share moves the most mass onto the held-out items: more cold hits.
+    cold_recall = {m: results["models"][m]["cold"]["recall@10"]["mean"] for m in results["models"]}
+    assert (
+        cold_recall[f"sasrec-content/share-{max(NEW_ITEM_SHARES):g}"]
+        >= cold_recall["sasrec-content"]
+    )
     cell = results["comparisons"]["pop"]["all"]
     assert cell["ci_low"] <= cell["diff"] <= cell["ci_high"]
     assert results["comparisons"]["pop"]["baseline"] == "sasrec"

@@ -15,7 +15,7 @@ from models.router import RouterConfig
 from training.alpha_report import alpha_summary
 from training.data.preprocess import ProcessedDataset
 from training.distributed import DistContext
-from training.evaluate import EvalResult
+from training.evaluate import NEW_ITEM_SHARES, EvalResult, share_row
 from training.stages.generator.evaluate import DENSE_ONLY, evaluate_exact, evaluate_served
 from training.stages.generator.inputs import build_item_inputs
 from training.stages.generator.train import (
@@ -112,6 +112,8 @@ def report_on_test_split(
     "generative-exact"  the generative head alone over the whole catalogue: against
                   "generative", what the beam search loses (the served score at w = 1
                   runs no beam search, so "exact" alone cannot show it)
+    "share-0.1", "share-0.2"  the served score with that new-item share, when some items
+                  have no id (the cold-holdout protocol)
     Returns (those results, diagnostics: per-w coverage, tail share and short lists)."""
     served = result.served(device)
     test, groups = dataset.test(), dataset.item_groups()
@@ -139,6 +141,12 @@ def report_on_test_split(
     if exact:
         by_weight = evaluate_exact(served, test, groups, tuple(sorted({w, 0.0})))
         results["exact"], results["generative-exact"] = by_weight[w], by_weight[0.0]
+    if bool(served.catalogue.id_free[1:].any()):  # items without an id: the exposure knob
+        for share in NEW_ITEM_SHARES:
+            shared = replace(served, decoding=replace(served.decoding, new_item_share=share))
+            found = evaluate_served(shared, test, groups, (w,), desc=f"test {share_row(share)}")
+            results[share_row(share)] = found.results[w]
+            diagnostics[share_row(share)] = found.diagnostics[w]
     return results, diagnostics
 
 

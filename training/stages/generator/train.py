@@ -138,6 +138,7 @@ def served_model(
         item_vectors=vectors,
         item_tokens=torch.as_tensor(layout.item_tokens, device=device),
         index=layout.index(inputs.layout.vocab_size, device),
+        id_free=torch.as_tensor(~inputs.warm, device=device),
     )
     return ServedModel(generator, catalogue, decoding, layout.paths(device))
 

@@ -1,0 +1,115 @@
+"""Dedup placement: which (code sequence, dedup id) a new item gets, the part both stores
+share (the Redis store runs the same walk inside add_items.lua).
+
+A new item's own code prefix may already hold dedup_size items. Then the item goes to the
+first code sequence of its placement order (`models.tokens.placement_order`: the nearest
+codes first, the last position turning fastest) that still has a free dedup id, and its
+record says which step that was. The walk is bounded by `models.tokens.placement_steps`:
+a 507 means that every one of those code sequences is full, not just the item's own.
+
+Dedup ids of a code sequence continue after the bundle's: its `base`. For the item's own
+prefix the record brings it (computed from the bundle's prefix index); for any other
+sequence the store looks it up in a table of the bundle's bases, loaded once per bundle
+version (`bundle_bases`). Counters never go down (ids are never reused), so a sequence
+found full stays full: a walk may resume where an earlier item with the same order
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import numpy as np
+
+from models.tokens import placement_prefix, placement_steps
+from service.catalog.records import ItemRecord
+from service.catalog.store import BundleItems, dedup_exhausted
+
+
+def prefix_key(prefix: tuple[int, ...] | list[int]) -> str:
+    """The text key of a code prefix in the stores (as `ItemRecord.prefix_key`)."""
+    return ",".join(str(t) for t in prefix)
+
+
+def bundle_bases(bundle_items: BundleItems) -> Iterator[tuple[str, int]]:
+    """(prefix key, base) for every code prefix the bundle's items use: base is the first
+    dedup id after the largest one of theirs (what `service.engine.bundle_next_dedup`
+    computes from the prefix index). bundle_items yields (id, JSON with the tokens "t").
+
+    Dedup ids are relative to the dedup block, which the compact JSON does not name: its
+    first token is the smallest last token of the bundle, since every group of items that
+    share a prefix numbers them from 0 (`models.tokens.assign_dedup`).
+    """
+    rows = [json.loads(value)["t"] for _item_id, value in bundle_items()]
+    if not rows:
+        return
+    tokens = np.asarray(rows, dtype=np.int64)  # (N, L + 1)
+    last = tokens[:, -1]
+    prefixes, group = np.unique(tokens[:, :-1], axis=0, return_inverse=True)
+    top = np.full(len(prefixes), -1, dtype=np.int64)
+    np.maximum.at(top, group.reshape(-1), last)
+    first_dedup_token = int(last.min())
+    for prefix, largest in zip(prefixes.tolist(), top.tolist(), strict=True):
+        yield prefix_key(prefix), largest - first_dedup_token + 1
+
+
+def own_codes_only(rec: ItemRecord) -> tuple[tuple[int, ...], ...]:
+    """The order of a record sent without one: its own prefix, one step (W = 1)."""
+    return tuple((t,) for t in rec.prefix)
+
+
+class Placer:
+    """Places one batch's new items, inside the store's transaction.
+
+    read_used(key): dedup ids taken after the base of a code sequence, as stored; read
+    once per sequence, then counted here (`used` is what to write back). read_base(key):
+    the bundle's base of a sequence (0 where the bundle has none).
+    """
+
+    def __init__(
+        self,
+        dedup_size: int,
+        read_used: Callable[[str], int],
+        read_base: Callable[[str], int],
+    ) -> None:
+        self.dedup_size = dedup_size
+        self._read_used = read_used
+        self._read_base = read_base
+        self.used: dict[str, int] = {}
+        self._bases: dict[str, int] = {}
+        # order -> step an earlier item with it took; every step before it was full then,
+        # and is still (counters only grow).
+        self._resume: dict[tuple[tuple[int, ...], ...], int] = {}
+
+    def _base(self, key: str) -> int:
+        if key not in self._bases:
+            self._bases[key] = self._read_base(key)
+        return self._bases[key]
+
+    def _free_id(self, key: str, base: int) -> bool:
+        if key not in self.used:
+            self.used[key] = self._read_used(key)
+        return base + self.used[key] < self.dedup_size
+
+    def place(self, rec: ItemRecord) -> ItemRecord:
+        """rec with the code sequence, base, dedup id and step it gets (its order left
+        out); DedupExhausted when none of its `placement_steps` sequences has a free id."""
+        order = rec.order or own_codes_only(rec)
+        for step in range(self._resume.get(order, 0), placement_steps(order)):
+            prefix = placement_prefix(order, step)
+            key = prefix_key(prefix)
+            base = rec.base if step == 0 else self._base(key)
+            if self._free_id(key, base):
+                self.used[key] += 1
+                self._resume[order] = step
+                return replace(
+                    rec,
+                    prefix=prefix,
+                    base=base,
+                    dedup=base + self.used[key] - 1,
+                    placement=step,
+                    order=(),
+                )
+        raise dedup_exhausted(rec.prefix_key, self.dedup_size, placement_steps(order))
