@@ -51,13 +51,18 @@ if str(ROOT) not in sys.path:
 from models.bundle import BundleContents  # noqa: E402
 from models.cold_start import ColdStart  # noqa: E402
 from models.decoding import exact_log_probs  # noqa: E402
+from models.dedup_base import bundle_next_dedup  # noqa: E402
 from models.generator import Generator  # noqa: E402
 from models.item_table import ItemTable  # noqa: E402
 from models.prefix_index import PrefixIndex, build_prefix_index  # noqa: E402
 from scripts.make_large_bundle import large_contents  # noqa: E402
-from service.catalog import ItemRecord, LocalCatalog, RedisCatalog  # noqa: E402
+from service.catalog import (  # noqa: E402
+    ItemRecord,
+    LocalCatalog,
+    RedisCatalog,
+    item_cache,
+)
 from service.catalog.placement import Placer, bundle_bases  # noqa: E402
-from service.engine import bundle_next_dedup  # noqa: E402
 from service.errors import DedupExhausted  # noqa: E402
 
 BATCH = 256  # new items per store call: one POST /items of the service's default limit
@@ -76,16 +81,12 @@ def near_identical_text(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def bundle_entries(contents: BundleContents) -> list[tuple[str, str]]:
-    """(id, compact JSON) of the bundle's items, as `Recommender.bundle_cache_entries`."""
-    tokens = contents.item_tokens
-    return [
-        (str(contents.external_ids[row]), json.dumps({"o": "b", "t": tokens[row].tolist()}))
-        for row in range(1, len(tokens))
-    ]
+    """(id, item cache entry) of the bundle's items, as the service writes them."""
+    return list(item_cache.bundle_entries(contents.external_ids, contents.item_tokens))
 
 
 def new_records(contents: BundleContents, text: np.ndarray) -> list[ItemRecord]:
-    """Records of the new items as POST /items builds them (service.engine), in batches."""
+    """Records of the new items as POST /items builds them (service.new_items), in batches."""
     cold = ColdStart.from_bundle(contents)
     index = bundle_index(contents)
     out: list[ItemRecord] = []

@@ -14,18 +14,19 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import Bundle, BundleError, load_bundle
 from models.device import resolve_device
 from service.catalog import CatalogStore, LocalCatalog, RedisCatalog
 from service.catalog.histories import JournalHistories, RedisHistories, UserHistories
-from service.engine import Engine, Recommender, TextEncoderLike
+from service.engine import Engine
 from service.errors import install_error_handlers
-from service.metrics import Metrics, RequestMetricsMiddleware
+from service.metrics import Metrics
+from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from service.new_items import ItemTokenizer, TextEncoderLike
 from service.openapi import install_openapi
+from service.recommender import Recommender
 from service.routes import admin, events, health, items, recommend
-from service.schemas import ErrorBody
 from service.settings import Settings
 from service.swap import BundleSwapper
 
@@ -78,8 +79,8 @@ def _make_store(settings: Settings, version: str, recommender: Recommender) -> C
             version,
             backoff_initial_s=settings.redis_backoff_initial_s,
             backoff_max_s=settings.redis_backoff_max_s,
-            local_records=lambda: [s.record for s in recommender.added.values()],
-            local_retirements=lambda: list(recommender.retirements.values()),
+            local_records=recommender.added_records,
+            local_retirements=recommender.held_retirements,
         )
     return LocalCatalog(settings.journal_path, version)
 
@@ -107,11 +108,12 @@ async def build_engine(
     recommender = await asyncio.to_thread(
         Recommender, bundle, generator, device, settings.backend, settings.new_item_share
     )
+    tokenizer = await asyncio.to_thread(ItemTokenizer, bundle, encoder)
     store = _make_store(settings, bundle.version, recommender)
     engine = Engine(
         recommender,
         store,
-        encoder,
+        tokenizer,
         metrics,
         batch_max_size=settings.batch_max_size,
         batch_max_wait_s=settings.batch_max_wait_ms / 1000.0,
@@ -137,9 +139,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BundleError as e:
         logger.error("cannot start: %s", e)
         raise StartupError(f"cannot load the model bundle: {e}") from e
-    bundle = engine.rec.bundle
     metrics.model_info.labels(
-        version=bundle.version, device=str(device), backend=settings.backend
+        version=engine.version, device=str(device), backend=settings.backend
     ).set(1)
     metrics.redis_up.set(0)
 
@@ -168,13 +169,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.histories = histories
         app.state.swapper = swapper
         swapper.start()
+        status = engine.status()
         logger.info(
             "serving bundle %s (%d items) on %s with the %s backend; catalog store: %s",
-            bundle.version,
-            engine.rec.n_items,
-            device,
-            settings.backend,
-            engine.store.mode,
+            status.version,
+            status.catalog_items,
+            status.device,
+            status.backend,
+            status.store_mode,
         )
         yield
     finally:
@@ -185,73 +187,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.close()
         await histories.close()
         logger.info("service stopped")
-
-
-class BodySizeLimitMiddleware:
-    """413 for request bodies over max_bytes, by header or by what actually arrives."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _reject(self, send: Send) -> None:
-        body = ErrorBody(detail=f"request body exceeds {self.max_bytes} bytes").model_dump_json(
-            exclude_none=True
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reject(send)
-                    return
-        # Read the body here (it is bounded), so a body without Content-Length that grows
-        # past the limit is refused before the app parses any of it.
-        chunks, seen = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # client went away
-                await self.app(scope, _replay([message]), send)
-                return
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                await self._reject(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([body], receive), send)
-
-
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    """A receive callable that returns `messages` first, then defers to `then`."""
-    pending = list(messages)
-
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 # What no single operation can declare: answers for paths and methods it does not have.

@@ -1,16 +1,9 @@
 """Prometheus metrics, one explicit CollectorRegistry per app (names are a contract: the
-grafana dashboard reads them), and the ASGI middleware that times requests."""
+grafana dashboard reads them). The request timing is service/middleware.py."""
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-# Not timed: scrapes and probes would drown the request figures.
-UNTIMED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
-UNMATCHED_ROUTE = "__unmatched__"  # one label for every 404 path (bounded cardinality)
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -112,37 +105,3 @@ class Metrics:
             ["version", "device", "backend"],
             registry=r,
         )
-
-
-def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return path or UNMATCHED_ROUTE
-
-
-class RequestMetricsMiddleware:
-    """Times every request except UNTIMED_PATHS, labelled by the matched route template."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNTIMED_PATHS:
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.http_duration.labels(
-                route=_route_template(scope), method=scope["method"], status=str(status)
-            ).observe(time.perf_counter() - started)

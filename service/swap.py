@@ -128,17 +128,17 @@ class BundleSwapper:
                 target = resolve_bundle_path(self.bundle_path).resolve()
             except BundleError as e:
                 if str(e) == self._refused and not retry_refused:
-                    return ReloadResult("unchanged", serving.rec.bundle.version, None, 0, 0.0)
+                    return ReloadResult("unchanged", serving.version, None, 0, 0.0)
                 self._refused = str(e)
                 raise self._refuse(self.bundle_path.name, f"cannot find the bundle: {e}") from e
-            if target == Path(serving.rec.bundle.path).resolve() or (
+            if target == serving.bundle_path.resolve() or (
                 target == self._refused and not retry_refused
             ):
-                return ReloadResult("unchanged", serving.rec.bundle.version, None, 0, 0.0)
+                return ReloadResult("unchanged", serving.version, None, 0, 0.0)
             logger.info(
                 "new bundle version %s found; loading it beside %s",
                 target.name,
-                serving.rec.bundle.version,
+                serving.version,
             )
             new, carried = await self._prepare(target, serving)
             self._switch(new)
@@ -146,9 +146,7 @@ class BundleSwapper:
             self._refused = None
             self._note_switch(serving, new, seconds)
             carried += await self._retire_old(serving, new)
-            return ReloadResult(
-                "swapped", new.rec.bundle.version, serving.rec.bundle.version, carried, seconds
-            )
+            return ReloadResult("swapped", new.version, serving.version, carried, seconds)
 
     async def _prepare(self, target: Path, serving: Engine) -> tuple[Engine, int]:
         """The new engine, started, holding the serving engine's added items and warm;
@@ -168,20 +166,19 @@ class BundleSwapper:
         except Exception as e:
             await new.close()
             self._refused = target
-            raise self._refuse(new.rec.bundle.version, f"cannot serve it: {e}") from e
+            raise self._refuse(new.version, f"cannot serve it: {e}") from e
         new.ready = True
         return new, carried
 
     async def _carry(self, old: Engine, new: Engine) -> int:
-        records = [state.record for state in old.rec.added.values()]
-        carried, no_text = await new.carry(records)
+        carried, no_text = await new.carry(old.added_records())
         self.metrics.items_carried.inc(carried)
         if no_text:
             logger.warning(
                 "%d added items cannot be carried to %s: they were stored before records "
                 "kept their text (add them again): %s",
                 len(no_text),
-                new.rec.bundle.version,
+                new.version,
                 ", ".join(no_text[:20]),
             )
         return carried
@@ -192,39 +189,37 @@ class BundleSwapper:
         if not await old.drained(DRAIN_TIMEOUT_S):
             logger.warning(
                 "bundle %s still had requests after %.0f s; closing it anyway",
-                old.rec.bundle.version,
+                old.version,
                 DRAIN_TIMEOUT_S,
             )
         carried = 0
         try:
             carried = await self._carry(old, new)
         except Exception:
-            logger.exception("carrying the last added items from %s failed", old.rec.bundle.version)
+            logger.exception("carrying the last added items from %s failed", old.version)
         old.ready = False
         await old.close()
         return carried
 
     def _note_switch(self, old: Engine, new: Engine, seconds: float) -> None:
-        version = new.rec.bundle.version
+        state = new.status()
         self.metrics.bundle_swaps.inc()
         self.metrics.bundle_swap_duration.observe(seconds)
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(
-            version=version, device=str(new.rec.device), backend=new.rec.backend
+            version=state.version, device=state.device, backend=state.backend
         ).set(1)
-        self.last = SwapAttempt(
-            "swapped", version, f"replaced {old.rec.bundle.version}", time.time()
-        )
+        self.last = SwapAttempt("swapped", state.version, f"replaced {old.version}", time.time())
         logger.info(
             "now serving bundle %s (%d items) instead of %s; swap took %.1f s",
-            version,
-            new.rec.n_items,
-            old.rec.bundle.version,
+            state.version,
+            state.catalog_items,
+            old.version,
             seconds,
         )
 
     def _refuse(self, version: str, reason: str) -> BundleRefused:
-        serving = self._current().rec.bundle.version
+        serving = self._current().version
         detail = f"bundle {version} refused, still serving {serving}: {reason}"
         logger.error("%s", detail)
         self.metrics.bundle_refusals.inc()

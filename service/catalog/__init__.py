@@ -11,7 +11,10 @@ Two implementations of one interface (`CatalogStore`, store.py), one module each
   node, with a SQLite journal (WAL, synchronous=FULL) as the durable log, shared by the
   node's worker processes.
 
-records.py is the wire format both store and replicate (`ItemRecord`, `Retirement`).
+records.py is the wire format both store and replicate (`ItemRecord`, `Retirement`);
+item_cache.py the compact entries of bundle items in the Redis item cache. The Redis store's
+parts: redis_add.py (the add script's arguments and reply), redis_bundle.py (what it loads
+from the bundle once per version), redis_streams.py (reading trimmed streams).
 
 Retired items (DELETE /items/{id}) are stored beside the added ones, keyed by external id
 rather than bundle version, and replicated the same way (redis_retirements.py,

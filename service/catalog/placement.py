@@ -17,13 +17,13 @@ stopped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from models.tokens import placement_prefix, placement_steps
+from service.catalog.item_cache import entry_tokens
 from service.catalog.records import ItemRecord
 from service.catalog.store import BundleItems, dedup_exhausted
 
@@ -35,14 +35,15 @@ def prefix_key(prefix: tuple[int, ...] | list[int]) -> str:
 
 def bundle_bases(bundle_items: BundleItems) -> Iterator[tuple[str, int]]:
     """(prefix key, base) for every code prefix the bundle's items use: base is the first
-    dedup id after the largest one of theirs (what `service.engine.bundle_next_dedup`
-    computes from the prefix index). bundle_items yields (id, JSON with the tokens "t").
+    dedup id after the largest one of theirs (what `models.dedup_base.bundle_next_dedup`
+    computes from the prefix index). bundle_items yields (id, entry) in the item cache's
+    format (item_cache.py).
 
     Dedup ids are relative to the dedup block, which the compact JSON does not name: its
     first token is the smallest last token of the bundle, since every group of items that
     share a prefix numbers them from 0 (`models.tokens.assign_dedup`).
     """
-    rows = [json.loads(value)["t"] for _item_id, value in bundle_items()]
+    rows = [entry_tokens(value) for _item_id, value in bundle_items()]
     if not rows:
         return
     tokens = np.asarray(rows, dtype=np.int64)  # (N, L + 1)

@@ -23,13 +23,15 @@ past its position were trimmed and, if so, reloads the `added` hash (a resync).
 Retired items (redis_retirements.py) ride the same path: their own stream, read by the
 same XREAD, reloaded from their hash on (re)connect or after a trim, written back when
 Redis lost them. Their keys carry no bundle version: every version served sees them.
+
+Beside this module: redis_streams.py (trimmed-stream reads), redis_bundle.py (the
+per-version loads from the bundle), item_cache.py (the `items` hash's bundle entries).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,13 +39,12 @@ from importlib import resources
 
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models.tokens import MAX_PLACEMENT_STEPS
-from service.catalog.placement import bundle_bases
+from service.catalog import redis_add, redis_bundle
 from service.catalog.records import AddOutcome, ItemRecord, Retirement
-from service.catalog.redis_retirements import RedisRetirements, parse_entry
+from service.catalog.redis_retirements import RedisRetirements
+from service.catalog.redis_streams import ORIGIN, stream_end, trimmed_past
 from service.catalog.store import (
     BundleItems,
     CatalogStore,
@@ -51,8 +52,6 @@ from service.catalog.store import (
     ResyncCallback,
     RetirementsCallback,
     UpCallback,
-    dedup_exhausted,
-    item_conflict,
 )
 from service.errors import StoreUnavailable
 
@@ -66,8 +65,6 @@ CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
 )
-# An error reply: the server is up but refused the command (e.g. XINFO of a missing key).
-REPLY_ERRORS = (ResponseError,)
 
 
 def _read_lua(name: str) -> str:
@@ -78,15 +75,6 @@ def _read_lua(name: str) -> str:
 
 ADD_ITEMS_LUA = _read_lua("add_items.lua")
 RESEED_ITEMS_LUA = _read_lua("reseed_items.lua")
-
-ORIGIN = "0-0"  # the cursor before the first entry of a stream that does not exist yet
-
-
-def _stream_id(entry_id: str | bytes) -> tuple[int, int]:
-    """A stream entry id ('<ms>-<n>') as a pair that orders like the ids themselves."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, n = text.partition("-")
-    return int(ms), int(n or 0)
 
 
 class RedisCatalog(CatalogStore):
@@ -125,11 +113,9 @@ class RedisCatalog(CatalogStore):
         )
         self._add_script = self._redis.register_script(ADD_ITEMS_LUA)
         self._reseed_script = self._redis.register_script(RESEED_ITEMS_LUA)
-        self.retirements = RedisRetirements(self._redis, prefix, stream_maxlen)
-        self._local_retirements = local_retirements
-        self._retired_cursor = ORIGIN
-        self._retired_seq = 0  # newest revision delivered
-        self._on_retirements: RetirementsCallback | None = None
+        self.retirements = RedisRetirements(
+            self._redis, prefix, stream_maxlen, local=local_retirements
+        )
         self._up = False
         self._closing = False
         self._cursor = ORIGIN
@@ -164,7 +150,8 @@ class RedisCatalog(CatalogStore):
         self._on_records = on_records
         self._on_up = on_up
         self._on_resync = on_resync
-        self._on_retirements = on_retirements
+        self.retirements.on_change = on_retirements
+        self.retirements.on_resync = on_resync
         try:
             await self._sync()
             self._set_up(True)
@@ -173,50 +160,8 @@ class RedisCatalog(CatalogStore):
             self._set_up(False)
         self._task = asyncio.create_task(self._supervise(), name="flexcode-redis")
 
-    async def _load_bundle(self) -> None:
-        """Write the bundle's items into the cache hash once per version (pipelined)."""
-        marker = self.keys["bundle_loaded"]
-        if await self._redis.exists(marker):
-            return
-        assert self._bundle_items is not None
-        started, count, chunk = time.perf_counter(), 0, {}
-        for item_id, value in self._bundle_items():
-            chunk[item_id] = value
-            if len(chunk) >= 5000:
-                await self._redis.hset(self.keys["items"], mapping=chunk)
-                count, chunk = count + len(chunk), {}
-        if chunk:
-            await self._redis.hset(self.keys["items"], mapping=chunk)
-            count += len(chunk)
-        await self._redis.set(marker, str(count))
-        logger.info(
-            "loaded %d bundle items into redis in %.1f s", count, time.perf_counter() - started
-        )
-
-    async def _load_bases(self) -> None:
-        """The bundle's dedup bases (placement.py) into their hash, once per version. The
-        marker goes last: add_items.lua refuses to place anything without it."""
-        if await self._redis.exists(self.keys["bases_loaded"]):
-            return
-        assert self._bundle_items is not None
-        started = time.perf_counter()
-        # Parsed off the event loop: a large bundle takes seconds, /recommend goes on.
-        bases = await asyncio.to_thread(lambda: list(bundle_bases(self._bundle_items)))
-        for lo in range(0, len(bases), 5000):
-            await self._redis.hset(self.keys["bases"], mapping=dict(bases[lo : lo + 5000]))
-        await self._redis.set(self.keys["bases_loaded"], str(len(bases)))
-        logger.info(
-            "loaded the dedup bases of %d code prefixes into redis in %.1f s",
-            len(bases),
-            time.perf_counter() - started,
-        )
-
-    async def _stream_end(self, key: str | None = None) -> str:
-        """The id of the stream's newest entry (ORIGIN when there is no stream yet). Read
-        BEFORE the `added` hash: whatever is written after it reaches us on the stream.
-        key: the items stream unless given (the retirements')."""
-        last = await self._redis.xrevrange(key or self.keys["events"], count=1)
-        return last[0][0].decode() if last else ORIGIN
+    async def _stream_end(self) -> str:
+        return await stream_end(self._redis, self.keys["events"])
 
     async def _read_added(self) -> dict[str, ItemRecord]:
         stored: dict[str, ItemRecord] = {}
@@ -233,8 +178,14 @@ class RedisCatalog(CatalogStore):
     async def _sync(self) -> None:
         """(Re)connect: bundle cache, put back what Redis lost, catch up on added items."""
         await self._redis.ping()
-        await self._load_bundle()
-        await self._load_bases()
+        assert self._bundle_items is not None
+        keys = self.keys
+        await redis_bundle.load_items(
+            self._redis, keys["items"], keys["bundle_loaded"], self._bundle_items
+        )
+        await redis_bundle.load_bases(
+            self._redis, keys["bases"], keys["bases_loaded"], self._bundle_items
+        )
         cursor = await self._stream_end()
         stored = await self._read_added()
         if self._local_records is not None:
@@ -247,30 +198,7 @@ class RedisCatalog(CatalogStore):
                 )
         self._cursor = cursor
         await self._deliver(stored)
-        await self._sync_retirements(reseed=True)
-
-    async def _sync_retirements(self, reseed: bool) -> None:
-        """Reload every retirement from the hash (after the stream end is noted) and, on a
-        (re)connect, write back those Redis lost."""
-        cursor = await self._stream_end(self.retirements.events_key)
-        stored = await self.retirements.read_all()
-        if reseed and self._local_retirements is not None:
-            lost = [r for r in self._local_retirements() if r.id not in stored]
-            if lost:
-                logger.warning("redis lost %d retirements; writing them back", len(lost))
-                await self.retirements.reseed(lost)
-        self._retired_cursor = cursor
-        await self._deliver_retirements(list(stored.values()))
-
-    async def _deliver_retirements(self, changes: list[Retirement]) -> None:
-        """Hand over changes read from Redis (the stream or the hash: every revision up to
-        the newest, with none missing). The newest revision is noted only once they are
-        applied, so `catch_up_retirements` never returns before they are."""
-        if not changes:
-            return
-        if self._on_retirements is not None:
-            await self._on_retirements(sorted(changes, key=lambda r: r.seq))
-        self._retired_seq = max(self._retired_seq, max(r.seq for r in changes))
+        await self.retirements.sync(reseed=True)
 
     async def _resync(self, trimmed_to: str) -> None:
         """The stream lost entries this replica had not read: reload the `added` hash, the
@@ -327,19 +255,19 @@ class RedisCatalog(CatalogStore):
     async def _tail_once(self) -> None:
         retired = self.retirements.events_key
         got = await self._tail.xread(
-            {self.keys["events"]: self._cursor, retired: self._retired_cursor},
+            {self.keys["events"]: self._cursor, retired: self.retirements.cursor},
             count=500,
             block=self._block_ms,
         )
         pairs = got.items() if isinstance(got, dict) else got or []  # RESP3 / RESP2
         batches = {(k.decode() if isinstance(k, bytes) else k): b for k, b in pairs}
-        await self._take_retirements(batches.get(retired, []))
+        await self.retirements.take(batches.get(retired, []))
         entries = batches.get(self.keys["events"], [])
         if not entries:
             return
         # After the read, not before: entries trimmed between a check and the read would
         # otherwise go unnoticed.
-        trimmed_to = await self._trimmed_past_cursor()
+        trimmed_to = await trimmed_past(self._redis, self.keys["events"], self._cursor)
         if trimmed_to is not None:
             await self._resync(trimmed_to)
             return
@@ -350,58 +278,6 @@ class RedisCatalog(CatalogStore):
         if self._on_records is not None:
             await self._on_records(records)
 
-    async def _take_retirements(self, entries: list) -> None:
-        """Deliver retirement entries read from their stream; reload them all when the
-        stream was trimmed past what this replica had read (as `_resync` does for items)."""
-        if not entries:
-            return
-        key = self.retirements.events_key
-        trimmed_to = await self._trimmed_past_cursor(key, self._retired_cursor)
-        if trimmed_to is not None:
-            logger.warning(
-                "retirement stream %s was trimmed past this replica's last-read entry %s "
-                "(oldest left: %s): reloading every retirement from redis",
-                key,
-                self._retired_cursor,
-                trimmed_to,
-            )
-            if self._on_resync is not None:
-                self._on_resync()
-            await self._sync_retirements(reseed=False)
-            return
-        self._retired_cursor = entries[-1][0].decode()
-        await self._deliver_retirements([parse_entry(fields) for _id, fields in entries])
-
-    async def _trimmed_past_cursor(
-        self, key: str | None = None, cursor: str | None = None
-    ) -> str | None:
-        """The oldest entry left in the stream when entries after the cursor may have been
-        trimmed before this replica read them, else None. key, cursor: the items stream
-        and its cursor unless given.
-
-        Trimming removes the oldest entries, so nothing past the cursor is gone while the
-        oldest entry left is at or before it. When the cursor entry itself is gone, the
-        replica is about `stream_maxlen` entries behind and cannot tell whether anything
-        between was lost: that counts as a gap (a resync too many costs one reload; one
-        too few loses items). A cursor at ORIGIN (no stream at the last sync) has lost
-        nothing while the stream has never been trimmed (Redis >= 7: entries-added)."""
-        key = key or self.keys["events"]
-        cursor = cursor or self._cursor
-        try:
-            info = await self._redis.xinfo_stream(key)
-        except REPLY_ERRORS as e:  # "no such key": the stream vanished under us
-            return f"(no stream: {e})"
-        first = info.get("first-entry")
-        if not first:
-            return "(empty stream)"
-        oldest = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
-        if _stream_id(oldest) <= _stream_id(cursor):
-            return None
-        added = info.get("entries-added")
-        if cursor == ORIGIN and added is not None and int(added) == int(info["length"]):
-            return None
-        return oldest
-
     async def add(
         self, records: Sequence[ItemRecord], replace: bool, dedup_size: int
     ) -> list[AddOutcome]:
@@ -409,38 +285,22 @@ class RedisCatalog(CatalogStore):
             raise StoreUnavailable(
                 "redis is unreachable: new items cannot be stored now (retry later)"
             )
-        # Placement orders go only once an item's own prefix is full (a refused script
-        # writes nothing): an order is L x W tokens, and most items never need one.
         out = await self._run_add(records, replace, dedup_size, with_orders=False)
-        if out[0] == b"full" and any(r.order for r in records):
+        if redis_add.wants_orders(out, records):
             out = await self._run_add(records, replace, dedup_size, with_orders=True)
-        status = out[0].decode()
-        if status == "nobases":
+        if redis_add.lost_bases(out):
             self._set_up(False)  # the supervisor reloads what Redis lost, bases included
             raise StoreUnavailable(
                 "redis lost the bundle's dedup bases (restarted without its data?); they "
                 "are being loaded again: retry later"
             )
-        if status == "bundle":
-            raise item_conflict(out[1].decode(), bundle=True)
-        if status == "conflict":
-            raise item_conflict(out[1].decode(), bundle=False)
-        if status == "full":
-            raise dedup_exhausted(out[1].decode(), dedup_size, int(out[2]))
-        outcomes = []
-        for i in range(1, len(out), 2):
-            outcomes.append(AddOutcome(out[i].decode(), ItemRecord.from_json(out[i + 1])))
-        return outcomes
+        return redis_add.parse_reply(out, dedup_size)
 
     async def _run_add(
         self, records: Sequence[ItemRecord], replace: bool, dedup_size: int, with_orders: bool
     ) -> list:
-        """One run of add_items.lua; with_orders: send each record's placement order."""
-        args: list[object] = ["1" if replace else "0", dedup_size, self.stream_maxlen]
-        args.append(MAX_PLACEMENT_STEPS)
-        for rec in records:
-            send = with_orders and rec.order
-            args += [rec.to_json(), json.dumps(rec.order, separators=(",", ":")) if send else ""]
+        """One run of add_items.lua (redis_add.py)."""
+        args = redis_add.add_args(records, replace, dedup_size, self.stream_maxlen, with_orders)
         try:
             return await self._add_script(keys=self._key_list(), args=args)
         except CONNECTION_ERRORS as e:
@@ -459,29 +319,12 @@ class RedisCatalog(CatalogStore):
             raise StoreUnavailable(
                 f"redis became unreachable while storing a retirement ({e}); retry later"
             ) from e
-        # Applied here at once (this replica's next request must not return them), but not
-        # counted as read: revisions other replicas wrote just before may not be in yet.
-        if self._on_retirements is not None:
-            await self._on_retirements([r for r in changes if r.seq > 0])
+        await self.retirements.apply_written(changes)
         return changes
 
     async def catch_up_retirements(self) -> None:
-        """One GET of the revision counter; only when this replica is behind it, the
-        entries it has not read yet (the tail would bring them a moment later)."""
-        if not self._up:
-            return
-        if await self.retirements.newest_seq() <= self._retired_seq:
-            return
-        key = self.retirements.events_key
-        if await self._trimmed_past_cursor(key, self._retired_cursor) is not None:
-            await self._sync_retirements(reseed=False)
-            return
-        while True:
-            entries = await self.retirements.read_after(self._retired_cursor)
-            if not entries:
-                return
-            self._retired_cursor = max(self._retired_cursor, entries[-1][0], key=_stream_id)
-            await self._deliver_retirements([r for _id, r in entries])
+        if self._up:
+            await self.retirements.catch_up()
 
     async def get(self, item_id: str) -> ItemRecord | None:
         if not self._up:

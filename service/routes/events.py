@@ -43,7 +43,7 @@ async def record_events(
     ]
     await histories.append(events)
     ids = list(dict.fromkeys(e.item_id for e in events))
-    unknown = [i for i, row in zip(ids, engine.rec.resolve(ids), strict=True) if row < 1]
+    unknown = engine.unknown_items(ids)
     metrics.events_recorded.inc(len(events))
     metrics.events_unknown_items.inc(sum(e.item_id in set(unknown) for e in events))
     return EventsResponse(recorded=len(events), unknown_items=unknown)

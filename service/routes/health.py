@@ -30,18 +30,18 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
     engine = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
         return JSONResponse(Starting(status="starting").model_dump(), status_code=503)
-    store = engine.store
+    state = engine.status()
     swapper = getattr(request.app.state, "swapper", None)
     last = swapper.last if swapper is not None else None
     return Readiness(
-        status="ready" if store.up else "degraded",
-        model_version=engine.rec.bundle.version,
-        device=str(engine.rec.device),
-        backend=engine.rec.backend,
-        catalog_items=engine.rec.n_items,
-        added_items=len(engine.rec.added),
-        retired_items=len(engine.rec.retired_rows),
-        store=StoreState(mode=store.mode, up=store.up),
+        status="ready" if state.store_up else "degraded",
+        model_version=state.version,
+        device=state.device,
+        backend=state.backend,
+        catalog_items=state.catalog_items,
+        added_items=state.added_items,
+        retired_items=state.retired_items,
+        store=StoreState(mode=state.store_mode, up=state.store_up),
         last_swap=None if last is None else SwapState(**asdict(last)),
     )
 

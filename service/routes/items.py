@@ -6,8 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service.deps import ApiKeyDep, EngineDep, SettingsDep
-from service.engine import NewItemInput
 from service.errors import BadRequest, ItemConflict, error_responses
+from service.new_items import NewItemInput
 from service.routes import paths  # noqa: F401 (registers the `text` path convertor)
 from service.schemas import ItemAdded, ItemId, ItemPublic, ItemsCreateRequest, ItemsCreateResponse
 
@@ -49,7 +49,7 @@ async def add_items(
     by_id = {view.item_id: ItemAdded(status=status, **asdict(view)) for status, view in added}
     return ItemsCreateResponse(
         items=[by_id[it.item_id] for it in body.items],  # one entry per item sent, in order
-        model_version=engine.rec.bundle.version,
+        model_version=engine.version,
     )
 
 

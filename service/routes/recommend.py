@@ -43,7 +43,7 @@ async def recommend(
             ScoredItem(item_id=i, score=s)
             for i, s in zip(result.item_ids, result.scores, strict=True)
         ],
-        model_version=engine.rec.bundle.version,
+        model_version=engine.version,
         unknown_items=unknown,
         fallback=fallback,
     )

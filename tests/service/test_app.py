@@ -60,7 +60,7 @@ async def test_large_k_and_long_history_get_k_items(make_settings) -> None:
     k = 60 - len(history)  # 21: every item that is not excluded
     for max_beam_width, expected_width in ((200, k + len(history)), (30, 30)):
         async with running_app(make_settings(max_beam_width=max_beam_width)) as (client, app):
-            rec = app.state.engine.rec
+            rec = app.state.engine._rec  # white-box: the beam width each batch ran with
             widths, search = [], rec._search
 
             def recording(queries, width, search=search, widths=widths):

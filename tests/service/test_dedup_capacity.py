@@ -83,7 +83,7 @@ def _check_recommendable(engine, tokens: dict[str, tuple[int, ...]]) -> None:
     can rank it: a finite dense log-probability (live, its vector in the table) and a
     finite generative one (teacher-forced under the restricted softmax: its tokens lead
     to it in the index), the two parts of the decoder's score."""
-    rec = engine.rec
+    rec = engine._rec  # white-box: the item table and the overlay index
     ids = list(tokens)
     rows = rec.resolve(ids)
     assert (rows > rec.n_bundle).all()
@@ -107,7 +107,8 @@ async def _run(settings) -> dict[str, tuple[int, ...]]:
             added = time.perf_counter()
             assert len(set(tokens.values())) == N_ITEMS  # one token sequence each
             engine = app.state.engine
-            placed = [engine.rec.added[i].record.placement for i in tokens]
+            records = {r.id: r for r in engine.added_records()}
+            placed = [records[i].placement for i in tokens]
             # The point of the test: nearly all of them did not fit under their own prefix.
             assert sum(p > 0 for p in placed) > N_ITEMS - 100
             _check_recommendable(engine, tokens)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from models.dedup_base import bundle_next_dedup
 from models.prefix_index import build_prefix_index
 from service.catalog import ItemRecord, LocalCatalog, RedisCatalog
 from service.catalog.placement import bundle_bases
-from service.engine import bundle_next_dedup
 from service.errors import DedupExhausted, StoreUnavailable
 from tests.bundle_factory import tiny_contents
 from tests.service.conftest import REDIS_URL

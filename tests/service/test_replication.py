@@ -160,7 +160,7 @@ async def test_reseed_after_redis_lost_its_data(make_settings, volatile_redis) -
     settings = make_settings(redis_url=volatile_redis.url, redis_prefix="reseed")
     ids = [f"kept-{i}" for i in range(4)]
     async with running_app(settings) as (a, a_app):
-        added_key = f"reseed:{{{a_app.state.engine.rec.bundle.version}}}:added"
+        added_key = f"reseed:{{{a_app.state.engine.version}}}:added"
         r = await a.post("/items", json={"items": [new_item(i, "Twin") for i in ids]})
         assert r.status_code == 200, r.text
         expected = await tokens_by_id(a, ids)
@@ -291,20 +291,22 @@ async def test_resync_through_the_service_counts_and_serves_everything(
     async with running_app(settings) as (a, a_app), running_app(settings) as (b, b_app):
         held = threading.Event()
         engine = b_app.state.engine
-        events = engine.store.keys["events"]
-        engine.executor.submit(held.wait, 60)  # B's one inference thread is busy
+        # White-box: B's store keys and cursor, and its one inference thread (held busy).
+        store = engine._store
+        events = store.keys["events"]
+        engine._executor.submit(held.wait, 60)  # B's one inference thread is busy
         try:
             r = await a.post("/items", json={"items": [new_item("first")]})
             assert r.status_code == 200, r.text
             # B's tail has read it and now waits for the inference thread to apply it.
-            await wait_for(lambda: engine.store._cursor != "0-0")
-            cursor = engine.store._cursor
+            await wait_for(lambda: store._cursor != "0-0")
+            cursor = store._cursor
             for batch in range(5):
                 items = [new_item(f"bulk-{batch}-{i}") for i in range(20)]
                 r = await a.post("/items", json={"items": items})
                 assert r.status_code == 200, r.text
                 # A keeps up (on a busy machine its tail could lag two requests behind).
-                await wait_for(lambda: a_app.state.engine.store._cursor == _stream_newest(events))
+                await wait_for(lambda: a_app.state.engine._store._cursor == _stream_newest(events))
             assert _id(_stream_oldest(events)) > _id(cursor)
         finally:
             held.set()

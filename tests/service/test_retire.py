@@ -171,7 +171,7 @@ async def test_two_redis_replicas_honour_a_delete_on_the_next_request(
     async with running_app(settings) as (a, _), running_app(settings) as (b, b_app):
         r = await a.post("/items", json={"items": [new_item("added-on-a")]})
         assert r.status_code == 200, r.text
-        await wait_for(lambda: "added-on-a" in b_app.state.engine.rec.added)
+        await wait_for(lambda: "added-on-a" in {r.id for r in b_app.state.engine.added_records()})
 
         for target in ("item-2", "added-on-a"):
             assert target in await recommended(b, k=N_ITEMS)
@@ -201,14 +201,14 @@ async def test_cut_off_replica_learns_retirements_on_reconnect(make_settings, re
     try:
         async with running_app(direct) as (a, _), running_app(proxied) as (b, b_app):
             await proxy.cut()
-            await wait_for(lambda: not b_app.state.engine.store.up)
+            await wait_for(lambda: not b_app.state.engine.status().store_up)
             await retire(a, "item-4")
             # Cut off: B serves from what it holds, and cannot store a retirement.
             assert "item-4" in await recommended(b, k=N_ITEMS)
             r = await b.delete("/items/item-5")
             assert r.status_code == 503 and r.headers["retry-after"]
             await proxy.restore()
-            await wait_for(lambda: b_app.state.engine.store.up)
+            await wait_for(lambda: b_app.state.engine.status().store_up)
             assert "item-4" not in await recommended(b, k=N_ITEMS)
     finally:
         await proxy.close()

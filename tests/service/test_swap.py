@@ -114,7 +114,7 @@ async def test_swap_under_load_fails_no_request(make_settings, root) -> None:
         assert metric_value(text, "flexcode_model_info", version=new) == 1
         assert metric_value(text, "flexcode_model_info", version=old) == 0
         # The old engine was closed once its requests were done.
-        assert app.state.engine.rec.bundle.version == new
+        assert app.state.engine.version == new
 
         # Nothing new: unchanged.
         r = await client.post("/admin/reload", headers=AUTH)
@@ -180,7 +180,7 @@ async def test_two_redis_replicas_swap_and_share_carried_items(
         ids = [f"shared-{i}" for i in range(5)]
         r = await a.post("/items", json={"items": [new_item(i) for i in ids]})
         assert r.status_code == 200, r.text
-        await wait_for(lambda: len(b_app.state.engine.rec.added) == len(ids))
+        await wait_for(lambda: b_app.state.engine.status().added_items == len(ids))
         assert (await a.delete("/items/shared-0")).status_code == 200
         new = new_version(root)
 
@@ -201,4 +201,4 @@ async def test_two_redis_replicas_swap_and_share_carried_items(
         # An item added on the new version reaches the other replica.
         r = await b.post("/items", json={"items": [new_item("after-swap")]})
         assert r.json()["model_version"] == new
-        await wait_for(lambda: "after-swap" in a_app.state.engine.rec.added)
+        await wait_for(lambda: "after-swap" in {r.id for r in a_app.state.engine.added_records()})
