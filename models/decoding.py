@@ -23,9 +23,10 @@ their own (added at serving time, or never seen in training) are scored by codes
 alone, and the dense softmax gives them together only a sliver of the mass, so they are
 almost never returned (BENCHMARKS.md, cold start). With pi set, P_dense becomes a two-part
 mixture: the id-free items share pi between them, in proportion to their dense scores, and
-the other items share 1 - pi, likewise. pi is the operator's exposure knob for new items;
-None (the default) leaves the dense head as trained. The generative head is not
-re-weighted.
+the other items share 1 - pi, likewise. The generative head's log-probabilities get the
+same per-row offsets, so at any dense weight the served score of an id-free item moves by
+what the share moved its dense part. pi is the operator's exposure knob for new items;
+None (the default) leaves the model as trained.
 
 `model` is anything with the `ServingModel` methods: the torch Generator or the ONNX one.
 """
@@ -167,6 +168,20 @@ def dense_log_probs(
     return shared_log_softmax(logits, dead, catalogue.id_free, new_item_share)
 
 
+def share_offsets(
+    state: torch.Tensor, catalogue: Catalogue, new_item_share: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, R) log P_dense with the new-item share, and (B, R) what the share added to each
+    row's log-probability (None without a share). The generative head gets the same
+    per-row offsets, so at any dense weight w the served score of every id-free item moves
+    by the same amount as its dense part: the share is a prior on the whole score."""
+    shared = dense_log_probs(state, catalogue, new_item_share)
+    if new_item_share is None or catalogue.id_free is None:
+        return shared, None
+    plain = dense_log_probs(state, catalogue)
+    return shared, torch.where(torch.isfinite(plain), shared - plain, 0.0)
+
+
 def shared_log_softmax(
     logits: torch.Tensor,
     dead: torch.Tensor,
@@ -226,7 +241,7 @@ def find_candidates(
     vectors = catalogue.item_vectors
     batch = history.shape[0]
     state = model.user_state(vectors[history], history != 0)  # (B, C)
-    dense_all = dense_log_probs(state, catalogue, config.new_item_share)  # (B, R)
+    dense_all, offsets = share_offsets(state, catalogue, config.new_item_share)  # (B, R)
     blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device)
     n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
     found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
@@ -248,6 +263,8 @@ def find_candidates(
     gen = None
     if generative:
         gen = generative_log_probs(model, state, safe, catalogue).masked_fill(rows < 0, NEG_INF)
+        if offsets is not None:
+            gen = gen + offsets.gather(1, safe)
     return Candidates(rows=rows, generative=gen, dense=dense, eligible=eligible)
 
 
@@ -302,7 +319,7 @@ def exact_log_probs(
     `DecodingConfig`."""
     vectors = catalogue.item_vectors
     state = model.user_state(vectors[history], history != 0)
-    dense = dense_log_probs(state, catalogue, new_item_share)
+    dense, offsets = share_offsets(state, catalogue, new_item_share)
     dead = torch.isneginf(dense[0])
     gen = None
     if generative:
@@ -313,6 +330,8 @@ def exact_log_probs(
             rows = all_rows[start : start + chunk][None].expand(state.shape[0], -1)
             gen[:, start : start + chunk] = generative_log_probs(model, state, rows, catalogue)
         gen = gen.masked_fill(dead[None], NEG_INF)
+        if offsets is not None:
+            gen = gen + offsets
     return dense.masked_fill(dead[None], NEG_INF), gen
 
 

@@ -385,3 +385,13 @@ def test_item_table_marks_added_rows_and_the_bundles_id_free_rows(contents):
     ]
     with pytest.raises(ValueError, match="base_id_free"):
         ItemTable(contents.item_vectors, contents.item_tokens, index, base_id_free=base[:-1])
+
+
+def test_the_share_moves_the_generative_score_of_each_row_as_it_moves_the_dense_one(contents):
+    cat = make_table(contents, grow=True).catalogue()
+    dense_s, gen_s = exact_log_probs(contents.generator, HISTORY, cat, new_item_share=0.3)
+    dense_p, gen_p = exact_log_probs(contents.generator, HISTORY, cat)
+    live = cat.live
+    moved = (dense_s - dense_p)[:, live]
+    assert moved.abs().max() > 0.1  # the share did move something
+    torch.testing.assert_close((gen_s - gen_p)[:, live], moved)

@@ -26,9 +26,9 @@ async def _new_items_recommended(settings: Settings) -> int:
 
 
 async def test_a_large_share_brings_new_items_into_the_list(make_settings) -> None:
-    # 0.99 of the dense mass on the 5 new items. The test bundle mixes the dense head with
-    # the generative one (w = 0.5), which the share leaves as trained, so not all 5 need
-    # lead; but the knob must bring in more of them than the model as trained shows.
+    # 0.99 of the dense mass on the 5 new items, shared between them by their scores, so
+    # a new item the model scores far below the others can still trail bundle items; but
+    # the knob must bring in more of them than the model as trained shows.
     as_trained = await _new_items_recommended(make_settings())
     shared = await _new_items_recommended(make_settings(new_item_share=0.99))
     assert shared > as_trained
