@@ -78,17 +78,25 @@ def _squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _rng_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where random draws happen: on the generator's device (training seeds a CPU generator
+    also when it trains on CUDA, so a seed picks the same points on every device), or on
+    the data's device when no generator is given. Draws then move to the data."""
+    return device if generator is None else generator.device
+
+
 def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """x: (N, d) with N >= k -> (k, d) seeds, each drawn with probability ~ squared distance
     to the nearest seed so far (Arthur & Vassilvitskii, 2007): spreads seeds over clusters."""
     n = x.shape[0]
-    first = torch.randint(n, (1,), generator=generator, device=x.device)
+    rng = _rng_device(generator, x.device)
+    first = torch.randint(n, (1,), generator=generator, device=rng).to(x.device)
     seeds = [x[first]]  # list of (1, d)
     nearest = _squared_distances(x, seeds[0]).squeeze(1).clamp_min(0)  # (N,)
     for _ in range(1, k):
         # All remaining points coincide with a seed: any choice is as good as another.
         weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
-        idx = torch.multinomial(weights, 1, generator=generator)
+        idx = torch.multinomial(weights.to(rng), 1, generator=generator).to(x.device)
         seeds.append(x[idx])
         nearest = torch.minimum(nearest, _squared_distances(x, x[idx]).squeeze(1).clamp_min(0))
     return torch.cat(seeds)  # (k, d)
@@ -225,9 +233,9 @@ class ResidualQuantizer(nn.Module):
                 centroids = _kmeans(distinct, k, n_iter, generator)  # (K, d)
             else:
                 extra = k - distinct.shape[0]
-                pick = torch.randint(
-                    distinct.shape[0], (extra,), generator=generator, device=z.device
-                )
+                rng = _rng_device(generator, z.device)
+                pick = torch.randint(distinct.shape[0], (extra,), generator=generator, device=rng)
+                pick = pick.to(z.device)
                 centroids = torch.cat([distinct, self._jitter(distinct[pick], residual, generator)])
             self.codebooks[level] = centroids
             residual -= centroids[self._nearest(residual, level)]
@@ -239,7 +247,8 @@ class ResidualQuantizer(nn.Module):
     ) -> torch.Tensor:
         """points + noise at 1% of the reference spread (floored, so identical rows split)."""
         scale = 1e-2 * reference.std().clamp_min(1e-3) if reference.numel() > 1 else 1e-5
-        noise = torch.randn(points.shape, generator=generator, device=points.device)
+        rng = _rng_device(generator, points.device)
+        noise = torch.randn(points.shape, generator=generator, device=rng).to(points.device)
         return points + scale * noise.to(points.dtype)
 
     @torch.no_grad()
@@ -261,10 +270,12 @@ class ResidualQuantizer(nn.Module):
             dead = dead.squeeze(1)  # (n_dead,)
             if len(dead) and residual.shape[0]:
                 n = residual.shape[0]
+                rng = _rng_device(generator, z.device)
                 if n >= len(dead):  # distinct points where possible
-                    pick = torch.randperm(n, generator=generator, device=z.device)[: len(dead)]
+                    pick = torch.randperm(n, generator=generator, device=rng)[: len(dead)]
                 else:
-                    pick = torch.randint(n, (len(dead),), generator=generator, device=z.device)
+                    pick = torch.randint(n, (len(dead),), generator=generator, device=rng)
+                pick = pick.to(z.device)
                 self.codebooks[level, dead] = self._jitter(residual[pick], residual, generator)
                 n_restarted += len(dead)
             residual -= self.codebooks[level][self._nearest(residual, level)]

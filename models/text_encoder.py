@@ -142,6 +142,14 @@ class TextEncoderConfig:
             raise ValueError(f"max_seq_length must be in [1, 512], got {self.max_seq_length}")
 
 
+def packaged_model_id(config: TextEncoderConfig, version: str | None = None) -> str:
+    """The id a `TextEncoder` on the packaged weights reports (cache keys, the bundle's
+    `text_model_id`), from the package metadata alone: no weights are loaded."""
+    version = version or importlib.metadata.version(MODEL_DISTRIBUTION)
+    weights = f"{MODEL_NAME}@{MODEL_DISTRIBUTION}=={version}"
+    return f"{weights};max_seq_length={config.max_seq_length}"
+
+
 class TextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings: (n, 384) float32, L2-normalised.
 
@@ -151,32 +159,54 @@ class TextEncoder:
 
     dim: int = EMBEDDING_DIM
 
-    def __init__(self, config: TextEncoderConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, config: TextEncoderConfig, device: str | torch.device = "cpu", lazy: bool = False
+    ) -> None:
+        """lazy: defer loading the weights to the first `encode`. The model id needs only
+        the package metadata, so a caller that may find every
+        embedding in a cache (training's stage B) pays for the model only on a miss. The
+        service loads eagerly: a model that cannot load fails it at start-up."""
         self.config = config
         packaged = config.model_dir is None
         model_dir = packaged_model_dir() if packaged else Path(config.model_dir).expanduser()
         _check_model_dir(model_dir, packaged)
         self.model_dir = model_dir
+        self._device = torch.device(device)
+        self._model = None
 
+        if packaged:
+            self._model_id = packaged_model_id(config)
+        else:
+            weights = f"{model_dir.name}@sha256:{_dir_digest(model_dir)}"
+            self._model_id = f"{weights};max_seq_length={config.max_seq_length}"
+        # The packaged model's width is known (384); another directory's is read by loading it.
+        if not lazy or not packaged:
+            self.load()
+
+    def load(self):
+        """The SentenceTransformer, loaded on first use (once)."""
+        if self._model is not None:
+            return self._model
         # Imported here: the package is heavy (transformers), and item_description users
         # (the service's request path) should not pay for it.
         from sentence_transformers import SentenceTransformer
 
-        logger.info("loading text encoder from %s", model_dir)
-        self.model = SentenceTransformer(str(model_dir), device=str(device), local_files_only=True)
-        self.model.max_seq_length = config.max_seq_length
-        self.model.eval()
-        get_dim = getattr(self.model, "get_embedding_dimension", None)
-        dim = get_dim() if get_dim else self.model.get_sentence_embedding_dimension()
+        logger.info("loading text encoder from %s", self.model_dir)
+        model = SentenceTransformer(
+            str(self.model_dir), device=str(self._device), local_files_only=True
+        )
+        model.max_seq_length = self.config.max_seq_length
+        model.eval()
+        get_dim = getattr(model, "get_embedding_dimension", None)
+        dim = get_dim() if get_dim else model.get_sentence_embedding_dimension()
         if dim is not None:
             self.dim = int(dim)
+        self._model = model
+        return model
 
-        if packaged:
-            version = importlib.metadata.version(MODEL_DISTRIBUTION)
-            weights = f"{MODEL_NAME}@{MODEL_DISTRIBUTION}=={version}"
-        else:
-            weights = f"{model_dir.name}@sha256:{_dir_digest(model_dir)}"
-        self._model_id = f"{weights};max_seq_length={config.max_seq_length}"
+    @property
+    def model(self):
+        return self.load()
 
     @property
     def model_id(self) -> str:
@@ -185,7 +215,7 @@ class TextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self._device if self._model is None else self._model.device
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors, in input order; "" is a valid text."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models.bundle import assemble_contents, load_bundle, write_bundle
-from models.text_encoder import MODEL_DISTRIBUTION, MODEL_NAME, TextEncoderConfig
+from models.text_encoder import TextEncoderConfig, packaged_model_id
 from training.data.preprocess import warm_mask
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,9 @@ def default_text_model_id() -> str:
     """The id `models.text_encoder.TextEncoder` reports for the packaged weights at the
     default settings, computed without loading the model."""
     try:
-        version = importlib.metadata.version(MODEL_DISTRIBUTION)
+        return packaged_model_id(TextEncoderConfig())
     except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return f"{MODEL_NAME}@{MODEL_DISTRIBUTION}=={version};max_seq_length=" + str(
-        TextEncoderConfig().max_seq_length
-    )
+        return packaged_model_id(TextEncoderConfig(), version="unknown")
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -110,7 +110,7 @@ def ensure_semantic_embeddings(
     dataset: ProcessedDataset, device: torch.device, cache_dir: Path | None = DEFAULT_CACHE_DIR
 ) -> np.ndarray:
     """Stage B: (N + 1, 384) text embeddings, from the cache when the texts are unchanged."""
-    encoder = TextEncoder(TextEncoderConfig(), device=device)
+    encoder = TextEncoder(TextEncoderConfig(), device=device, lazy=True)  # cache hits skip the load
     return semantic_embeddings(dataset.items, encoder, cache_dir)
 
 

@@ -118,3 +118,12 @@ def test_explicit_model_dir_is_keyed_by_content(tmp_path):
     enc = TextEncoder(TextEncoderConfig(model_dir=str(model_dir)))
     assert enc.model_id.startswith("my-minilm@sha256:")
     assert enc.encode(["x"]).shape == (1, 384)
+
+
+def test_lazy_encoder_loads_on_first_encode_with_the_same_id(encoder):
+    lazy = TextEncoder(TextEncoderConfig(), lazy=True)
+    assert lazy._model is None  # the model id needs no weights (stage B's cache hits)
+    assert lazy.model_id == encoder.model_id and lazy.dim == encoder.dim
+    vec = lazy.encode(["Toy Story"])
+    assert lazy._model is not None
+    np.testing.assert_allclose(vec, encoder.encode(["Toy Story"]), atol=1e-6)
