@@ -20,13 +20,20 @@ from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import typer
 
-from training.data import DEFAULT_CACHE_DIR, PreprocessConfig, SyntheticConfig, load_dataset
+from training.data import (
+    DEFAULT_CACHE_DIR,
+    EventColumns,
+    PreprocessConfig,
+    SyntheticConfig,
+    load_dataset,
+)
 from training.data.preprocess import ProcessedDataset
 from training.data.readers import ML_100K
 from training.data.schema import DataFormatError
 
 _PREPROCESS = PreprocessConfig()
 _SYNTHETIC = SyntheticConfig()
+_EVENTS = EventColumns()
 
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
 VariantOpt = Annotated[
@@ -65,7 +72,8 @@ class DataOptions:
         typer.Option(
             "--dataset",
             "-d",
-            help="ml-100k, synthetic, or a path to RecBole atomic files / Amazon JSON lines",
+            help="ml-100k, synthetic, or a path to RecBole atomic files / Amazon JSON lines / "
+            "a Parquet or CSV event log",
         ),
     ] = ML_100K
     k_core: Annotated[int, typer.Option(help="k-core filter on users and items")] = (
@@ -84,6 +92,33 @@ class DataOptions:
     cache_dir: Annotated[Path, typer.Option(help="processed-data cache directory")] = (
         DEFAULT_CACHE_DIR
     )
+    # Parquet/CSV event logs (training/data/readers/events.py): which column holds what.
+    item_table: Annotated[
+        Path | None, typer.Option(help="event logs: a Parquet/CSV item table (item text)")
+    ] = None
+    user_column: Annotated[str, typer.Option(help="event logs: the user id column")] = _EVENTS.user
+    item_column: Annotated[
+        str, typer.Option(help="event logs: the item id column (events and item table)")
+    ] = _EVENTS.item
+    time_column: Annotated[
+        str, typer.Option(help="event logs: seconds, ISO-8601 dates or a timestamp column")
+    ] = _EVENTS.timestamp
+    text_columns: Annotated[
+        str, typer.Option(help="event logs: comma-separated item text columns, joined in order")
+    ] = ",".join(_EVENTS.text)
+    category_column: Annotated[
+        str | None, typer.Option(help="event logs: the item category column")
+    ] = _EVENTS.category
+
+    def event_columns(self) -> EventColumns:
+        """The column mapping of a Parquet/CSV event log."""
+        return EventColumns(
+            user=self.user_column,
+            item=self.item_column,
+            timestamp=self.time_column,
+            text=tuple(c.strip() for c in self.text_columns.split(",") if c.strip()),
+            category=self.category_column or None,
+        )
 
     def load(self) -> ProcessedDataset:
         """The processed dataset (from the cache when it holds it); a data problem ends
@@ -98,6 +133,8 @@ class DataOptions:
                     seed=self.synthetic_seed,
                 ),
                 self.cache_dir,
+                self.event_columns(),
+                self.item_table,
             )
         except (DataFormatError, ValueError, RuntimeError, FileNotFoundError) as error:
             fail(str(error))
