@@ -12,16 +12,18 @@ item's SEM projection finds warm neighbours whose CF codes it can borrow.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import Config, check_positive_ints, check_range
+
 
 @dataclass(frozen=True)
-class AlignmentConfig:
+class AlignmentConfig(Config):
     sem_dim: int  # size of the reconstructed semantic embedding (the SEM RQ-VAE's input)
     cf_dim: int  # size of the reconstructed collaborative embedding (the CF RQ-VAE's input)
     proj_dim: int = 64  # shared space; the paper's latent size d = 64
@@ -33,28 +35,9 @@ class AlignmentConfig:
     weight: float = 0.1  # lambda_CCA, the paper's default and best value; 0 = no-align
 
     def __post_init__(self) -> None:
-        for name in ("sem_dim", "cf_dim", "proj_dim", "hidden_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"AlignmentConfig.{name} must be a positive int, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"AlignmentConfig.temperature must be > 0, got {self.temperature}")
-        if not self.weight >= 0:
-            raise ValueError(f"AlignmentConfig.weight must be >= 0, got {self.weight}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AlignmentConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown or "sem_dim" not in data or "cf_dim" not in data:
-            raise ValueError(
-                f"AlignmentConfig.from_dict: needs sem_dim and cf_dim, knows {sorted(names)}; "
-                f"got keys {sorted(data)}"
-            )
-        return cls(**data)
+        check_positive_ints(self, "sem_dim", "cf_dim", "proj_dim", "hidden_dim")
+        check_range(self, "temperature", 0, low_open=True)
+        check_range(self, "weight", 0, hint="(lambda_CCA; 0 = no-align)")
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import Config, check_choice, check_positive_ints, check_range
+
 FFN_KINDS = ("gelu", "swiglu")
 
 
 @dataclass(frozen=True)
-class BlockConfig:
+class BlockConfig(Config):
     hidden: int
     n_heads: int
     dropout: float
@@ -28,8 +30,9 @@ class BlockConfig:
     ffn_mult: int = 4  # feed-forward width = ffn_mult * hidden (2/3 of it per half for swiglu)
 
     def __post_init__(self) -> None:
-        if self.ffn not in FFN_KINDS:
-            raise ValueError(f"ffn={self.ffn!r} is not supported; choose from {FFN_KINDS}")
+        check_choice(self, "ffn", FFN_KINDS)
+        check_positive_ints(self, "hidden", "n_heads", "ffn_mult")
+        check_range(self, "dropout", 0.0, 1.0, high_open=True)
         if self.hidden % self.n_heads:
             raise ValueError(
                 f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})"

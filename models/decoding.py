@@ -40,6 +40,7 @@ from typing import Protocol
 import torch
 
 from models.beam_search import constrained_beam_search, sequence_log_probs
+from models.config import Config, check_positive_ints, check_range
 from models.prefix_index import DeviceIndex
 
 NEG_INF = float("-inf")
@@ -79,7 +80,7 @@ class Catalogue:
 
 
 @dataclass(frozen=True)
-class DecodingConfig:
+class DecodingConfig(Config):
     beam_width: int = 50  # generative candidates per request
     dense_weight: float = 0.5  # w in the mixed score; chosen on validation by stage D
     dense_candidates: int = 50  # dense-head candidates per request (at least k are used)
@@ -87,15 +88,9 @@ class DecodingConfig:
     new_item_share: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.dense_weight <= 1.0:
-            raise ValueError(f"dense_weight must lie in [0, 1], got {self.dense_weight}")
-        share = self.new_item_share
-        if share is not None and (isinstance(share, bool) or not 0.0 < share < 1.0):
-            raise ValueError(f"new_item_share must lie in (0, 1) or be None, got {share!r}")
-        for name in ("beam_width", "dense_candidates"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DecodingConfig.{name} must be a positive int, got {value!r}")
+        check_range(self, "dense_weight", 0.0, 1.0)
+        check_range(self, "new_item_share", 0.0, 1.0, low_open=True, high_open=True, optional=True)
+        check_positive_ints(self, "beam_width", "dense_candidates")
 
 
 def _excluded_mask(exclude: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:

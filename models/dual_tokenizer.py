@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from models.alignment import AlignmentConfig, CrossCodebookAlignment
+from models.config import Config
 from models.rqvae import RQVAE, RQVAEConfig
 
 
 @dataclass(frozen=True)
-class DualTokenizerConfig:
+class DualTokenizerConfig(Config):
     sem: RQVAEConfig  # over text embeddings (C_SEM)
     cf: RQVAEConfig  # over SASRec item embeddings (C_CF)
     alignment: AlignmentConfig  # heads on the reconstructions; weight = lambda_CCA
@@ -38,21 +39,6 @@ class DualTokenizerConfig:
             self.cf.input_dim,
         ):
             raise ValueError("alignment sem_dim/cf_dim must equal the RQ-VAEs' input_dim")
-
-    def to_dict(self) -> dict:
-        return {
-            "sem": self.sem.to_dict(),
-            "cf": self.cf.to_dict(),
-            "alignment": self.alignment.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DualTokenizerConfig:
-        return cls(
-            sem=RQVAEConfig(**data["sem"]),
-            cf=RQVAEConfig(**data["cf"]),
-            alignment=AlignmentConfig.from_dict(data["alignment"]),
-        )
 
 
 class DualTokenizerLoss(NamedTuple):

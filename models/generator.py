@@ -32,7 +32,7 @@ The served score mixes both (`models.decoding`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -41,12 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
+from models.config import Config, check_positive_ints
 from models.prefix_index import PathTables
 from models.tokens import CF, PAD, SEM, TokenLayout
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(Config):
     vocab_size: int  # TokenLayout.vocab_size
     budget: int  # L: every item is written with L + 1 tokens (L codes + 1 dedup)
     n_ids: int  # rows of the id table: N + 1 (row 0 = no id); items added later get id 0
@@ -65,25 +66,13 @@ class GeneratorConfig:
     new_item_embedding: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "budget", "n_ids", "code_levels", "max_len", "hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GeneratorConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            self, "vocab_size", "budget", "n_ids", "code_levels", "max_len", "hidden"
+        )
         self.block_config()  # validates ffn and heads
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(self.hidden, self.n_heads, self.dropout, self.ffn)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GeneratorConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"GeneratorConfig: unknown keys {unknown}; expected {sorted(names)}")
-        return cls(**data)
 
 
 class ItemFeatures(NamedTuple):

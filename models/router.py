@@ -42,16 +42,18 @@ smoothness term has nothing to do here: a one-parameter monotone curve is smooth
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import Config, check_positive_ints, check_range
+
 
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(Config):
     budget: int = 3  # L, code tokens per item (+1 dedup); GRID found 3 levels best
     # CF share of an item without interactions: the curve's floor. Below 1 / (2L) for
     # every budget up to L = 9, so a new item's tokens are all semantic.
@@ -63,34 +65,18 @@ class RouterConfig:
     fixed_alpha: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("budget", "n_bands"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RouterConfig.{name} must be a positive int, got {value!r}")
-        if not 0.0 < self.cold_alpha < 0.5:
-            raise ValueError(f"RouterConfig.cold_alpha must be in (0, 0.5), got {self.cold_alpha}")
-        if not self.lb_weight >= 0:
-            raise ValueError(f"RouterConfig.lb_weight must be >= 0, got {self.lb_weight}")
-        if not 0.0 <= self.lb_target <= 1.0:
-            raise ValueError(f"RouterConfig.lb_target must be in [0, 1], got {self.lb_target}")
-        if self.fixed_alpha is not None and not 0.0 <= self.fixed_alpha <= 1.0:
-            raise ValueError(
-                f"RouterConfig.fixed_alpha must be None (learned) or in [0, 1] "
-                f"(0.5 = fix, 0 = sid-only, 1 = cf-only), got {self.fixed_alpha}"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RouterConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"RouterConfig.from_dict: unknown keys {unknown}; knows {sorted(names)}"
-            )
-        return cls(**data)
+        check_positive_ints(self, "budget", "n_bands")
+        check_range(self, "cold_alpha", 0.0, 0.5, low_open=True, high_open=True)
+        check_range(self, "lb_weight", 0)
+        check_range(self, "lb_target", 0.0, 1.0)
+        check_range(
+            self,
+            "fixed_alpha",
+            0.0,
+            1.0,
+            optional=True,
+            hint="(None = learned; 0.5 = fix, 0 = sid-only, 1 = cf-only)",
+        )
 
 
 def _check_counts(counts: np.ndarray | torch.Tensor) -> None:

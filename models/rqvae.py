@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import Config, check_positive_int_tuple, check_positive_ints, check_range
+
 
 @dataclass(frozen=True)
-class RQVAEConfig:
+class RQVAEConfig(Config):
     input_dim: int  # D: 64 for the SASRec item table, 384 for MiniLM text embeddings
     latent_dim: int = 32  # d: small enough for k-means to find structure in ~1k items
     hidden_dims: tuple[int, ...] = (256, 128)  # encoder widths; the decoder mirrors them
@@ -40,21 +42,10 @@ class RQVAEConfig:
     def __post_init__(self) -> None:
         # A config read back from JSON carries a list; keep the field hashable.
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        for name in ("input_dim", "latent_dim", "n_levels", "codebook_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RQVAEConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if any(h < 1 for h in self.hidden_dims):
-            raise ValueError(f"RQVAEConfig.hidden_dims must all be >= 1, got {self.hidden_dims}")
-        if self.beta < 0:
-            raise ValueError(f"RQVAEConfig.beta must be >= 0, got {self.beta}")
-        if self.dead_code_threshold < 0:
-            raise ValueError(
-                f"RQVAEConfig.dead_code_threshold must be >= 0 (0 disables restarts), "
-                f"got {self.dead_code_threshold}"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_positive_ints(self, "input_dim", "latent_dim", "n_levels", "codebook_size")
+        check_positive_int_tuple(self, "hidden_dims")
+        check_range(self, "beta", 0)
+        check_range(self, "dead_code_threshold", 0, hint="(0 disables restarts)")
 
 
 def suggest_codebook_size(n_items: int) -> int:

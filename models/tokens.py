@@ -35,11 +35,12 @@ Everything here is pure NumPy and vectorised over items (loops run over levels o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.arrays import int_array
+from models.config import Config, check_positive_ints
 
 N_SPECIAL = 3  # PAD, BOS, EOS
 PAD, BOS, EOS = 0, 1, 2
@@ -56,16 +57,13 @@ def _check_range(arr: np.ndarray, low: int, high: int, name: str, hint: str = ""
 
 
 @dataclass(frozen=True)
-class TokenLayout:
+class TokenLayout(Config):
     codebook_size: int  # K, codes per level (paper default 512); the same for both codebooks
     n_levels: int  # L_max levels per codebook; a budget L <= L_max uses prefixes of them
     dedup_size: int  # dedup ids; must be >= the largest group of colliding items
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"TokenLayout.{f.name} must be a positive int, got {value!r}")
+        check_positive_ints(self, "codebook_size", "n_levels", "dedup_size")
 
     @property
     def code_offset(self) -> int:
@@ -128,17 +126,6 @@ class TokenLayout:
             "code": np.where(is_code, rel % self.codebook_size, none),
             "dedup": np.where(is_dedup, ids - self.dedup_offset, none),
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TokenLayout:
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise ValueError(f"TokenLayout.from_dict: missing keys {missing}; expected {names}")
-        return cls(**{n: int(data[n]) for n in names})
 
 
 def cf_first(n_cf: np.ndarray, budget: int) -> np.ndarray:

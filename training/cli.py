@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from training.cli_options import DataOptions, DeviceOpt, VariantOpt, data_options, fail
+from training.cli_options import (
+    ConfigOpt,
+    DataOptions,
+    DeviceOpt,
+    Settings,
+    VariantOpt,
+    data_options,
+    fail,
+)
 from training.data.preprocess import ProcessedDataset
 
 if TYPE_CHECKING:  # imported lazily below: torch.distributed is slow to import
@@ -89,18 +97,22 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 @app.command("data")
 @data_options()
-def data_cmd(data: DataOptions = DataOptions()) -> None:
+def data_cmd(
+    ctx: typer.Context, config: ConfigOpt = None, data: DataOptions = DataOptions()
+) -> None:
     """Read, filter and split a dataset (cached), then print its summary."""
-    ds = data.load()
+    ds = Settings(ctx, config).data(data).load()
     typer.echo(json.dumps(ds.summary(), indent=2))
 
 
 @train_app.command("sasrec")
 @data_options()
 def train_sasrec_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="where the model and CF embeddings go")] = Path(
         "runs/ml-100k"
     ),
+    config: ConfigOpt = None,
     data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
@@ -122,13 +134,27 @@ def train_sasrec_cmd(
         train_sasrec,
     )
 
+    settings = Settings(ctx, config)
+    data = settings.data(data)
+    train_config = settings.build(
+        SASRecTrainConfig,
+        "sasrec_train",
+        lr=settings.flag("lr"),
+        max_epochs=settings.flag("max_epochs"),
+        seed=settings.flag("seed"),
+    )
     dist_ctx = _start_distributed(device)
     try:
         ds = _load_ranked(data, dist_ctx)
-        model_config = SASRecConfig(
-            n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
+        model_config = settings.build(
+            SASRecConfig,
+            "sasrec",
+            n_items=ds.n_items,
+            max_len=settings.flag("max_len"),
+            hidden=settings.flag("hidden"),
+            n_layers=settings.flag("layers"),
+            dropout=settings.flag("dropout"),
         )
-        train_config = SASRecTrainConfig(lr=lr, max_epochs=max_epochs, seed=seed)
         torch_device = dist_ctx.device
         result = train_sasrec(ds, model_config, train_config, torch_device, distributed=dist_ctx)
         if dist_ctx.is_main:
@@ -145,9 +171,11 @@ def train_sasrec_cmd(
 @train_app.command("tokenizer")
 @data_options()
 def train_tokenizer_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory (reuses its SASRec stage)")] = Path(
         "runs/ml-100k"
     ),
+    config: ConfigOpt = None,
     data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
@@ -164,26 +192,42 @@ def train_tokenizer_cmd(
 ) -> None:
     """Stages A-C: SASRec (reused if the run has it), text embeddings (cached), then the
     dual-codebook tokenizer; writes RUN_DIR/tokenizer/ with codes and report.{json,md}."""
+    from models.sasrec import SASRecConfig
     from training.device import resolve_device
     from training.pipeline import run_tokenizer_stage
+    from training.stages.sasrec import SASRecTrainConfig
     from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
-    ds = data.load()
-    spec = TokenizerSpec(
-        latent_dim=latent_dim,
-        n_levels=levels,
-        codebook_size=codebook_size or None,
-        lambda_cca=lambda_cca,
+    settings = Settings(ctx, config)
+    data = settings.data(data)
+    spec = settings.build(
+        TokenizerSpec,
+        "tokenizer",
+        latent_dim=settings.flag("latent_dim"),
+        n_levels=settings.flag("levels"),
+        codebook_size=settings.flag("codebook_size", lambda k: k or None),
+        lambda_cca=settings.flag("lambda_cca"),
     )
+    train_config = settings.build(
+        TokenizerTrainConfig,
+        "tokenizer_train",
+        epochs=settings.flag("epochs"),
+        seed=settings.flag("seed"),
+    )
+    # --seed is this stage's: stage A, trained first when the run lacks it, keeps its own.
+    sasrec_train = settings.build(SASRecTrainConfig, "sasrec_train")
+    ds = data.load()
     try:
         run_tokenizer_stage(
             ds,
             run_dir,
             resolve_device(device),
             spec,
-            TokenizerTrainConfig(epochs=epochs, seed=seed),
+            train_config,
             compare_no_align=compare_no_align,
             cache_dir=data.cache_dir,
+            sasrec_train_config=sasrec_train,
+            sasrec_config=settings.build(SASRecConfig, "sasrec", n_items=ds.n_items),
         )
     except ValueError as error:
         fail(str(error))
@@ -342,9 +386,11 @@ def tune_sasrec(
 @train_app.command("generator")
 @data_options()
 def train_generator_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory (reuses stages A-C)")] = Path(
         "runs/ml-100k"
     ),
+    config: ConfigOpt = None,
     data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
@@ -358,16 +404,33 @@ def train_generator_cmd(
     """Stages A-D: the router and generator on RUN_DIR's tokenizer (stages A-C are trained
     first when missing); writes RUN_DIR/generator/ and prints validation and test figures.
     Under torchrun stages A and D train on every process (DDP), B and C on rank 0."""
+    from models.sasrec import SASRecConfig
     from training.distributed import cleanup
     from training.pipeline import run_generator_stage
     from training.stages.generator import GeneratorTrainConfig
+    from training.stages.sasrec import SASRecTrainConfig
+    from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
+    settings = Settings(ctx, config)
+    data = settings.data(data)
+    train_config = settings.build(
+        GeneratorTrainConfig,
+        "generator_train",
+        seed=settings.flag("seed"),
+        max_epochs=settings.flag("max_epochs"),
+        patience=settings.flag("patience"),
+        eval_users=settings.flag("eval_users", lambda n: n or None),
+    )
+    # Stages A-C train first when the run lacks them: the recipe's settings apply there
+    # (--seed is stage D's, as before recipes).
+    earlier = {
+        "tokenizer_spec": settings.build(TokenizerSpec, "tokenizer"),
+        "tokenizer_train_config": settings.build(TokenizerTrainConfig, "tokenizer_train"),
+        "sasrec_train_config": settings.build(SASRecTrainConfig, "sasrec_train"),
+    }
     dist_ctx = _start_distributed(device)
     try:
         ds = _load_ranked(data, dist_ctx)
-        train_config = GeneratorTrainConfig(
-            seed=seed, max_epochs=max_epochs, patience=patience, eval_users=eval_users or None
-        )
         result, test = run_generator_stage(
             ds,
             run_dir,
@@ -376,6 +439,8 @@ def train_generator_cmd(
             train_config,
             cache_dir=data.cache_dir,
             distributed=dist_ctx,
+            sasrec_config=settings.build(SASRecConfig, "sasrec", n_items=ds.n_items),
+            **earlier,
         )
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
@@ -398,6 +463,7 @@ def train_generator_cmd(
 @train_app.command("pipeline")
 @data_options()
 def train_pipeline_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option(help="run directory for stages A-D")] = Path(
         "runs/ml-100k"
     ),
@@ -407,6 +473,7 @@ def train_pipeline_cmd(
     if_missing: Annotated[
         bool, typer.Option(help="do nothing when BUNDLE_ROOT already holds a bundle")
     ] = False,
+    config: ConfigOpt = None,
     data: DataOptions = DataOptions(),
     device: DeviceOpt = "auto",
     seed: int = 0,
@@ -420,15 +487,38 @@ def train_pipeline_cmd(
     --nproc_per_node=N -m training.cli train pipeline ...`) stages A and D train on every
     process (DDP: NCCL on GPUs, gloo on CPU); stages B, C and the export run on rank 0."""
     from models.bundle import BundleError
+    from models.sasrec import SASRecConfig
     from training.distributed import cleanup
     from training.pipeline import run_pipeline
     from training.stages.generator import GeneratorTrainConfig
     from training.stages.sasrec import SASRecTrainConfig
-    from training.stages.tokenizer import TokenizerTrainConfig
+    from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
     if if_missing and (bundle_root / "LATEST").exists():
         typer.echo(f"{bundle_root} already holds bundle {(bundle_root / 'LATEST').read_text()}")
         return
+    settings = Settings(ctx, config)
+    data = settings.data(data)
+    seed_flag = settings.flag("seed")  # one seed for every stage when given
+    generator_train = settings.build(
+        GeneratorTrainConfig,
+        "generator_train",
+        seed=seed_flag,
+        max_epochs=settings.flag("generator_max_epochs"),
+    )
+    tokenizer_train = settings.build(
+        TokenizerTrainConfig,
+        "tokenizer_train",
+        seed=seed_flag,
+        epochs=settings.flag("tokenizer_epochs"),
+    )
+    sasrec_train = settings.build(
+        SASRecTrainConfig,
+        "sasrec_train",
+        seed=seed_flag,
+        max_epochs=settings.flag("sasrec_max_epochs"),
+    )
+    tokenizer_spec = settings.build(TokenizerSpec, "tokenizer")
     dist_ctx = _start_distributed(device)
     path = None
     try:
@@ -440,11 +530,13 @@ def train_pipeline_cmd(
             bundle_root,
             torch_device,
             variant,
-            GeneratorTrainConfig(seed=seed, max_epochs=generator_max_epochs),
-            tokenizer_train_config=TokenizerTrainConfig(epochs=tokenizer_epochs, seed=seed),
-            sasrec_train_config=SASRecTrainConfig(max_epochs=sasrec_max_epochs, seed=seed),
+            generator_train,
+            tokenizer_train_config=tokenizer_train,
+            sasrec_train_config=sasrec_train,
             cache_dir=data.cache_dir,
             distributed=dist_ctx,
+            sasrec_config=settings.build(SASRecConfig, "sasrec", n_items=ds.n_items),
+            tokenizer_spec=tokenizer_spec,
         )
     except (ValueError, FileNotFoundError, BundleError) as error:
         fail(str(error))

@@ -27,12 +27,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.config import Config, check_positive_ints, check_range
 from training.data.preprocess import Sequences
 from training.device import autocast
 from training.distributed import (
@@ -51,7 +52,7 @@ Metrics = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
-class LoopConfig:
+class LoopConfig(Config):
     lr: float = 2e-3  # tuned on ML-100K validation (BENCHMARKS.md); 4e-3 is unstable
     weight_decay: float = 0.0  # dropout regularises enough at this size
     batch_size: int = 64  # small batches: ML-100K has only ~1k training windows
@@ -64,17 +65,10 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "patience", "plateau", "eval_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"{type(self).__name__}.{name} must be a positive int, got {value!r}"
-                )
-        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError(f"{type(self).__name__}: lr > 0, weight_decay >= 0, warmup >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_positive_ints(self, "batch_size", "max_epochs", "patience", "plateau", "eval_every")
+        check_range(self, "lr", 0, low_open=True)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "warmup_epochs", 0)
 
 
 @dataclass

@@ -124,6 +124,7 @@ def run_tokenizer_stage(
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     sasrec_train_config: SASRecTrainConfig | None = None,
     distributed: DistContext | None = None,
+    sasrec_config: SASRecConfig | None = None,
 ) -> dict:
     """Stage C, plus the no-align twin for the report when asked. Returns the report.
 
@@ -132,7 +133,7 @@ def run_tokenizer_stage(
     dist_ctx = distributed or single_process(device)
     run_dir = Path(run_dir)
     cf_emb = ensure_cf_embeddings(
-        dataset, run_dir, device, train_config=sasrec_train_config, distributed=dist_ctx
+        dataset, run_dir, device, sasrec_config, sasrec_train_config, distributed=dist_ctx
     )
     if dist_ctx.is_main:
         report = _train_tokenizers(
@@ -192,6 +193,7 @@ def run_generator_stage(
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     sasrec_train_config: SASRecTrainConfig | None = None,
     distributed: DistContext | None = None,
+    sasrec_config: SASRecConfig | None = None,
 ) -> tuple[GeneratorResult, EvalResult | None]:
     """Stage D on run_dir (stages A-C first when the run lacks them): trains the variant,
     saves it to run_dir/generator with its test metrics, returns (result, test).
@@ -213,6 +215,7 @@ def run_generator_stage(
             cache_dir=cache_dir,
             sasrec_train_config=sasrec_train_config,
             distributed=dist_ctx,
+            sasrec_config=sasrec_config,
         )
     _run_info_ok(run_dir, dataset, dist_ctx)
     train_config = train_config or GeneratorTrainConfig()
@@ -291,6 +294,8 @@ def run_pipeline(
     sasrec_train_config: SASRecTrainConfig | None = None,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     distributed: DistContext | None = None,
+    sasrec_config: SASRecConfig | None = None,
+    tokenizer_spec: TokenizerSpec | None = None,
 ) -> Path | None:
     """A -> B -> C -> D -> export: data to a verified serving bundle under bundle_root.
 
@@ -306,10 +311,12 @@ def run_pipeline(
         device,
         variant,
         train_config,
+        tokenizer_spec=tokenizer_spec,
         tokenizer_train_config=tokenizer_train_config,
         cache_dir=cache_dir,
         sasrec_train_config=sasrec_train_config,
         distributed=dist_ctx,
+        sasrec_config=sasrec_config,
     )
     path = export_bundle(run_dir, bundle_root, device) if dist_ctx.is_main else None
     barrier(dist_ctx)

@@ -179,7 +179,7 @@ def _config(manifest: BundleManifest, bundle_dir: Path):
             GeneratorConfig.from_dict(cfg["generator"]),
             TokenLayout.from_dict(cfg["layout"]),
             int(cfg["budget"]),
-            DecodingConfig(**cfg["decoding"]),
+            DecodingConfig.from_dict(cfg["decoding"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(

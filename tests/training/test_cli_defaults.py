@@ -14,7 +14,7 @@ import typer
 
 from models.sasrec import SASRecConfig
 from training.cli import app
-from training.data import PreprocessConfig, SyntheticConfig
+from training.data import EventColumns, PreprocessConfig, SyntheticConfig
 from training.stages.generator import GeneratorTrainConfig
 from training.stages.sasrec import SASRecTrainConfig
 from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
@@ -25,6 +25,10 @@ DATASET_OPTIONS = {
     "synthetic_items": (SyntheticConfig, "n_items"),
     "synthetic_interactions": (SyntheticConfig, "n_interactions"),
     "synthetic_seed": (SyntheticConfig, "seed"),
+    "user_column": (EventColumns, "user"),
+    "item_column": (EventColumns, "item"),
+    "time_column": (EventColumns, "timestamp"),
+    "category_column": (EventColumns, "category"),
 }
 
 # command path -> {option: (config class, field)} for the options that fill a config field

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from training.data import cache
 from training.data.preprocess import PreprocessConfig, ProcessedDataset, preprocess
-from training.data.readers import load_raw_dataset
+from training.data.readers import EventColumns, load_raw_dataset
 from training.data.schema import RawDataset
 from training.data.synthetic import SyntheticConfig, config_fingerprint, generate_synthetic
 
@@ -24,9 +24,12 @@ def load_dataset(
     preprocess_config: PreprocessConfig | None = None,
     synthetic: SyntheticConfig | None = None,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    columns: EventColumns | None = None,
+    item_table: Path | None = None,
 ) -> ProcessedDataset:
     """A processed dataset from a spec: "ml-100k", "synthetic" (sized by `synthetic`),
-    or a path to RecBole atomic files or Amazon review/metadata JSON lines.
+    or a path to RecBole atomic files, Amazon review/metadata JSON lines or a Parquet/CSV
+    event log (its column mapping `columns`, its optional `item_table`).
 
     The processed result is cached under `cache_dir` (None disables the cache), keyed
     by the source's fingerprint and the preprocessing config. The synthetic source is
@@ -40,7 +43,7 @@ def load_dataset(
         synthetic = synthetic or SyntheticConfig()
         name, fingerprint = f"synthetic-{synthetic.n_items}", config_fingerprint(synthetic)
     else:
-        raw = load_raw_dataset(spec)
+        raw = load_raw_dataset(spec, columns, item_table)
         name, fingerprint = raw.name, raw.fingerprint
 
     entry = None
@@ -58,6 +61,7 @@ def load_dataset(
 
 
 __all__ = [
+    "EventColumns",
     "PreprocessConfig",
     "ProcessedDataset",
     "SyntheticConfig",

@@ -18,11 +18,12 @@ The protocol (METHOD.md, "Evaluation protocol"):
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from models.config import Config, check_positive_ints, check_range
 from training.data.schema import ITEM_TEXT_COLUMNS, RawDataset
 
 logger = logging.getLogger(__name__)
@@ -45,21 +46,15 @@ def warm_mask(counts: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Config):
     k_core: int = 5  # the paper's and the field's default for Amazon/MovieLens
     cold_item_fraction: float = 0.0  # 0 = no holdout; e.g. 0.05 holds out the newest 5%
     head_fraction: float = 0.2  # head = top 20% of items by training count (METHOD.md)
 
     def __post_init__(self) -> None:
-        if self.k_core < 1:
-            raise ValueError(f"k_core must be >= 1, got {self.k_core}")
-        if not 0.0 <= self.cold_item_fraction < 1.0:
-            raise ValueError(f"cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
-        if not 0.0 < self.head_fraction < 1.0:
-            raise ValueError(f"head_fraction must be in (0, 1), got {self.head_fraction}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_positive_ints(self, "k_core")
+        check_range(self, "cold_item_fraction", 0.0, 1.0, high_open=True)
+        check_range(self, "head_fraction", 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from models.config import Config, check_positive_ints, check_range
 from training.data.schema import RawDataset
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ _SYLLABLES = tuple(o + v + c for o in _ONSETS for v in _VOWELS for c in dict.fro
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(Config):
     """Knobs of the synthetic world; see the module docstring for the model."""
 
     # Catalogue size; 10k is a small-but-realistic catalogue, scale tests go to 1M.
@@ -149,8 +150,9 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_items < 1:
-            raise ValueError(f"n_items must be >= 1, got {self.n_items}")
+        check_positive_ints(self, "n_items", "n_interactions")
+        check_range(self, "n_users", 1, optional=True, integer=True, hint="(None = derived)")
+        check_range(self, "n_topics", 1, optional=True, integer=True, hint="(None = derived)")
         if not 1 <= self.min_seq_len <= self.max_seq_len:
             raise ValueError("need 1 <= min_seq_len <= max_seq_len")
         if not self.min_seq_len <= self.mean_seq_len <= self.max_seq_len:
@@ -170,13 +172,10 @@ class SyntheticConfig:
             "new_item_fraction",
             "missing_text_fraction",
         ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.zipf_exponent < 0 or self.seq_len_sigma < 0 or self.mean_gap_seconds < 0:
-            raise ValueError("zipf_exponent, seq_len_sigma, mean_gap_seconds must be >= 0")
-        if self.time_span_seconds < 1:
-            raise ValueError("time_span_seconds must be >= 1")
+            check_range(self, name, 0.0, 1.0)
+        for name in ("zipf_exponent", "seq_len_sigma", "mean_gap_seconds"):
+            check_range(self, name, 0)
+        check_positive_ints(self, "time_span_seconds")
 
     def resolved_n_users(self) -> int:
         """Number of users: `n_users`, or derived from n_interactions / mean_seq_len."""

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from models.alignment import AlignmentConfig, CrossCodebookAlignment, alignment_ranks
+from models.config import Config, check_positive_int_tuple, check_positive_ints, check_range
 from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig, DualTokenizerLoss
 from models.rqvae import RQVAEConfig, suggest_codebook_size
 from models.tokens import (
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TokenizerSpec:
+class TokenizerSpec(Config):
     """The knobs a user sets; `build_config` turns them into a DualTokenizerConfig."""
 
     latent_dim: int = 32  # d; the paper's 64 is for 10k+ item catalogs
@@ -54,9 +55,18 @@ class TokenizerSpec:
     temperature: float = 0.1
     proj_dim: int = 64
 
+    def __post_init__(self) -> None:
+        check_positive_ints(self, "latent_dim", "n_levels", "proj_dim")
+        check_positive_int_tuple(self, "hidden_dims")
+        check_range(
+            self, "codebook_size", 1, optional=True, integer=True, hint="(None = the catalog's)"
+        )
+        check_range(self, "lambda_cca", 0, hint="(0 = the no-align ablation)")
+        check_range(self, "temperature", 0, low_open=True)
+
 
 @dataclass(frozen=True)
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(Config):
     epochs: int = 300  # ~2k steps on ML-100K; losses are flat well before
     batch_size: int = 256  # also the InfoNCE negatives per positive
     lr: float = 1e-3
@@ -69,6 +79,13 @@ class TokenizerTrainConfig:
     # imputation relies on. In-sample ranks are near perfect for any trained heads.
     align_holdout: float = 0.1
     probe_epochs: int = 100  # head-only training for the alignment probe
+
+    def __post_init__(self) -> None:
+        check_positive_ints(self, "epochs", "batch_size", "restart_every", "report_budget")
+        check_range(self, "lr", 0, low_open=True)
+        check_range(self, "restart_until", 0.0, 1.0)
+        check_range(self, "align_holdout", 0.0, 1.0, high_open=True)
+        check_range(self, "probe_epochs", 0, integer=True)
 
 
 @dataclass

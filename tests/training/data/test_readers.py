@@ -345,9 +345,10 @@ def test_load_raw_dataset_dispatches_paths(recbole_dir: Path, tmp_path: Path):
     assert from_file.fingerprint != from_dir.fingerprint
 
 
-@pytest.mark.parametrize("spec", ["movielens", "no/such/path.inter", "{tmp}", "{tmp}/x.csv"])
+# (.csv is an event log now: tests/training/data/test_events.py)
+@pytest.mark.parametrize("spec", ["movielens", "no/such/path.inter", "{tmp}", "{tmp}/x.txt"])
 def test_load_raw_dataset_rejects_unknown_specs(tmp_path: Path, spec: str):
-    write(tmp_path / "x.csv", "a,b\n")
+    write(tmp_path / "x.txt", "a,b\n")
     with pytest.raises(ValueError, match=r"Accepted forms: 'ml-100k'.*\.inter.*\.json"):
         load_raw_dataset(spec.format(tmp=tmp_path))
 

@@ -10,7 +10,10 @@ Supported sources:
   optional `<name>.item` beside it carrying item text;
 - Amazon review 5-core dumps (`amazon.read_amazon`, `amazon.read_amazon_dir`): JSON-lines
   reviews (`reviewerID`, `asin`, `unixReviewTime`) plus optional metadata, plain or
-  gzipped.
+  gzipped;
+- event logs in Parquet or CSV (`events.read_events`): one row per interaction, columns
+  named by an `EventColumns` mapping, plus an optional item table; read in record
+  batches, so large exports fit in memory.
 
 `load_raw_dataset(spec)` (here) dispatches a CLI string to the right reader. Every reader
 raises `DataFormatError` naming the file (and the 1-based line, where the problem is a row).
@@ -28,21 +31,33 @@ from training.data.readers.amazon import (
     read_amazon,
     read_amazon_dir,
 )
+from training.data.readers.events import EventColumns, is_event_file, read_events
 from training.data.readers.movielens import ML_100K, RECBOLE_INSTALL_HINT, read_movielens_100k
 from training.data.readers.recbole import RECBOLE_TEXT_FIELDS, read_recbole_atomic
 from training.data.schema import RawDataset
 
 
-def load_raw_dataset(spec: str) -> RawDataset:
+def load_raw_dataset(
+    spec: str, columns: EventColumns | None = None, item_table: Path | None = None
+) -> RawDataset:
     """Read the dataset named by a CLI spec.
 
     Accepted forms: `ml-100k` (MovieLens-100K from the installed recbole package); a
     RecBole atomic `.inter` file or a directory holding one; an Amazon reviews
-    `.json`/`.jsonl` file (optionally `.gz`) or a directory of reviews + meta files.
+    `.json`/`.jsonl` file (optionally `.gz`) or a directory of reviews + meta files; a
+    Parquet or CSV event log, read with `columns` (default: user_id, item_id,
+    timestamp) and the optional `item_table` file.
     """
+    path = Path(spec).expanduser()
+    if item_table is not None and not is_event_file(path):
+        raise ValueError(
+            f"an item table ({item_table}) goes with a Parquet or CSV event log; "
+            f"dataset {spec!r} is not one (RecBole and Amazon sources carry their own)"
+        )
     if spec.strip().lower() == ML_100K:
         return read_movielens_100k()
-    path = Path(spec).expanduser()
+    if is_event_file(path):  # a missing file too: the reader says which
+        return read_events(path, columns, item_table)
     if path.is_file():
         if path.suffix == ".inter":
             return read_recbole_atomic(path)
@@ -58,7 +73,8 @@ def load_raw_dataset(spec: str) -> RawDataset:
         f"dataset {spec!r} {problem}. Accepted forms: 'ml-100k'; 'synthetic'; a RecBole "
         "atomic .inter file or a directory containing one (optional .item beside it); an "
         "Amazon reviews file (.json, .jsonl, optionally .gz) or a directory holding one "
-        "reviews file and at most one meta_*.json(.gz) file."
+        "reviews file and at most one meta_*.json(.gz) file; a Parquet (.parquet) or CSV "
+        "(.csv, .tsv, optionally .gz) event log."
     )
 
 
@@ -69,9 +85,11 @@ __all__ = [
     "ML_100K",
     "RECBOLE_INSTALL_HINT",
     "RECBOLE_TEXT_FIELDS",
+    "EventColumns",
     "load_raw_dataset",
     "read_amazon",
     "read_amazon_dir",
+    "read_events",
     "read_movielens_100k",
     "read_recbole_atomic",
 ]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from models.config import check_positive_ints, check_range
 from models.decoding import Catalogue, DecodingConfig
 from models.generator import Generator, GeneratorConfig
 from models.prefix_index import DeviceIndex, PathTables, build_path_tables, build_prefix_index
@@ -68,8 +69,11 @@ class GeneratorTrainConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        check_range(self, "id_dropout", 0.0, 1.0, high_open=True)
+        check_range(self, "generative_weight", 0)
+        check_positive_ints(self, "beam_width", "dense_candidates")
+        check_range(self, "eval_users", 1, optional=True, integer=True, hint="(None = all)")
+        check_range(self, "dedup_slack", 0, integer=True)
         if not self.dense_weights or not all(0.0 <= w <= 1.0 for w in self.dense_weights):
             raise ValueError(
                 f"dense_weights must be a non-empty grid in [0, 1], got {self.dense_weights}"
