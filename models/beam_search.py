@@ -161,6 +161,82 @@ def _check_index(index_tensors: object) -> tuple[DeviceIndex, DeviceIndex | None
     )
 
 
+INT64_MAX = torch.iinfo(torch.int64).max
+
+
+def _sorted_allowed(allowed: torch.Tensor) -> torch.Tensor:
+    """(B, P) item ids, -1 padding anywhere -> (B, P) ascending, padding as INT64_MAX
+    (last), so batched searchsorted can test membership."""
+    return torch.where(allowed >= 0, allowed, INT64_MAX).sort(dim=1).values
+
+
+def _leaf_positions(index: DeviceIndex, allowed: torch.Tensor) -> torch.Tensor:
+    """(B, P) sorted allowed item ids -> (B, P) ascending leaf positions in this trie of the
+    allowed items it holds, INT64_MAX for the rest (`DeviceIndex.leaf_pos`)."""
+    ids = index.leaf_ids
+    if ids is None:
+        raise ValueError("an index without leaf tables (build it with PrefixIndex.to_tensors)")
+    if ids.shape[0] == 0:
+        return torch.full_like(allowed, INT64_MAX)
+    at = torch.searchsorted(ids, allowed).clamp_(max=ids.shape[0] - 1)
+    found = ids[at] == allowed
+    return torch.where(found, index.leaf_pos[at], INT64_MAX).sort(dim=1).values
+
+
+def _live_nodes(
+    index: DeviceIndex, depth: int, nodes: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """(B, X) local node ids of `depth` (-1 = none), (B, P) sorted allowed leaf positions
+    -> (B, X) bool: some allowed item lies below the node. Two batched searchsorted
+    calls: the count of allowed positions in the node's leaf run [lo, hi)."""
+    lo_table, hi_table = index.leaf_lo[depth - 1], index.leaf_hi[depth - 1]
+    rows = torch.where(nodes >= 0, nodes, lo_table.shape[0] - 1)  # padding row: [0, 0)
+    lo, hi = lo_table[rows], hi_table[rows]
+    count = torch.searchsorted(positions, hi) - torch.searchsorted(positions, lo)
+    return (count > 0) & (nodes >= 0)
+
+
+def _live_candidates(
+    base: DeviceIndex,
+    over: DeviceIndex | None,
+    t: int,
+    node_b: torch.Tensor,
+    node_o: torch.Tensor,
+    tok: torch.Tensor | None,
+    pos_b: torch.Tensor,
+    pos_o: torch.Tensor | None,
+    root_b: torch.Tensor,
+    root_o: torch.Tensor,
+) -> torch.Tensor:
+    """(B, C) bool, in the candidate layout of step t (not the last): the candidate's
+    prefix has an allowed item below it, in either trie. tok: (B, W, S) the step's child
+    tokens (None at t = 0, where candidate j is token j)."""
+    n_req = pos_b.shape[0]
+    if t == 0:
+        live = _live_nodes(base, 1, root_b.expand(n_req, -1), pos_b)
+        if over is not None:
+            live |= _live_nodes(over, 1, root_o.expand(n_req, -1), pos_o)
+        return live
+    tb = base.tokens[t - 1]
+    rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1).view(-1)
+    kid_b = base.children[t - 1].index_select(0, rows_b)  # (B * W, Wb) depth t + 1
+    wb = kid_b.shape[1]
+    live = _live_nodes(base, t + 1, kid_b.view(n_req, -1), pos_b)
+    if over is None:
+        return live
+    to = over.tokens[t - 1]
+    rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1).view(-1)
+    tok_o = to.index_select(0, rows_o)
+    kids_o = over.children[t - 1].index_select(0, rows_o)  # (B * W, Wo)
+    # A base slot's prefix may have overlay items below it too: its token's overlay child.
+    tok_b = tok.view(n_req * node_b.shape[1], -1)[:, :wb]
+    _, shared_o = _lookup_sorted(tok_o, kids_o, tok_b)
+    live_b = live.view(n_req * node_b.shape[1], wb)
+    live_b |= _live_nodes(over, t + 1, shared_o.view(n_req, -1), pos_o).view_as(live_b)
+    live_o = _live_nodes(over, t + 1, kids_o.view(n_req, -1), pos_o).view(-1, kids_o.shape[1])
+    return torch.cat([live_b, live_o], dim=1).view(n_req, -1)
+
+
 def constrained_beam_search(
     step_fn: StepFn,
     index_tensors: DeviceIndex | tuple[DeviceIndex, DeviceIndex],
@@ -171,6 +247,7 @@ def constrained_beam_search(
     bos_token: int = BOS,
     state: Any = None,
     reorder_state: ReorderFn | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Beam search restricted to item sequences of the index; returns the top_k items.
 
@@ -186,6 +263,13 @@ def constrained_beam_search(
         spend beams on prefixes whose items are all excluded: to still get top_k results,
         give a margin, beam_width >= top_k + (excluded items likely in the top), e.g.
         top_k + E.
+    allowed: optional (B, P) int64 item ids, -1 padding: the ONLY items request b may get
+        (a business-rule filter). Unlike `exclude`, it prunes at every step: a prefix is a
+        candidate only when some allowed item lies below it (two searchsorted calls over
+        the trie's leaf runs, `DeviceIndex.leaf_lo`), so no beam is spent on a prefix
+        whose items are all filtered out, however small the allowed set. Scores stay the
+        unfiltered model's log P(item) (the mask is applied after each step's restricted
+        softmax), so they compare with `sequence_log_probs`.
     state: the initial model state, passed to the first step_fn call.
     reorder_state(state, parent) -> state: optional; called after every step's selection
         (the last one included) with parent (B, W) int64, the beam in [0, W) each new beam
@@ -217,6 +301,17 @@ def constrained_beam_search(
             raise ValueError(f"exclude must be ({n_req}, E), got {tuple(exclude.shape)}")
         # Sorted rows let one batched searchsorted test every candidate item.
         exclude = exclude.to(device).sort(dim=1).values if exclude.shape[1] else None
+    pos_b = pos_o = None
+    if allowed is not None:
+        if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.int64:
+            raise ValueError("allowed must be an int64 tensor (B, P) of item ids, -1 padding")
+        if allowed.ndim != 2 or allowed.shape[0] != n_req:
+            raise ValueError(f"allowed must be ({n_req}, P), got {tuple(allowed.shape)}")
+        if allowed.shape[1] == 0:  # nothing allowed: one padding column keeps shapes valid
+            allowed = torch.full((n_req, 1), -1, dtype=torch.int64)
+        allowed = _sorted_allowed(allowed.to(device))
+        pos_b = _leaf_positions(base, allowed)
+        pos_o = _leaf_positions(over, allowed) if over is not None else None
 
     # Root step tables (constant per call): valid first tokens of the merged index, and
     # each first token's child in either trie.
@@ -278,6 +373,17 @@ def constrained_beam_search(
         if item is not None and exclude is not None:
             pos = torch.searchsorted(exclude, item.contiguous()).clamp_(max=exclude.shape[1] - 1)
             cand.masked_fill_(exclude.gather(1, pos) == item, NEG_INF)
+        if allowed is not None:
+            if item is not None:  # leaves: the item itself must be allowed
+                pos = torch.searchsorted(allowed, item.contiguous()).clamp_(
+                    max=allowed.shape[1] - 1
+                )
+                cand.masked_fill_((allowed.gather(1, pos) != item) | (item < 0), NEG_INF)
+            else:  # a prefix: some allowed item must lie below it
+                live = _live_candidates(
+                    base, over, t, node_b, node_o, tok, pos_b, pos_o, root_b, root_o
+                )
+                cand.masked_fill_(~live, NEG_INF)
         if cand.shape[1] < width:  # fewer candidates than beams (root step, tiny vocab)
             cand = torch.nn.functional.pad(cand, (0, width - cand.shape[1]), value=NEG_INF)
             if item is not None:

@@ -15,7 +15,15 @@ measured. For each request:
   4. excluded items (the history) dropped, the best k returned.
 
 The dense candidates alone hold at least k non-excluded items whenever the catalogue has
-k, so every request gets k results. w = 0 ranks by the generative head only, w = 1 by the
+k, so every request gets k results.
+
+Business-rule filters (`allowed`, a per-request (B, R) row mask: an allowlist, a
+denylist, item attributes) act inside step 2, not after step 4: the dense head's
+candidates are the best ALLOWED rows, and the beam search only follows prefixes with an
+allowed item below them (`constrained_beam_search`, `allowed`), so a filtered request
+still gets k results whenever k allowed, eligible rows exist. Scores are not
+renormalised over the allowed rows: a filter decides what may be returned, not how
+likely the model finds it. w = 0 ranks by the generative head only, w = 1 by the
 dense head only.
 
 New-item share (optional, `DecodingConfig.new_item_share` = pi): items without an id of
@@ -202,10 +210,18 @@ def shared_log_softmax(
 
 
 def _blocked_rows(
-    batch: int, catalogue: Catalogue, exclude: torch.Tensor | None, device: torch.device
+    batch: int,
+    catalogue: Catalogue,
+    exclude: torch.Tensor | None,
+    device: torch.device,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, R) bool rows never to return: padding, dead rows, each request's exclusions."""
-    blocked = torch.zeros(batch, catalogue.n_rows, dtype=torch.bool, device=device)
+    """(B, R) bool rows never to return: padding, dead rows, each request's exclusions
+    and, with a (B, R) `allowed` mask, every row it does not allow."""
+    if allowed is None:
+        blocked = torch.zeros(batch, catalogue.n_rows, dtype=torch.bool, device=device)
+    else:
+        blocked = ~allowed.to(device)
     if exclude is not None and exclude.shape[1]:
         ex = exclude.to(device)
         blocked.scatter_(1, ex.clamp(min=0), ex >= 0)  # -1 padding lands on row 0
@@ -213,6 +229,18 @@ def _blocked_rows(
         blocked |= ~catalogue.live[None]
     blocked[:, 0] = True
     return blocked
+
+
+def rows_of(mask: torch.Tensor) -> torch.Tensor:
+    """(B, R) bool -> (B, P) int64 the True columns of each row, ascending, -1 padding
+    (P = the largest count, at least 1). One nonzero, no loop over requests."""
+    counts = mask.sum(dim=1)
+    width = max(1, int(counts.max())) if mask.shape[0] else 1
+    out = torch.full((mask.shape[0], width), -1, dtype=torch.int64, device=mask.device)
+    b, r = mask.nonzero(as_tuple=True)  # row-major: grouped by request, rows ascending
+    starts = torch.cumsum(counts, dim=0) - counts
+    out[b, torch.arange(b.shape[0], device=mask.device) - starts[b]] = r
+    return out
 
 
 @torch.no_grad()
@@ -224,20 +252,32 @@ def find_candidates(
     exclude: torch.Tensor | None = None,
     top_k: int = 1,
     generative: bool | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> Candidates:
     """Steps 1-3 of the module docstring for (B, T) history rows (left-padded with 0).
 
     exclude: optional (B, E) int64 rows never to return, -1 padding. top_k: at least this
     many dense candidates are taken. generative: whether to run the beam search and score
-    log P_gen (default: when config.dense_weight < 1)."""
+    log P_gen (default: when config.dense_weight < 1). allowed: optional (B, R) bool, the
+    only rows request b may get (business-rule filters); the dense candidates are the
+    best allowed rows and the beam follows only prefixes with an allowed row below them.
+    """
     if exclude is not None and (exclude.dtype != torch.int64 or exclude.ndim != 2):
         raise ValueError("exclude must be an int64 tensor (B, E) of item rows, -1 padding")
+    if allowed is not None and (
+        allowed.dtype != torch.bool or tuple(allowed.shape) != (history.shape[0], catalogue.n_rows)
+    ):
+        raise ValueError(
+            f"allowed must be a bool tensor ({history.shape[0]}, {catalogue.n_rows}): one "
+            f"row mask per request over the catalogue's rows, got {allowed.dtype} "
+            f"{tuple(allowed.shape)}"
+        )
     generative = config.dense_weight < 1.0 if generative is None else generative
     vectors = catalogue.item_vectors
     batch = history.shape[0]
     state = model.user_state(vectors[history], history != 0)  # (B, C)
     dense_all, offsets = share_offsets(state, catalogue, config.new_item_share)  # (B, R)
-    blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device)
+    blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device, allowed)
     n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
     found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
     if generative:
@@ -247,8 +287,11 @@ def find_candidates(
             return model.next_token_log_probs(state, tokens[:, :, 1:]), None
 
         width = config.beam_width
+        # With a filter the beam gets the rows it may return (exclusions and dead rows
+        # taken out too), so it prunes prefixes whose allowed rows are all excluded.
+        beam_allowed = rows_of(~blocked) if allowed is not None else None
         beam_rows, _, _ = constrained_beam_search(
-            step, catalogue.index, batch, width, width, exclude=exclude
+            step, catalogue.index, batch, width, width, exclude=exclude, allowed=beam_allowed
         )
         found.append(beam_rows)
     rows = _dedupe(torch.cat(found, dim=1))  # (B, M), -1 = none
@@ -288,14 +331,16 @@ def recommend_top_k(
     top_k: int,
     config: DecodingConfig,
     exclude: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """history: (B, T) item rows, left-padded with 0 -> (rows (B, top_k) int64, best
     first, -1 padding only when fewer than top_k rows are eligible; scores (B, top_k), the
     mixed score of the module docstring, -inf padding).
 
     exclude: optional (B, E) int64 rows never to return (e.g. the history), -1 padding.
+    allowed: optional (B, R) bool, the only rows each request may get (filters).
     """
-    candidates = find_candidates(model, history, catalogue, config, exclude, top_k)
+    candidates = find_candidates(model, history, catalogue, config, exclude, top_k, allowed=allowed)
     return top_k_of(candidates, config.dense_weight, top_k)
 
 

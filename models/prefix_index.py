@@ -76,6 +76,14 @@ class DeviceIndex:
         and its child: a local node id of depth k + 1, or an item id when k = D - 1.
         Unused slots hold token -1 / child -1. Row n_k is the padding row (all -1): the
         decoder clamps a missing node (-1) to it, so gathers never go out of range.
+    leaf_lo[k - 1], leaf_hi[k - 1] for k = 1 .. D - 1: (n_k + 1,) int64, the items below
+        each node of depth k are the leaves at positions [lo, hi) of the trie's leaf order
+        (items in lexicographic order of their tokens); the padding row is the empty
+        [0, 0). With them, "does some allowed item lie below this prefix" is two
+        searchsorted calls over a request's sorted allowed leaf positions
+        (`models.beam_search`, `allowed`), whatever the catalogue size.
+    leaf_ids: (n_items,) int64 the item ids in ascending order; leaf_pos: (n_items,) int64
+        the leaf position of each of them (item id -> position by one searchsorted).
     """
 
     depth: int
@@ -84,6 +92,10 @@ class DeviceIndex:
     root_child: torch.Tensor
     tokens: tuple[torch.Tensor, ...]
     children: tuple[torch.Tensor, ...]
+    leaf_lo: tuple[torch.Tensor, ...] = ()
+    leaf_hi: tuple[torch.Tensor, ...] = ()
+    leaf_ids: torch.Tensor | None = None
+    leaf_pos: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -180,6 +192,7 @@ class PrefixIndex:
             child[local, rank[edges]] = self._local_child(k, self.child_node[edges])
             tokens.append(torch.from_numpy(tok).to(device))
             children.append(torch.from_numpy(child).to(device))
+        lo, hi, leaf_ids, leaf_pos = self._leaf_ranges()
         return DeviceIndex(
             depth=self.depth,
             vocab_size=self.vocab_size,
@@ -187,7 +200,38 @@ class PrefixIndex:
             root_child=torch.from_numpy(root_child).to(device),
             tokens=tuple(tokens),
             children=tuple(children),
+            leaf_lo=tuple(torch.from_numpy(x).to(device) for x in lo),
+            leaf_hi=tuple(torch.from_numpy(x).to(device) for x in hi),
+            leaf_ids=torch.from_numpy(leaf_ids).to(device),
+            leaf_pos=torch.from_numpy(leaf_pos).to(device),
         )
+
+    def _leaf_ranges(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+        """Per depth k = 1 .. D - 1, (n_k + 1,) lo and hi: the leaf positions [lo, hi) below
+        each node (padding row [0, 0)); and (ids ascending, their leaf positions).
+
+        Leaf edges are stored in lexicographic order of their items' tokens, so the items
+        below any node are a contiguous run of them: a last-depth node's run is its own
+        edges, a shallower node's runs from its first child's lo to its last child's hi
+        (children are consecutive node ids). Vectorised per depth."""
+        first_leaf = int(self.row_ptr[self.level_ptr[self.depth - 1]])
+        items = self.child_node[first_leaf:]
+        order = np.argsort(items, kind="stable")
+        leaf_ids, leaf_pos = items[order].astype(np.int64), order.astype(np.int64)
+        lo: list[np.ndarray] = [np.zeros(0, np.int64)] * max(0, self.depth - 1)
+        hi: list[np.ndarray] = list(lo)
+        for k in range(self.depth - 1, 0, -1):
+            first, last = int(self.level_ptr[k]), int(self.level_ptr[k + 1])
+            start, stop = self.row_ptr[first:last], self.row_ptr[first + 1 : last + 1]
+            if k == self.depth - 1:
+                k_lo, k_hi = start - first_leaf, stop - first_leaf
+            else:  # child nodes are global ids of depth k + 1: make them local
+                below = self.level_ptr[k + 1]
+                k_lo = lo[k][self.child_node[start] - below] if last > first else start
+                k_hi = hi[k][self.child_node[stop - 1] - below] if last > first else stop
+            lo[k - 1] = np.append(np.asarray(k_lo, np.int64), 0)  # + the padding row
+            hi[k - 1] = np.append(np.asarray(k_hi, np.int64), 0)
+        return lo, hi, leaf_ids, leaf_pos
 
     def _local_child(self, k: int, child: np.ndarray) -> np.ndarray:
         """Children of depth-k nodes as local ids of depth k + 1 (item ids stay as they are)."""

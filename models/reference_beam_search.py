@@ -35,13 +35,26 @@ def reference_trie(rows, ids) -> dict:
     return trie
 
 
+def _leaves(node) -> set:
+    """Every item id below a dict-trie node."""
+    if not isinstance(node, dict):
+        return {node}
+    out: set = set()
+    for child in node.values():
+        out |= _leaves(child)
+    return out
+
+
 def reference_beam_search(
-    step_fn, rows, ids, batch_size, beam_width, top_k, exclude=None, trie=None
+    step_fn, rows, ids, batch_size, beam_width, top_k, exclude=None, trie=None, allowed=None
 ):
     """Per-request, per-beam constrained beam search over a dict trie.
 
     trie: `reference_trie(rows, ids)`, built here when None (pass it to time the search
     alone, as scripts/bench_beam_search.py does).
+    allowed: optional (B, P) item ids (-1 padding), the only items request b may get: a
+    candidate prefix with no allowed item below it is dropped at every step, after the
+    restricted softmax (the kernel's `allowed`).
     Returns, per request, a list of (item id, float32 score, tokens tuple), best first.
     """
     if trie is None:
@@ -57,9 +70,12 @@ def reference_beam_search(
     def prefix_allowed_tokens_fn(prefix):
         return sorted(node_at(prefix))
 
+    # (read before the loop: `allowed` names each beam's valid tokens there)
+    permitted_sets = None if allowed is None else [set(a.tolist()) - {-1} for a in allowed]
     results = []
     for b in range(batch_size):
         banned = set() if exclude is None else set(exclude[b].tolist()) - {-1}
+        permitted = None if permitted_sets is None else permitted_sets[b]
         beams = [(np.float32(0.0), [])]  # (score, generated tokens), best first
         for t in range(depth):
             cands = []
@@ -78,6 +94,8 @@ def reference_beam_search(
                     if s == -np.inf:
                         continue
                     new = [*prefix, tok]
+                    if permitted is not None and not _leaves(node_at(new)) & permitted:
+                        continue
                     if t == depth - 1:
                         item = node_at(new)
                         if item in banned:

@@ -15,6 +15,8 @@ stage-D dedup slack; the default generator, reading text. The catalogue:
     CF codes are a random warm item's (an export copies its nearest one in the aligned
     space; with random weights any choice is as arbitrary, and a search over a 1M
     catalogue would dominate the build);
+  - one of LARGE_CATEGORIES categories per item, uniformly ("cat-00" .. "cat-19": each
+    about 5% of the catalogue), for the business-rule filters (scripts/bench_filters.py);
   - served tokens with dedup ids by popularity and item vectors from the served path
     (`served_item_features` + `Generator.item_vectors`) on random unit text vectors,
     computed in chunks so a 1M-item catalogue fits in a few GB.
@@ -58,6 +60,7 @@ from training.stages.generator.runner import default_generator_config  # noqa: E
 from training.stages.tokenizer import TokenizerSpec, build_config  # noqa: E402
 
 TEXT_MODEL_ID = f"hash-text-encoder;dim={EMBEDDING_DIM}"  # `HashTextEncoder`'s id
+LARGE_CATEGORIES = 20  # categories of the random catalogue, ~5% of the items each
 COLD_SHARE = 0.2  # items without a training interaction
 VECTOR_CHUNK = 65_536  # item rows per item-vector batch: ~100 MB of text at a time
 # Random inputs per code the tokenizer's codebooks are k-means initialised from: enough
@@ -209,6 +212,7 @@ def large_contents(
         warm=warm,
         text_model_id=TEXT_MODEL_ID,
         dataset={"name": f"large-{n_items}", "fingerprint": f"random-seed{seed}"},
+        categories=[""] + [f"cat-{c:02d}" for c in rng.integers(0, LARGE_CATEGORIES, n_items)],
     )
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from service.batching import MicroBatcher
 from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord, Retirement
 from service.errors import ItemConflict, NotFound
+from service.filters import RequestFilters, resolve_filters
 from service.metrics import Metrics
 from service.new_items import ItemText, ItemTokenizer, NewItemInput
 from service.recommender import ItemView, Recommender, RecQuery, RecResult
@@ -235,22 +236,37 @@ class Engine:
         return max(k, min(k + n_excluded, self.max_beam_width))
 
     async def recommend(
-        self, history: list[str], k: int, exclude_history: bool, beam_width: int | None
-    ) -> tuple[RecResult, list[str], str | None]:
-        """(result, unknown history ids, fallback name or None). beam_width: None = the
-        width `auto_beam_width` picks. Any width returns k items when the catalog has k
-        eligible ones: the dense head's candidates hold k of them whatever the beam finds."""
+        self,
+        history: list[str],
+        k: int,
+        exclude_history: bool,
+        beam_width: int | None,
+        filters: RequestFilters | None = None,
+    ) -> tuple[RecResult, list[str], str | None, list[str]]:
+        """(result, unknown history ids, fallback name or None, include_items ids the
+        catalog does not have). beam_width: None = the width `auto_beam_width` picks. Any
+        width returns k items when the catalog has k eligible ones: the dense head's
+        candidates hold k of them whatever the beam finds. filters: business rules,
+        applied inside decoding (and to the popularity fallback), so a filtered request
+        still gets k items whenever k eligible ones pass them."""
         await self._catch_up_retirements()
         rows = self._rec.resolve(history)
         self._count_lookups(rows)
         unknown = [h for h, r in zip(history, rows, strict=True) if r < 1]
         known = rows[rows > 0]
         exclude = np.unique(known) if exclude_history else np.zeros(0, dtype=np.int64)
+        rule, unknown_include = None, []
+        if filters is not None and filters.active:
+            rule, unknown_include = resolve_filters(filters, self._rec.resolve)
         if len(known) == 0:
-            return self._rec.popular_items(k, exclude), unknown, FALLBACK_POPULARITY
+            if rule is None:
+                popular = self._rec.popular_items(k, exclude)
+            else:  # on the inference thread: it reads the item attributes adds change
+                popular = await self._on_thread(self._rec.popular_items, k, exclude, rule)
+            return popular, unknown, FALLBACK_POPULARITY, unknown_include  # type: ignore[return-value]
         width = beam_width if beam_width is not None else self.auto_beam_width(k, len(exclude))
-        query = RecQuery(known[-self._rec.max_len :], exclude, k, width)
-        return await self._batcher.submit(query), unknown, None
+        query = RecQuery(known[-self._rec.max_len :], exclude, k, width, rule)
+        return await self._batcher.submit(query), unknown, None, unknown_include
 
     def unknown_items(self, item_ids: Sequence[str]) -> list[str]:
         """The ids the catalog (bundle or added) does not have, in order."""
@@ -293,7 +309,7 @@ class Engine:
                 todo.append(it)
         now = round(time.time(), 3)
         records = await self._tokenizer.records(
-            [ItemText(it.item_id, it.content_hash, it.text, now) for it in todo]
+            [ItemText(it.item_id, it.content_hash, it.text, now, it.categories) for it in todo]
         )
         outcomes = {}
         if records:
@@ -351,7 +367,7 @@ class Engine:
         for start in range(0, len(todo), CARRY_CHUNK):
             chunk = todo[start : start + CARRY_CHUNK]
             fresh = await self._tokenizer.records(
-                [ItemText(r.id, r.hash, r.text, r.at) for r in chunk]
+                [ItemText(r.id, r.hash, r.text, r.at, r.categories) for r in chunk]
             )
             stored = await self._store.add(fresh, True, self._rec.layout.dedup_size)
             await self._apply_records([o.record for o in stored])

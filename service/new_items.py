@@ -20,6 +20,7 @@ import numpy as np
 from models.bundle import Bundle
 from models.cold_start import ColdStart, NewItemCodes
 from models.dedup_base import bundle_next_dedup
+from models.item_attributes import split_categories
 from models.text_encoder import item_description
 from service.catalog import ItemRecord
 
@@ -46,6 +47,11 @@ class NewItemInput:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
+    def categories(self) -> tuple[str, ...]:
+        """The `categories` field as names: a list as sent, a text split at commas."""
+        return split_categories(self.fields.get("categories"))
+
+    @property
     def text(self) -> str:
         fields = dict(self.fields)
         categories = fields.get("categories")
@@ -62,6 +68,7 @@ class ItemText:
     content_hash: str
     text: str
     at: float
+    categories: tuple[str, ...] = ()
 
 
 class ItemTokenizer:
@@ -99,6 +106,7 @@ class ItemTokenizer:
                 vector=tuple(float(v) for v in codes.vectors[i]),
                 at=it.at,
                 text=it.text,
+                categories=tuple(it.categories),
                 order=tuple(map(tuple, codes.placement_order[i].tolist())),
             )
             for i, it in enumerate(items)

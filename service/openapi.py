@@ -1,8 +1,8 @@
 """The OpenAPI document, with the bounds this deployment's Settings put on requests.
 
 The request models carry the static bounds; the ones an operator sets (history length,
-k, beam width, items and events per request) are checked by the routes and written in here, so the
-document describes the service that serves it."""
+k, beam width, filter lists, items and events per request) are checked by the routes and
+written in here, so the document describes the service that serves it."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def apply_settings_bounds(document: dict[str, Any], settings: Settings) -> None:
     recommend["history"]["maxItems"] = settings.max_history
     _integer_branch(recommend["k"])["maximum"] = settings.max_k
     _integer_branch(recommend["beam_width"])["maximum"] = settings.max_beam_width
+    for name in ("include_items", "exclude_items"):  # list | null
+        prop = recommend[name]
+        branch = next(b for b in prop.get("anyOf", [prop]) if b.get("type") == "array")
+        branch["maxItems"] = settings.max_filter_items
     items = schemas["ItemsCreateRequest"]["properties"]["items"]
     items["maxItems"] = settings.max_items_per_request
     events = schemas["EventsRequest"]["properties"]["events"]

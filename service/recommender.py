@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
 from models.bundle import Bundle
 from models.decoding import ServingModel, recommend_top_k
+from models.item_attributes import ItemAttributes, RowFilter
 from models.item_table import ItemTable
 from service.catalog import ItemRecord, Retirement
 from service.catalog.item_cache import bundle_entries
@@ -36,6 +38,7 @@ class RecQuery:
     exclude: np.ndarray  # (E,) int64 ids never to return
     k: int
     beam_width: int
+    rule: RowFilter | None = None  # business-rule filters, None = none
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Recommender:
         # has not arrived), and the rows they withdraw: never returned, read in histories.
         self.retirements: dict[str, Retirement] = {}
         self.retired_rows = np.zeros(0, dtype=np.int64)
+        # Per-row categories and added times for filters; grows with the item table.
+        self.attributes = bundle_attributes(bundle)
 
     # --- ids ---
     @property
@@ -178,12 +183,13 @@ class Recommender:
     # --- recommendation ---
     def recommend_batch(self, queries: list[RecQuery]) -> list[RecResult]:
         """Groups by beam width (a request's result never depends on its batch mates'
-        settings) and runs one user-state + decoding call per group."""
+        settings) and by whether it is filtered (unfiltered requests never pay for the
+        allowed-row masks), and runs one user-state + decoding call per group."""
         results: list[RecResult | None] = [None] * len(queries)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         for i, q in enumerate(queries):
-            groups.setdefault(q.beam_width, []).append(i)
-        for width, members in groups.items():
+            groups.setdefault((q.beam_width, q.rule is not None), []).append(i)
+        for (width, _), members in groups.items():
             found = self._search([queries[i] for i in members], width)
             for i, res in zip(members, found, strict=True):
                 results[i] = res
@@ -201,13 +207,18 @@ class Recommender:
         for b, q in enumerate(queries):
             exclude[b, : len(q.exclude)] = q.exclude
         k = max(q.k for q in queries)
+        catalogue = self.table.catalogue()
+        allowed = None
+        if any(q.rule is not None for q in queries):
+            allowed = torch.as_tensor(self.allowed_rows(queries, catalogue.n_rows))
         rows, scores = recommend_top_k(
             self.generator,
             torch.as_tensor(items, device=self.device),
-            self.table.catalogue(),
+            catalogue,
             top_k=k,
             config=replace(self.decoding, beam_width=width),
             exclude=torch.as_tensor(exclude, device=self.device),
+            allowed=None if allowed is None else allowed.to(self.device),
         )
         rows, scores = rows.cpu().numpy(), scores.float().cpu().numpy()
         out = []
@@ -217,12 +228,35 @@ class Recommender:
             out.append(RecResult([self.external_id(int(r)) for r in found], vals.tolist()))
         return out
 
-    def popular_items(self, k: int, exclude: np.ndarray) -> RecResult:
+    def allowed_rows(self, queries: list[RecQuery], n_rows: int) -> np.ndarray:
+        """(B, R) bool, each query's filter as an allowed-row mask (all True without
+        one); liveness and exclusions are left to the decoder."""
+        allowed = np.ones((len(queries), n_rows), dtype=bool)
+        for b, q in enumerate(queries):  # a loop over requests; each mask is vector ops
+            if q.rule is not None:
+                allowed[b] = self.attributes.allowed(q.rule)[:n_rows]
+        return allowed
+
+    def popular_items(
+        self, k: int, exclude: np.ndarray, rule: RowFilter | None = None
+    ) -> RecResult:
+        """The popularity ranking (training interaction counts), without the excluded and
+        retired items; with a filter, of the rows it allows, added items (no count) after
+        the bundle's, oldest first, so a filtered fallback also gets k items whenever k
+        pass the filter."""
         skip = np.concatenate([np.asarray(exclude, dtype=np.int64), self.retired_rows])
-        rows = self.popular[~np.isin(self.popular, skip)][:k]
+        if rule is None:
+            rows = self.popular[~np.isin(self.popular, skip)][:k]
+        else:
+            mask = self.attributes.allowed(rule) & self.table.live.cpu().numpy()
+            mask[skip[(skip > 0) & (skip < len(mask))]] = False
+            rows = np.flatnonzero(mask)
+            counts = np.zeros(len(mask), dtype=np.int64)
+            counts[: len(self.popularity)] = self.popularity
+            rows = rows[np.argsort(-counts[rows], kind="stable")][:k]
         return RecResult(
             [self.external_id(int(r)) for r in rows],
-            [float(self.popularity[r]) for r in rows],
+            [float(self.popularity[r]) if r < len(self.popularity) else 0.0 for r in rows],
         )
 
     # --- added items ---
@@ -252,6 +286,7 @@ class Recommender:
         )
         vectors = np.array([r.vector for r in recs], dtype=np.float32)
         rows = self.table.add(vectors, token_rows, retire)  # raises before changing anything
+        self.attributes.add(rows, [r.categories for r in recs], [r.at for r in recs])
         new_added = dict(self.added)
         for rec, row in zip(recs, rows, strict=True):
             new_added[rec.id] = AddedState(int(row), rec)
@@ -286,3 +321,18 @@ class Recommender:
         retired = [i for i, r in self.retirements.items() if r.retired]
         held = self.resolve(retired)
         self.retired_rows = np.unique(held[held > 0])
+
+
+def bundle_attributes(bundle: Bundle) -> ItemAttributes:
+    """The bundle rows' attributes: their categories (none for a bundle written before
+    bundles had them) and, as added_at, the bundle's creation time from its manifest
+    (bundle items have no time of their own: they exist since this version does)."""
+    rows = bundle.n_items + 1
+    if bundle.category_ptr is None:
+        names, ptr, ids = np.zeros(0, str), np.zeros(rows + 1, np.int64), np.zeros(0, np.int64)
+    else:
+        names, ptr, ids = bundle.category_names, bundle.category_ptr, bundle.category_ids
+    created = datetime.fromisoformat(bundle.manifest.created_at.replace("Z", "+00:00"))
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return ItemAttributes(names, ptr, ids, created.timestamp())

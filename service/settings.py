@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # max_beam_width (Engine.auto_beam_width). Excluded items never cost results: the
     # dense head's candidates hold k eligible items whatever the beam finds.
     default_beam_width: int = Field(0, ge=0, le=10_000)
+    # POST /recommend: most ids in include_items, and in exclude_items (each).
+    max_filter_items: int = Field(1000, ge=1, le=100_000)
     # Share of the dense head's mass given to items without an id (added at serving time
     # or unseen in training), an exposure knob for new items (docs/method.md, new-item
     # share); unset = the bundle's own (None in shipped bundles: the model as trained).

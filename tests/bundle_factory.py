@@ -5,8 +5,10 @@
 tests' fixture, writes them through `models.bundle.write_bundle` (ONNX graphs included)
 in a few seconds on one CPU core. For benchmark-sized bundles with the shipped model
 shape, see scripts/make_large_bundle.py.
-External ids are "item-1" .. "item-N"; about a fifth of the items are cold (popularity 0)
-and get CF codes imputed from their nearest warm item, as a real export does.
+External ids are "item-1" .. "item-N"; item i's categories are "cat-<i mod 4>", plus
+"Comedy" when i is a multiple of 5 (`tiny_categories`); about a fifth of the items are
+cold (popularity 0) and get CF codes imputed from their nearest warm item, as a real
+export does.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_ne
 TEXT_DIM, CF_DIM = 24, 16  # small stand-ins for MiniLM (384) and SASRec (64)
 N_LEVELS, CODEBOOK = 4, 8
 TEXT_MODEL_ID = "tiny-random-text-encoder;max_seq_length=128"
+
+
+def tiny_categories(n_items: int) -> list[list[str]]:
+    """(N + 1,) the tiny bundle's categories per row (row 0 none)."""
+    return [[]] + [
+        [f"cat-{i % 4}"] + (["Comedy"] if i % 5 == 0 else []) for i in range(1, n_items + 1)
+    ]
 
 
 def tiny_contents(
@@ -130,6 +139,7 @@ def tiny_contents(
         warm=warm,
         text_model_id=TEXT_MODEL_ID,
         dataset={"name": "tiny", "fingerprint": f"tiny-seed{seed}", "n_items": n_items},
+        categories=tiny_categories(n_items),
     )
 
 

@@ -167,6 +167,8 @@ def export_bundle(
             "n_items": n_items,
         },
         metrics=metrics,
+        # Stage-D runs from before categories were saved export items without them.
+        categories=items["categories"].tolist() if "categories" in items else None,
     )
     logger.info("export: ONNX generator, checked against torch")
     # write_bundle exports the ONNX graphs and refuses them (OnnxExportError) beyond

@@ -11,6 +11,8 @@ the ones it measured (stage D's layout, or a factory's random catalogue).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from models.bundle.format import BundleContents
@@ -19,6 +21,7 @@ from models.cold_start import aligned_cf_vectors, build_imputation_index
 from models.decoding import DecodingConfig
 from models.dual_tokenizer import DualTokenizer
 from models.generator import Generator
+from models.item_attributes import encode_categories
 from models.router import Router
 from models.tokens import TokenLayout
 
@@ -42,6 +45,7 @@ def assemble_contents(
     text_model_id: str,
     dataset: dict,
     metrics: dict | None = None,
+    categories: Sequence[object] | None = None,
 ) -> BundleContents:
     """BundleContents of N items (rows 1..N, row 0 padding) at the layout's budget.
 
@@ -49,7 +53,9 @@ def assemble_contents(
     already imputed, item_tokens and item_vectors the served ones). warm: (N + 1,) bool,
     the items with training interactions; the imputation index is built over their
     aligned CF projections (a new item's CF codes are copied from its nearest one there).
-    dataset: {"name", "fingerprint", "n_items"}. Write the result with `write_bundle`,
+    dataset: {"name", "fingerprint", "n_items"}. categories: optional (N + 1,) per-row
+    categories, each a list of names or a comma-separated text (the readers' `categories`
+    column; row 0 ignored); None = the items have none. Write the result with `write_bundle`,
     which also exports the generator's ONNX graphs and checks them against torch.
     ValueError when there is no warm item or the arrays disagree with each other.
     """
@@ -58,6 +64,17 @@ def assemble_contents(
     if imputation_ids.size == 0:
         raise ValueError("no warm item: the cold-start imputation index would be empty")
     cf_codes = np.asarray(cf_codes, dtype=np.int64)
+    category_arrays: dict[str, np.ndarray | None] = dict.fromkeys(
+        ("category_names", "category_ptr", "category_ids")
+    )
+    if categories is not None:
+        if len(categories) != len(external_ids):
+            raise ValueError(
+                f"categories has {len(categories)} rows, expected {len(external_ids)} "
+                "(one per item row, row 0 padding)"
+            )
+        names, ptr, ids = encode_categories(["", *list(categories)[1:]])
+        category_arrays = {"category_names": names, "category_ptr": ptr, "category_ids": ids}
     vectors = aligned_cf_vectors(tokenizer, cf_codes[imputation_ids])  # (W, P)
     contents = BundleContents(
         tokenizer=tokenizer,
@@ -79,6 +96,7 @@ def assemble_contents(
         text_model_id=str(text_model_id),
         dataset=dict(dataset),
         metrics=dict(metrics or {}),
+        **category_arrays,
     )
     check_contents(contents)  # here, where the caller's mistake is, not at write time
     return contents

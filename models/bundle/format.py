@@ -15,7 +15,10 @@ nothing of training:
                              unicode), sem_codes, cf_codes (cold ones imputed), item_tokens
                              (the served L + 1 tokens), n_cf (Lcol), alpha, popularity,
                              item_vectors (the dense head's table, (N + 1, C) float32);
-                             plus imputation_ids (W,)
+                             plus imputation_ids (W,); and the items' categories
+                             (category_names (K,), category_ptr (N + 2,), category_ids:
+                             CSR, `models.item_attributes.encode_categories`), optional:
+                             a bundle written before them reads as "no categories"
     prefix_index.npz         the PrefixIndex arrays over items 1..N (never rebuilt at load)
     imputation.faiss         IndexFlatIP over the L2-normalised aligned CF projections of
                              warm items: a new item's CF codes are copied from its nearest
@@ -76,6 +79,9 @@ ITEM_ARRAYS = (
     "item_vectors",
     "imputation_ids",
 )
+# Optional in items.npz (older bundles lack them and read as items without categories),
+# so adding them needed no new FORMAT_VERSION.
+CATEGORY_ARRAYS = ("category_names", "category_ptr", "category_ids")
 PREFIX_ARRAYS = (
     "row_ptr",
     "child_token",
@@ -195,6 +201,9 @@ class BundleContents:
     (W,) int64 internal ids.
     text_model_id: the sentence encoder new items' text must be embedded with.
     dataset: {"name", "fingerprint", "n_items"}; metrics: figures measured at export.
+    category_names (K,) str, category_ptr (N + 2,) int64, category_ids (nnz,) int64: each
+    item's categories, CSR over rows 0..N (`models.item_attributes.encode_categories`);
+    None = no categories (every item has none).
     """
 
     tokenizer: DualTokenizer
@@ -216,6 +225,9 @@ class BundleContents:
     text_model_id: str
     dataset: dict
     metrics: dict = field(default_factory=dict)
+    category_names: np.ndarray | None = None
+    category_ptr: np.ndarray | None = None
+    category_ids: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -242,6 +254,16 @@ def item_shape_mismatch(contents: BundleContents, n_rows: int) -> str | None:
         got = np.asarray(getattr(c, name)).shape
         if got != want:
             return f"{name} has shape {got}, expected {want}"
+    if c.category_ptr is not None:
+        ptr = np.asarray(c.category_ptr)
+        n_ids, n_names = len(np.asarray(c.category_ids)), len(np.asarray(c.category_names))
+        if ptr.shape != (n_rows + 1,):
+            return f"category_ptr has shape {ptr.shape}, expected ({n_rows + 1},)"
+        ids = np.asarray(c.category_ids)
+        if ptr[0] != 0 or ptr[-1] != n_ids or np.any(np.diff(ptr) < 0):
+            return f"category_ptr does not run from 0 to len(category_ids) = {n_ids}"
+        if n_ids and (ids.min() < 0 or ids.max() >= n_names):
+            return f"category_ids must lie in [0, {n_names}) (category_names)"
     for name in ("sem_codes", "cf_codes"):  # L_max >= L levels: the budget uses a prefix
         got = np.asarray(getattr(c, name)).shape
         if len(got) != 2 or got[0] != n_rows or got[1] < budget:

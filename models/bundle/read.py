@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from models.bundle.format import (
     BUNDLE_FILES,
+    CATEGORY_ARRAYS,
     FORMAT_VERSION,
     GENERATOR_FILE,
     IMPUTATION_FILE,
@@ -146,13 +147,17 @@ def verify_bundle(path: Path) -> BundleManifest:
     return manifest
 
 
-def _load_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _load_npz(
+    path: Path, names: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """The named arrays (BundleError when one is missing) and those of `optional` the
+    file has."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [n for n in names if n not in data.files]
             if missing:
                 raise BundleError(f"{path}: lacks arrays {missing}; re-export the bundle")
-            return {n: data[n] for n in names}
+            return {n: data[n] for n in (*names, *optional) if n in data.files}
     except BundleError:
         raise
     except Exception as err:  # zip, pickle or format errors of a damaged file
@@ -213,7 +218,9 @@ def load_bundle(path: Path, device: torch.device | str = "cpu", verify: bool = T
     tokenizer = _load_module(DualTokenizer(tok_cfg), bundle_dir / TOKENIZER_FILE, device)
     router = _load_module(Router(router_cfg), bundle_dir / ROUTER_FILE, device)
     generator = _load_module(Generator(gen_cfg), bundle_dir / GENERATOR_FILE, device)
-    items = _load_npz(bundle_dir / ITEMS_FILE, ITEM_ARRAYS)
+    items = _load_npz(bundle_dir / ITEMS_FILE, ITEM_ARRAYS, CATEGORY_ARRAYS)
+    if any(n not in items for n in CATEGORY_ARRAYS):  # older bundle: no categories
+        items = {k: v for k, v in items.items() if k not in CATEGORY_ARRAYS}
     raw = _load_npz(bundle_dir / PREFIX_INDEX_FILE, (*PREFIX_ARRAYS, "depth", "vocab_size"))
     prefix = PrefixIndex(
         depth=int(raw["depth"]),

@@ -150,6 +150,10 @@ def _serialise(contents: BundleContents, onnx_files: dict[str, bytes]) -> dict[s
         "item_vectors": np.asarray(c.item_vectors, dtype=np.float32),
         "imputation_ids": np.asarray(c.imputation_ids, dtype=np.int64),
     }
+    if c.category_ptr is not None:
+        items["category_names"] = np.asarray(c.category_names, dtype=str)
+        items["category_ptr"] = np.asarray(c.category_ptr, dtype=np.int64)
+        items["category_ids"] = np.asarray(c.category_ids, dtype=np.int64)
     prefix_arrays = {name: getattr(prefix, name) for name in PREFIX_ARRAYS}
     prefix_arrays["depth"] = np.asarray(prefix.depth, dtype=np.int64)
     prefix_arrays["vocab_size"] = np.asarray(prefix.vocab_size, dtype=np.int64)

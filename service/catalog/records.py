@@ -22,7 +22,8 @@ class ItemRecord:
     revision (larger = newer; a replace gets a new one); vector: its item vector for the
     dense head (C floats, this bundle's), so every replica serves it the same way; text:
     what the text encoder read, kept so a new bundle version can tokenize the item again
-    (its codebooks differ) under the same id.
+    (its codebooks differ) under the same id; categories: the item's category names
+    (business-rule filters on /recommend); `at`, when it was added, is its added_at.
 
     Dedup placement (service/catalog/placement.py): `order` is the item's (L, W) placement
     order (`models.tokens.placement_order`), handed to the store with a new item and never
@@ -46,13 +47,18 @@ class ItemRecord:
     at: float = 0.0
     text: str = ""
     placement: int = 0
+    categories: tuple[str, ...] = ()
     order: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> str:
         data = asdict(replace(self, order=()))  # not deep-copied first: it is large
         del data["order"]
         data.update(
-            prefix=list(self.prefix), cf=list(self.cf), sem=list(self.sem), vector=list(self.vector)
+            prefix=list(self.prefix),
+            cf=list(self.cf),
+            sem=list(self.sem),
+            vector=list(self.vector),
+            categories=list(self.categories),
         )
         return json.dumps(data, separators=(",", ":"))
 
@@ -74,6 +80,9 @@ class ItemRecord:
             at=float(data.get("at", 0.0)),
             text=str(data.get("text") or ""),
             placement=int(data.get("placement", 0)),
+            # Absent in records stored before categories; an empty list comes back from
+            # the Lua scripts' cjson as {} (an empty table encodes as an object).
+            categories=tuple(str(c) for c in data.get("categories") or ()),
         )
 
     @property

@@ -11,6 +11,7 @@ import torch
 from models.bundle import load_bundle, resolve_bundle_path
 from models.decoding import recommend_top_k
 from models.generator import GeneratorConfig
+from models.item_attributes import split_categories
 from models.item_table import ItemTable
 from models.onnx_generator import OnnxGenerator
 from models.router import RouterConfig
@@ -95,6 +96,12 @@ def test_export_writes_a_verified_bundle_that_serves_like_the_run(run_dir, tmp_p
     np.testing.assert_array_equal(b.popularity, dataset.train_counts())
     warm = warm_mask(dataset.train_counts())
     np.testing.assert_array_equal(b.imputation_ids, np.flatnonzero(warm))
+    # Each item's categories, from the dataset's categories column (for filters).
+    names, ptr, ids = b.category_names, b.category_ptr, b.category_ids
+    for row in (1, b.n_items // 2, b.n_items):
+        want = split_categories(dataset.items["categories"].iloc[row])
+        assert sorted(names[ids[ptr[row] : ptr[row + 1]]]) == sorted(want)
+    assert len(ids) > 0
 
     # The bundle's item table, and both its torch and ONNX generators, rank as the
     # trained model does.

@@ -5,8 +5,10 @@ generator.json   configs (generator, router, token layout, decoding), the train
                  config, the curve, best validation metrics (by dense weight), `extra`
 items.npz        (N + 1)-row arrays, row 0 = padding: external_ids (str), item_tokens
                  (N + 1, L + 1), n_cf, alpha, cf_codes (cold ones imputed), sem_codes
-                 (N + 1, L_max), popularity (training counts), warm (bool), and text
-                 (N + 1, D) when the generator reads text embeddings
+                 (N + 1, L_max), popularity (training counts), warm (bool), text
+                 (N + 1, D) when the generator reads text embeddings, and categories
+                 (N + 1,) str, the dataset's categories column (comma-separated names;
+                 the bundle's item categories, for filters)
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def save_generator(
     }
     if inputs.text is not None:
         arrays["text"] = inputs.text
+    if "categories" in dataset.items.columns:
+        arrays["categories"] = dataset.items["categories"].fillna("").astype(str).to_numpy(str)
     np.savez(out_dir / "items.npz", **arrays)
     meta = {
         "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint},

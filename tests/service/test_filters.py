@@ -1,0 +1,223 @@
+"""Business-rule filters on POST /recommend through real HTTP: allowlist, denylist,
+category and freshness filters, still k results, the popularity fallback filtered too,
+and bad filters refused with a 422 that says what is wrong. The tiny bundle's item i has
+the categories "cat-<i mod 4>" and, for multiples of 5, "Comedy" (tests/bundle_factory)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.service.conftest import REDIS_URL, running_app
+
+pytestmark = pytest.mark.anyio
+
+HISTORY = ["item-1", "item-5", "item-7"]
+
+
+def ids_of(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [it["item_id"] for it in response.json()["items"]]
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+async def test_allowlist_and_denylist_still_give_k(make_settings) -> None:
+    allow = [f"item-{i}" for i in range(20, 41)]  # 21 items, none in the history
+    async with running_app(make_settings()) as (client, _):
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 8, "include_items": allow}
+        )
+        got = ids_of(r)
+        assert len(got) == 8 and set(got) <= set(allow)
+        assert r.json()["unknown_include_items"] == []
+        # A tiny beam: the allowed prefixes are what it explores, and the dense head fills k.
+        r = await client.post(
+            "/recommend",
+            json={"history": HISTORY, "k": 8, "include_items": allow, "beam_width": 1},
+        )
+        assert len(ids_of(r)) == 8 and set(ids_of(r)) <= set(allow)
+        # Denylist: the unfiltered top 10 denied, 10 others come back.
+        top = ids_of(await client.post("/recommend", json={"history": HISTORY, "k": 10}))
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 10, "exclude_items": top}
+        )
+        got = ids_of(r)
+        assert len(got) == 10 and not set(got) & (set(top) | set(HISTORY))
+        # Both at once: allowed minus denied.
+        r = await client.post(
+            "/recommend",
+            json={"history": HISTORY, "k": 30, "include_items": allow, "exclude_items": allow[:5]},
+        )
+        assert sorted(ids_of(r)) == sorted(allow[5:])
+
+
+async def test_allowlist_smaller_than_k_returns_all_of_it(make_settings) -> None:
+    allow = ["item-2", "item-3", "item-1", "ghost-1", "item-44"]  # item-1: in the history
+    async with running_app(make_settings()) as (client, _):
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 10, "include_items": allow}
+        )
+        assert sorted(ids_of(r)) == ["item-2", "item-3", "item-44"]
+        assert r.json()["unknown_include_items"] == ["ghost-1"]
+        scores = [it["score"] for it in r.json()["items"]]
+        assert scores == sorted(scores, reverse=True)
+        # Nothing known to allow: nothing returned (not the unfiltered ranking).
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 5, "include_items": ["ghost-2"]}
+        )
+        assert ids_of(r) == [] and r.json()["unknown_include_items"] == ["ghost-2"]
+
+
+async def test_category_filter(make_settings) -> None:
+    comedies = {f"item-{i}" for i in range(5, 61, 5)}  # 12 items
+    async with running_app(make_settings()) as (client, _):
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 20, "filter": {"categories": ["comedy"]}}
+        )
+        assert set(ids_of(r)) == comedies - set(HISTORY)  # 11: every eligible comedy
+        # Any of several; combined with a denylist; k still met.
+        r = await client.post(
+            "/recommend",
+            json={
+                "history": HISTORY,
+                "k": 10,
+                "exclude_items": ["item-4", "item-8"],
+                "filter": {"categories": ["cat-0", "Comedy"]},
+            },
+        )
+        got = ids_of(r)
+        allowed = {f"item-{i}" for i in range(1, 61) if i % 4 == 0 or i % 5 == 0}
+        assert len(got) == 10 and set(got) <= allowed - {"item-4", "item-8", *HISTORY}
+        # A category no item has: nothing, not an error.
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 5, "filter": {"categories": ["Opera"]}}
+        )
+        assert ids_of(r) == []
+
+
+async def test_popularity_fallback_is_filtered_too(make_settings) -> None:
+    async with running_app(make_settings()) as (client, _):
+        r = await client.post("/recommend", json={"k": 4, "filter": {"categories": ["cat-3"]}})
+        assert r.json()["fallback"] == "popularity"
+        got = ids_of(r)
+        assert len(got) == 4 and all(int(i.split("-")[1]) % 4 == 3 for i in got)
+        r = await client.post(
+            "/recommend", json={"history": ["ghost"], "k": 5, "include_items": ["item-9", "item-3"]}
+        )
+        assert sorted(ids_of(r)) == ["item-3", "item-9"]
+
+
+async def add_fresh_items(client, categories: list) -> tuple[float, list[str]]:
+    """POST /items with one new item per categories entry; (a time between the bundle's
+    creation and the additions, the new ids)."""
+    ready = (await client.get("/readyz")).json()
+    assert ready["status"] == "ready"
+    cutoff = time.time() - 0.001
+    new = [
+        {"item_id": f"fresh-{i}", "title": f"Fresh thing number {i}", "categories": cats}
+        for i, cats in enumerate(categories)
+    ]
+    r = await client.post("/items", json={"items": new})
+    assert r.status_code == 200, r.text
+    return cutoff, [it["item_id"] for it in new]
+
+
+async def _freshness(client, app) -> None:
+    bundle_created = app.state.engine._rec.attributes.added_at[1]  # white-box: its time
+    if bundle_created >= time.time() - 1.0:  # the session bundle may be a second old
+        await asyncio.sleep(1.0)
+    cutoff, fresh = await add_fresh_items(client, [["Comedy", "Space"], "Space, Drama", None])
+    assert cutoff > bundle_created
+    r = await client.post(
+        "/recommend", json={"history": HISTORY, "k": 10, "filter": {"added_after": iso(cutoff)}}
+    )
+    assert sorted(ids_of(r)) == fresh  # only the new items: fewer than k exist
+    fresh_space = {"added_after": iso(cutoff), "categories": ["space"]}
+    r = await client.post("/recommend", json={"history": HISTORY, "k": 10, "filter": fresh_space})
+    assert sorted(ids_of(r)) == fresh[:2]
+    r = await client.post(
+        "/recommend", json={"history": HISTORY, "k": 10, "filter": {"added_before": iso(cutoff)}}
+    )
+    got = ids_of(r)
+    assert len(got) == 10 and not set(got) & set(fresh)
+    # Bundle items count as added at the bundle's creation: a window around it has them all.
+    window = {"added_after": iso(bundle_created - 1), "added_before": iso(bundle_created + 0.5)}
+    r = await client.post("/recommend", json={"history": HISTORY, "k": 57, "filter": window})
+    assert len(ids_of(r)) == 57 and all(i.startswith("item-") for i in ids_of(r))
+    # The Comedy filter now also finds the new comedy.
+    r = await client.post(
+        "/recommend", json={"history": HISTORY, "k": 20, "filter": {"categories": ["Comedy"]}}
+    )
+    assert "fresh-0" in ids_of(r) and len(ids_of(r)) == 12
+
+
+async def test_freshness_filter_with_added_items(make_settings) -> None:
+    async with running_app(make_settings()) as (client, app):
+        await _freshness(client, app)
+
+
+async def test_freshness_and_categories_through_redis(make_settings, redis_prefix) -> None:
+    """Added items' categories and times are stored in Redis and replicated: a second
+    replica and a restarted one filter by them too."""
+    settings = make_settings(redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    async with running_app(settings) as (a, app), running_app(settings) as (b, _):
+        await _freshness(a, app)
+
+        async def b_filters() -> list[str]:
+            r = await b.post(
+                "/recommend",
+                json={"history": HISTORY, "k": 5, "filter": {"categories": ["Space"]}},
+            )
+            return ids_of(r)
+
+        for _ in range(200):  # through the replication stream
+            if len(await b_filters()) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(await b_filters()) == ["fresh-0", "fresh-1"]
+    async with running_app(settings) as (client, _):
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 5, "filter": {"categories": ["drama"]}}
+        )
+        assert ids_of(r) == ["fresh-1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"filter": {"color": ["red"]}}, "unknown filter attribute 'color'"),
+        ({"filter": {"added_after": "yesterday"}}, "'yesterday' is not an ISO-8601 time"),
+        ({"filter": {"added_before": "2026-13-01T00:00:00Z"}}, "is not an ISO-8601 time"),
+        (
+            {"filter": {"added_after": "2026-02-01T00:00:00Z", "added_before": "2026-01-01"}},
+            "added_after (2026-02-01T00:00:00Z) is later than added_before",
+        ),
+        ({"include_items": [f"item-{i}" for i in range(6)]}, "include_items has 6 ids; at most 5"),
+        ({"exclude_items": [f"x-{i}" for i in range(7)]}, "exclude_items has 7 ids; at most 5"),
+        ({"include_items": [" padded"]}, "item ids have 1 to 256 characters"),
+        ({"filter": {"categories": "Comedy"}}, "filter.categories"),
+    ],
+)
+async def test_bad_filters_get_a_422_that_says_why(make_settings, body, says) -> None:
+    async with running_app(make_settings(max_filter_items=5)) as (client, _):
+        r = await client.post("/recommend", json={"history": HISTORY, **body})
+        assert r.status_code == 422, r.text
+        assert says in r.json()["detail"]
+
+
+async def test_openapi_states_the_filter_bounds(make_settings) -> None:
+    async with running_app(make_settings(max_filter_items=7)) as (client, _):
+        doc = (await client.get("/openapi.json")).json()
+        props = doc["components"]["schemas"]["RecommendRequest"]["properties"]
+        for name in ("include_items", "exclude_items"):
+            arrays = [b for b in props[name]["anyOf"] if b.get("type") == "array"]
+            assert arrays[0]["maxItems"] == 7
+        item_filter = doc["components"]["schemas"]["ItemFilter"]
+        assert item_filter["additionalProperties"] is False
+        assert item_filter["properties"]["added_after"]["anyOf"][0]["format"] == "date-time"
