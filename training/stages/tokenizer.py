@@ -165,7 +165,10 @@ def train_tokenizer(
     epochs = tqdm(range(1, train_config.epochs + 1), desc="tokenizer", disable=not progress)
     for epoch in epochs:
         model.train()
-        sums = np.zeros(len(DualTokenizerLoss._fields))
+        # Summed on the device, read once per epoch: a .item() per loss term and batch
+        # made a CUDA run wait on the GPU six times a step (stage C was slower on an H200
+        # than on 2 CPU cores).
+        sums = torch.zeros(len(DualTokenizerLoss._fields), device=device)
         order = torch.randperm(n_warm, generator=generator).to(device)
         batches = order.split(train_config.batch_size)
         for batch in batches:
@@ -173,8 +176,8 @@ def train_tokenizer(
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             optimizer.step()
-            sums += np.array([t.item() for t in loss])
-        means = sums / len(batches)
+            sums += torch.stack([t.detach().float() for t in loss])
+        means = (sums / len(batches)).cpu().numpy()
         if epoch % train_config.restart_every == 0 and epoch <= last_restart_epoch:
             with torch.no_grad():
                 restarted = model.sem.quantizer.restart_dead_codes(
