@@ -231,7 +231,13 @@ class RedisCatalog(CatalogStore):
         return [self.keys[k] for k in names]
 
     async def _supervise(self) -> None:
-        """Tail the event stream while up; reconnect with exponential backoff while down."""
+        """Tail the event stream while up; reconnect with exponential backoff while down.
+
+        Written out rather than left to redis-py's `Retry(ExponentialBackoff())`: a retry
+        policy repeats one command, but coming back from an outage is more than a command
+        (reload the hash, write back what Redis lost, report up/down for /readyz and the
+        metric, resume the stream at the right entry), and while down the replica must
+        answer writes with 503 at once instead of blocking them inside a retry loop."""
         backoff = self.backoff_initial_s
         while not self._closing:
             try:
