@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from training.cli_options import (
+    CommandSettings,
     ConfigOpt,
     DataOptions,
     DeviceOpt,
-    Settings,
     VariantOpt,
     data_options,
     fail,
@@ -101,7 +101,7 @@ def data_cmd(
     ctx: typer.Context, config: ConfigOpt = None, data: DataOptions = DataOptions()
 ) -> None:
     """Read, filter and split a dataset (cached), then print its summary."""
-    ds = Settings(ctx, config).data(data).load()
+    ds = CommandSettings(ctx, config).data(data).load()
     typer.echo(json.dumps(ds.summary(), indent=2))
 
 
@@ -134,7 +134,7 @@ def train_sasrec_cmd(
         train_sasrec,
     )
 
-    settings = Settings(ctx, config)
+    settings = CommandSettings(ctx, config)
     data = settings.data(data)
     train_config = settings.build(
         SASRecTrainConfig,
@@ -198,7 +198,7 @@ def train_tokenizer_cmd(
     from training.stages.sasrec import SASRecTrainConfig
     from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
-    settings = Settings(ctx, config)
+    settings = CommandSettings(ctx, config)
     data = settings.data(data)
     spec = settings.build(
         TokenizerSpec,
@@ -411,7 +411,7 @@ def train_generator_cmd(
     from training.stages.sasrec import SASRecTrainConfig
     from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
 
-    settings = Settings(ctx, config)
+    settings = CommandSettings(ctx, config)
     data = settings.data(data)
     train_config = settings.build(
         GeneratorTrainConfig,
@@ -497,7 +497,7 @@ def train_pipeline_cmd(
     if if_missing and (bundle_root / "LATEST").exists():
         typer.echo(f"{bundle_root} already holds bundle {(bundle_root / 'LATEST').read_text()}")
         return
-    settings = Settings(ctx, config)
+    settings = CommandSettings(ctx, config)
     data = settings.data(data)
     seed_flag = settings.flag("seed")  # one seed for every stage when given
     generator_train = settings.build(

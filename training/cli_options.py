@@ -213,7 +213,7 @@ def recipe_schema() -> dict:
     }
 
 
-class Settings:
+class CommandSettings:
     """A command's settings: config defaults, then the `--config` recipe, then the flags
     given on the command line (a flag left at its default does not override the file).
 

@@ -13,7 +13,7 @@ checks reject, so a typo fails at once rather than after stage A has trained. TO
 null: a field whose default is None (e.g. TokenizerSpec.codebook_size) is left out to
 keep it. Which sections apply is the command's business (`flexcode train sasrec` reads
 [data], [sasrec] and [sasrec_train]); command-line flags win over the file
-(`training.cli_options.Settings`).
+(`training.cli_options.CommandSettings`).
 """
 
 from __future__ import annotations
