@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from training.cli_options import DataOptions, DeviceOpt, VariantOpt, data_options, fail
+from models.sampled_softmax import DEFAULT_SAMPLED_NEGATIVES
+from training.cli_options import (
+    DataOptions,
+    DeviceOpt,
+    LossOpt,
+    NegativesOpt,
+    VariantOpt,
+    data_options,
+    fail,
+)
 from training.data.preprocess import ProcessedDataset
 
 if TYPE_CHECKING:  # imported lazily below: torch.distributed is slow to import
@@ -110,6 +119,11 @@ def train_sasrec_cmd(
     dropout: float = 0.2,
     lr: float = 2e-3,
     max_epochs: int = 300,
+    loss: LossOpt = "auto",
+    sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
+    eval_users: Annotated[
+        int, typer.Option(help="validation users per epoch (fixed subsample); 0 = all")
+    ] = 0,
 ) -> None:
     """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec.
     Under torchrun every process trains a DDP replica; rank 0 evaluates and saves."""
@@ -128,7 +142,14 @@ def train_sasrec_cmd(
         model_config = SASRecConfig(
             n_items=ds.n_items, max_len=max_len, hidden=hidden, n_layers=layers, dropout=dropout
         )
-        train_config = SASRecTrainConfig(lr=lr, max_epochs=max_epochs, seed=seed)
+        train_config = SASRecTrainConfig(
+            lr=lr,
+            max_epochs=max_epochs,
+            seed=seed,
+            loss=loss,
+            sampled_negatives=sampled_negatives,
+            eval_users=eval_users or None,
+        )
         torch_device = dist_ctx.device
         result = train_sasrec(ds, model_config, train_config, torch_device, distributed=dist_ctx)
         if dist_ctx.is_main:
@@ -228,6 +249,8 @@ def benchmark(
     sasrec_dropout: Annotated[
         float | None, typer.Option(help="SASRec dropout (default: SASRecConfig's)")
     ] = None,
+    sasrec_loss: LossOpt = "auto",
+    sasrec_sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
     run_dir: Annotated[
         Path | None, typer.Option(help="a `train tokenizer` run, needed by the FlexCode variants")
     ] = None,
@@ -264,7 +287,11 @@ def benchmark(
     out = out or Path("reports") / f"benchmark-{ds.name}"
     context = RunContext(
         device=resolve_device(device),
-        sasrec=SASRecTrainConfig(max_epochs=sasrec_max_epochs),
+        sasrec=SASRecTrainConfig(
+            max_epochs=sasrec_max_epochs,
+            loss=sasrec_loss,
+            sampled_negatives=sasrec_sampled_negatives,
+        ),
         # Only the settings given: a cell's key hashes this dict, so unchanged defaults
         # keep earlier runs' cells reusable.
         sasrec_model={"max_len": sasrec_max_len}
