@@ -40,6 +40,11 @@ class SASRecTrainConfig(LoopConfig):
     # training (BENCHMARKS.md, stage A at scale). Test figures always use every user.
     eval_users: int | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_users is not None and self.eval_users < 1:
+            raise ValueError(f"eval_users must be None (all) or >= 1, got {self.eval_users}")
+
 
 @dataclass
 class SASRecResult:
