@@ -32,6 +32,7 @@ The served score mixes both (`models.decoding`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,6 +45,9 @@ from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, in
 from models.config import Config, check_positive_ints
 from models.prefix_index import PathTables
 from models.tokens import CF, PAD, SEM, TokenLayout
+
+# (states (n, C), targets (n,), item vectors (R, C)) -> the summed dense-head loss.
+DenseLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class Generator(nn.Module):
         features: ItemFeatures,
         paths: PathTables | None,
         id_keep: torch.Tensor | None = None,
+        dense_loss: DenseLoss | None = None,
     ) -> dict[str, torch.Tensor]:
         """Next-item losses at every history position.
 
@@ -178,14 +183,20 @@ class Generator(nn.Module):
         constant, so every target weighs the same): {"dense": cross-entropy of the dense
         head, "generative": -log P_gen(target) under the restricted softmax, absent when
         paths is None (a model trained without its generative head)}.
+        dense_loss: the dense head's loss from (states (n, C), targets (n,), item vectors
+        (R, C)), e.g. `models.sampled_softmax.SampledSoftmax` on large catalogues; None:
+        the full softmax over all R rows.
         """
         table = self.item_vectors(features, id_keep)  # (R, C)
         states = self.encode(table[seq], seq != 0)  # (B, T, C)
         has_target = targets != 0
         state, target = states[has_target], targets[has_target]  # (n, C), (n,)
-        logits = state @ table.T  # (n, R)
-        logits[:, 0] = float("-inf")
-        losses = {"dense": F.cross_entropy(logits.float(), target, reduction="sum")}
+        if dense_loss is not None:
+            losses = {"dense": dense_loss(state, target, table)}
+        else:
+            logits = state @ table.T  # (n, R)
+            logits[:, 0] = float("-inf")
+            losses = {"dense": F.cross_entropy(logits.float(), target, reduction="sum")}
         if paths is not None:
             losses["generative"] = -self.path_log_probs(state, target, paths).sum()
         return losses

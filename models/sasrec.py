@@ -3,7 +3,8 @@
 Our strongest plain baseline and the source of the collaborative item embeddings that
 the CF codebook quantises. Trained with full-softmax cross-entropy over the catalog
 (tied input/output embeddings), which beats the original BCE-with-one-negative loss by a
-wide margin in published re-evaluations.
+wide margin in published re-evaluations; on large catalogs the trainer swaps in the
+sampled softmax (`models.sampled_softmax`) over `target_states`.
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         return self.ln_out(x)
+
+    def target_states(
+        self, seq: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """seq, targets: (B, T) as in `forward` -> (states (n, C), targets (n,), the
+        step's item table (N + 1, C)) at the n positions that have a target: what a loss
+        other than the full softmax needs."""
+        table = self.item_table()  # one id-dropout draw per step
+        states = self.encode(seq, table)  # (B, T, C)
+        mask = targets != 0
+        return states[mask], targets[mask], table
 
     def forward(
         self, seq: torch.Tensor, targets: torch.Tensor | None = None

@@ -40,6 +40,8 @@ import torch
 from training.baselines import MODEL_RUNNERS, RunContext
 from training.data.preprocess import GROUPS, ProcessedDataset
 from training.evaluate import METRICS, EvalResult, summarise
+from training.loop import LoopConfig
+from training.stages.sasrec import SASRecTrainConfig
 from training.stats import paired_bootstrap, per_user_ndcg
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,21 @@ def _ranks_key(row: str) -> str:
     return row.replace("/", "__")
 
 
+# Settings added after cells were first kept: at their defaults they are left out of a
+# cell's key, so those cells stay reusable.
+_ADDED_LATER = ("loss", "sampled_negatives", "negative_sampler")
+_ADDED_LATER_SASREC = ("eval_users",)
+
+
+def _loop_settings(config: LoopConfig) -> dict:
+    settings = config.to_dict()
+    names = _ADDED_LATER + (_ADDED_LATER_SASREC if isinstance(config, SASRecTrainConfig) else ())
+    for name in names:
+        if settings.get(name) == getattr(type(config), name):
+            del settings[name]
+    return settings
+
+
 def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunContext) -> str:
     """What a cell's result depends on: the model, the seed, the data and every setting
     the runners read (not the device, the progress bars or where models are saved)."""
@@ -76,9 +93,9 @@ def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunCont
         "model": model,
         "seed": seed,
         "dataset": dataset.fingerprint,
-        "sasrec": context.sasrec.to_dict(),
+        "sasrec": _loop_settings(context.sasrec),
         "sasrec_model": context.sasrec_model,
-        "generator": context.generator.to_dict(),
+        "generator": _loop_settings(context.generator),
         "pipeline_dir": str(context.pipeline_dir),
     }
     blob = json.dumps(settings, sort_keys=True, default=str).encode()

@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from models.sampled_softmax import DEFAULT_SAMPLED_NEGATIVES
 from training.cli_options import (
     CommandSettings,
     ConfigOpt,
     DataOptions,
     DeviceOpt,
+    LossOpt,
+    NegativesOpt,
     VariantOpt,
     data_options,
     fail,
@@ -122,6 +125,11 @@ def train_sasrec_cmd(
     dropout: float = 0.2,
     lr: float = 2e-3,
     max_epochs: int = 300,
+    loss: LossOpt = "auto",
+    sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
+    eval_users: Annotated[
+        int, typer.Option(help="validation users per epoch (fixed subsample); 0 = all")
+    ] = 0,
 ) -> None:
     """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec.
     Under torchrun every process trains a DDP replica; rank 0 evaluates and saves."""
@@ -142,6 +150,9 @@ def train_sasrec_cmd(
         lr=settings.flag("lr"),
         max_epochs=settings.flag("max_epochs"),
         seed=settings.flag("seed"),
+        loss=settings.flag("loss"),
+        sampled_negatives=settings.flag("sampled_negatives"),
+        eval_users=settings.flag("eval_users", lambda n: n or None),
     )
     dist_ctx = _start_distributed(device)
     try:
@@ -272,6 +283,8 @@ def benchmark(
     sasrec_dropout: Annotated[
         float | None, typer.Option(help="SASRec dropout (default: SASRecConfig's)")
     ] = None,
+    sasrec_loss: LossOpt = "auto",
+    sasrec_sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
     run_dir: Annotated[
         Path | None, typer.Option(help="a `train tokenizer` run, needed by the FlexCode variants")
     ] = None,
@@ -308,7 +321,11 @@ def benchmark(
     out = out or Path("reports") / f"benchmark-{ds.name}"
     context = RunContext(
         device=resolve_device(device),
-        sasrec=SASRecTrainConfig(max_epochs=sasrec_max_epochs),
+        sasrec=SASRecTrainConfig(
+            max_epochs=sasrec_max_epochs,
+            loss=sasrec_loss,
+            sampled_negatives=sasrec_sampled_negatives,
+        ),
         # Only the settings given: a cell's key hashes this dict, so unchanged defaults
         # keep earlier runs' cells reusable.
         sasrec_model={"max_len": sasrec_max_len}

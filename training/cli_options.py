@@ -36,6 +36,14 @@ _SYNTHETIC = SyntheticConfig()
 _EVENTS = EventColumns()
 
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:1 ...")]
+LossOpt = Annotated[
+    str,
+    typer.Option(
+        help="next-item softmax: full, sampled (in-batch + shared negatives, logQ), or auto "
+        "(sampled from 20,000 items on)"
+    ),
+]
+NegativesOpt = Annotated[int, typer.Option(help="shared negatives per step of the sampled loss")]
 VariantOpt = Annotated[
     str,
     typer.Option(

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.config import Config, check_positive_ints, check_range
+from models.config import Config, check_choice, check_positive_ints, check_range
+from models.sampled_softmax import (
+    DEFAULT_SAMPLED_NEGATIVES,
+    LOSSES,
+    NEGATIVE_SAMPLERS,
+    SampledSoftmax,
+    resolve_loss,
+)
 from training.data.preprocess import Sequences
 from training.device import autocast
 from training.distributed import (
@@ -63,12 +70,29 @@ class LoopConfig(Config):
     warmup_epochs: float = 1.0  # linear warmup of the learning rate
     grad_clip: float = 1.0
     seed: int = 0
+    # The next-item softmax over the catalogue (`models.sampled_softmax`): "full", or
+    # "sampled" (in-batch + `sampled_negatives` shared negatives, logQ-corrected), or
+    # "auto": full below SAMPLED_SOFTMAX_MIN_ITEMS items, sampled from there on, so
+    # per-step memory does not grow with the catalogue.
+    loss: str = "auto"
+    sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES
+    negative_sampler: str = "uniform"  # or "popularity" (training counts, +1 smoothed)
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "batch_size", "max_epochs", "patience", "plateau", "eval_every")
         check_range(self, "lr", 0, low_open=True)
         check_range(self, "weight_decay", 0)
         check_range(self, "warmup_epochs", 0)
+        check_choice(self, "loss", LOSSES)
+        check_choice(self, "negative_sampler", NEGATIVE_SAMPLERS)
+        check_range(self, "sampled_negatives", 0, integer=True)
+
+    def sampled_softmax(self, counts: np.ndarray, device: torch.device) -> SampledSoftmax | None:
+        """The sampled loss this config gives a catalogue with training-target counts
+        `counts` ((N + 1,), row 0 padding), or None for the full softmax."""
+        if resolve_loss(self.loss, len(counts) - 1) == "full":
+            return None
+        return SampledSoftmax(counts, self.sampled_negatives, self.negative_sampler, device)
 
 
 @dataclass
@@ -183,6 +207,7 @@ def fit(
             before_epoch(epoch)
         step.train()
         total = 0.0
+        epoch_started = time.perf_counter()
         mine = shard(length_bucketed_batches(lengths, config.batch_size, generator), dist_ctx)
         for batch in mine:
             width = int(lengths[batch].max())  # trim the shared left padding
@@ -202,14 +227,25 @@ def fit(
             steps += 1
             total += loss.item()
         epoch_loss = all_reduce_sum(total, dist_ctx) / (len(mine) * dist_ctx.world_size)
+        train_seconds = time.perf_counter() - epoch_started
         if epoch % config.eval_every and epoch != config.max_epochs:
             continue
         step.eval()
+        valid_started = time.perf_counter()
         metrics = validate() if dist_ctx.is_main else None
         # Every rank runs its own EarlyStopping on rank 0's score: same decisions everywhere.
         metrics = broadcast_object(metrics, dist_ctx)
         ndcg = metrics["all"]["ndcg@10"]
-        curve.append({"epoch": epoch, "loss": epoch_loss, "lr": lr, "valid_ndcg@10": ndcg})
+        curve.append(
+            {
+                "epoch": epoch,
+                "loss": epoch_loss,
+                "lr": lr,
+                "valid_ndcg@10": ndcg,
+                "train_seconds": round(train_seconds, 2),  # this epoch's batches
+                "valid_seconds": round(time.perf_counter() - valid_started, 2),
+            }
+        )
         epochs.set_postfix(loss=f"{epoch_loss:.3f}", ndcg10=f"{ndcg:.4f}", lr=f"{lr:.1e}")
         if stopper.update(ndcg):
             stopper.best = {"epoch": epoch, "valid": metrics, "state": snapshot()}

@@ -132,3 +132,20 @@ def test_compare_runs_pairs_users_across_two_output_directories(tmp_path):
     _fake_run(tmp_path / "c", {"sasrec": base}, {"dataset": "other", "users": 50})
     with pytest.raises(ValueError, match="different data"):
         compare_runs(tmp_path / "a", "flexcode", tmp_path / "c", "sasrec")
+
+
+def test_default_softmax_settings_keep_earlier_cells_keys():
+    from training.benchmark import _cell_key
+
+    dataset = load_dataset(
+        "synthetic",
+        PreprocessConfig(),
+        SyntheticConfig(n_items=300, n_interactions=3000),
+        cache_dir=None,
+    )
+    context = RunContext(device=torch.device("cpu"))
+    key = _cell_key("sasrec", 0, dataset, context)
+    explicit = replace(context, sasrec=SASRecTrainConfig(loss="auto"))
+    assert _cell_key("sasrec", 0, dataset, explicit) == key
+    forced = replace(context, sasrec=SASRecTrainConfig(loss="sampled"))
+    assert _cell_key("sasrec", 0, dataset, forced) != key

@@ -6,7 +6,9 @@ import torch
 
 from training.data.preprocess import COLD, HEAD, TAIL, EvalSet, Sequences
 from training.evaluate import (
+    EVAL_ELEMENT_BUDGET,
     MISS,
+    batch_within_budget,
     evaluate_scores,
     evaluate_topk,
     metrics_from_ranks,
@@ -88,3 +90,10 @@ def test_scores_and_topk_give_the_same_metrics():
 def test_empty_group_reports_nan():
     m = metrics_from_ranks(np.array([], dtype=np.int64))
     assert all(math.isnan(v) for v in m.values())
+
+
+def test_batches_shrink_only_on_large_catalogues():
+    assert batch_within_budget(256, 1683) == 256  # ML-100K: unchanged
+    assert batch_within_budget(256, 100_001) == 256  # 100k items: 26M elements, within
+    assert batch_within_budget(256, 10_000_001) == EVAL_ELEMENT_BUDGET // 10_000_001
+    assert batch_within_budget(256, 10**12) == 1

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.sampled_softmax import SampledSoftmax
 from models.sasrec import SASRec, SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences, warm_mask
 from training.device import autocast, seed_everything
 from training.distributed import DistContext, broadcast_module, single_process
-from training.evaluate import EvalResult, ScoreFn, evaluate_scores
+from training.evaluate import EvalResult, ScoreFn, evaluate_scores, subsample
 from training.loop import LoopConfig, fit, training_windows
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SASRecTrainConfig(LoopConfig):
-    """The shared loop's schedule (`training.loop.LoopConfig`); SASRec adds nothing."""
+    """The shared loop's schedule and next-item loss (`training.loop.LoopConfig`: `loss`
+    "auto" trains the full softmax below 20k items and the sampled one above); SASRec
+    adds which validation users each epoch reads."""
+
+    # Validation users per epoch: all (None; what every figure so far used), or a fixed
+    # random subsample: on 100k users x 70k items validation costs twice an epoch of
+    # training (BENCHMARKS.md, stage A at scale). Test figures always use every user.
+    eval_users: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_users is not None and self.eval_users < 1:
+            raise ValueError(f"eval_users must be None (all) or >= 1, got {self.eval_users}")
 
 
 @dataclass
@@ -44,14 +57,18 @@ class SASRecResult:
 
 
 class _SASRecStep(torch.nn.Module):
-    """The loop's step: the summed next-item cross-entropy of a batch."""
+    """The loop's step: the summed next-item cross-entropy of a batch, over the whole
+    catalog (sampled None) or sampled (`models.sampled_softmax.SampledSoftmax`)."""
 
-    def __init__(self, model: SASRec) -> None:
+    def __init__(self, model: SASRec, sampled: SampledSoftmax | None = None) -> None:
         super().__init__()
         self.model = model
+        self.sampled = sampled
 
     def forward(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model(seq, targets)[1]
+        if self.sampled is None:
+            return self.model(seq, targets)[1]
+        return self.sampled(*self.model.target_states(seq, targets))
 
 
 def sasrec_score_fn(model: SASRec, device: torch.device) -> ScoreFn:
@@ -91,15 +108,22 @@ def train_sasrec(
     if dist_ctx.distributed:
         # Same init on every rank (above), different dropout masks from here on.
         torch.manual_seed(train_config.seed + dist_ctx.rank)
-    validation = dataset.validation()
+    validation = subsample(dataset.validation(), train_config.eval_users, train_config.seed)
     groups = dataset.item_groups()
+    sampled = train_config.sampled_softmax(dataset.train_counts(), device)
+    logger.info(
+        "sasrec: %s softmax over %d items%s",
+        "sampled" if sampled else "full",
+        model_config.n_items,
+        f" ({train_config.sampled_negatives} shared negatives)" if sampled else "",
+    )
 
     def validate() -> dict:
         score_fn = sasrec_score_fn(model, device)
         return evaluate_scores(score_fn, validation, groups, desc="valid").metrics
 
     run = fit(
-        _SASRecStep(model),
+        _SASRecStep(model, sampled),
         windows,
         train_config,
         validate,

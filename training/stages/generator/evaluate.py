@@ -25,7 +25,13 @@ from models.generator import Generator
 from models.prefix_index import PathTables
 from training.data.preprocess import COLD, TAIL, EvalSet, Sequences
 from training.device import autocast
-from training.evaluate import EvalResult, ranks_from_scores, ranks_from_topk, summarise
+from training.evaluate import (
+    EvalResult,
+    batch_within_budget,
+    ranks_from_scores,
+    ranks_from_topk,
+    summarise,
+)
 from training.stats import per_user_ndcg
 
 TOP_K = 10  # the metrics' largest cut-off
@@ -153,11 +159,18 @@ def evaluate_exact(
 ) -> dict[float, EvalResult]:
     """Rank the WHOLE catalogue by the mixed score at each dense weight w (default: the
     model's own): no beam search, no candidate set. Both heads' scores of every item are
-    computed once per batch and mixed for every w."""
+    computed once per batch and mixed for every w. Batches shrink on large catalogues:
+    the generative scores run the decoder over every deepest prefix for every user, a
+    (users, prefixes, L + 1, C) tensor."""
     weights = (model.decoding.dense_weight,) if weights is None else tuple(weights)
     need_gen = min(weights) < 1.0
     device = model.catalogue.item_vectors.device
     n_users = len(eval_set.users)
+    vectors = model.catalogue.item_vectors
+    per_user = vectors.shape[0]
+    if need_gen:
+        per_user += model.paths.prefixes[-1].shape[0] * model.paths.depth * vectors.shape[1]
+    batch_size = batch_within_budget(batch_size, per_user)
     ranks = {w: np.empty(n_users, dtype=np.int64) for w in weights}
     starts = range(0, n_users, batch_size)
     for start in tqdm(starts, total=len(starts), desc=desc, leave=False):

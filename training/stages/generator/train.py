@@ -11,7 +11,10 @@ Every step:
     the next-item losses (dense and generative) of the items it routes, plus its load
     balancing;
   - loss = dense cross-entropy + generative_weight * (-log P_gen(target)), summed over
-    target positions; P_gen under the restricted softmax of the current hard layout.
+    target positions; P_gen under the restricted softmax of the current hard layout. The
+    dense cross-entropy is over the whole catalogue below 20k items and sampled (in-batch
+    + shared negatives, logQ-corrected; `models.sampled_softmax`) from there on, as
+    SASRec's (the config's `loss`).
 
 Before every epoch the hard layout (n_cf per item, served tokens, prefix index) is
 rebuilt from the router, so generative targets follow the router as it moves. The
@@ -36,9 +39,10 @@ from models.decoding import Catalogue, DecodingConfig
 from models.generator import Generator, GeneratorConfig
 from models.prefix_index import DeviceIndex, PathTables, build_path_tables, build_prefix_index
 from models.router import Router, RouterConfig, popularity_bands
-from training.data.preprocess import EvalSet, ProcessedDataset
+from training.data.preprocess import ProcessedDataset
 from training.device import seed_everything
 from training.distributed import DistContext, broadcast_module, broadcast_object, single_process
+from training.evaluate import subsample
 from training.loop import LoopConfig, fit, training_windows
 from training.stages.generator.evaluate import ServedModel, evaluate_served
 from training.stages.generator.inputs import ItemInputs
@@ -168,6 +172,8 @@ class GeneratorStep(torch.nn.Module):
         self.bands = torch.as_tensor(popularity_bands(inputs.counts, router.config.n_bands))
         self.bands = self.bands.to(device)
         self.paths: PathTables | None = None
+        # The dense head's loss: None (full softmax) below the config's catalogue line.
+        self.dense_loss = config.sampled_softmax(inputs.counts, device)
 
     def set_layout(self, layout: Layout) -> None:
         self.paths = layout.paths(self.counts.device)
@@ -185,19 +191,14 @@ class GeneratorStep(torch.nn.Module):
         alpha = self.router(counts)
         features = self.features.weighted(self.router.code_weights(alpha))
         generative = self.config.generative_weight > 0
-        losses = self.generator(seq, targets, features, self.paths if generative else None, keep)
+        losses = self.generator(
+            seq, targets, features, self.paths if generative else None, keep, self.dense_loss
+        )
         total = losses["dense"]
         if generative:
             total = total + self.config.generative_weight * losses["generative"]
         full_alpha = alpha if keep is None else self.router(self.counts)
         return total, self.router.load_balance(full_alpha[1:], self.bands[1:])
-
-
-def _subsample(eval_set: EvalSet, n: int | None, seed: int) -> EvalSet:
-    if n is None or n >= len(eval_set.users):
-        return eval_set
-    idx = np.sort(np.random.default_rng(seed).choice(len(eval_set.users), n, replace=False))
-    return EvalSet(eval_set.users[idx], eval_set.history.select(idx), eval_set.targets[idx])
 
 
 def train_generator(
@@ -233,7 +234,7 @@ def train_generator(
     if dist_ctx.distributed:
         torch.manual_seed(train_config.seed + dist_ctx.rank)  # same init, own dropout masks
     windows = training_windows(dataset.train_sequences(), generator_config.max_len)
-    validation = _subsample(dataset.validation(), train_config.eval_users, train_config.seed)
+    validation = subsample(dataset.validation(), train_config.eval_users, train_config.seed)
     groups = dataset.item_groups()
     decoding = DecodingConfig(
         beam_width=train_config.beam_width,
