@@ -119,9 +119,20 @@ def restrict(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     This is what makes an item's summed token log-probs log P(item): at every step the
     distribution is over the prefix's valid next tokens, not the whole vocabulary, so no
     mass leaks to tokens that cannot follow and rare prefixes are not penalised."""
-    logits = logits.masked_fill(logits.isnan(), NEG_INF)
+    return _restrict_(logits.clone(), dim)
+
+
+def _restrict_(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """`restrict` in place on a tensor the caller owns. Few passes over the (B, W, W_k)
+    candidates, which dominate a step's cost at depth 1: NaN is looked for with one
+    reduction (a model rarely emits it) and the normaliser is fixed up on the small
+    (B, W, 1) tensor, not with a full-size where. The arithmetic is the same, bit for bit:
+    logit - lse, then (by the caller) + beam score, as the reference computes it."""
+    if bool(logits.isnan().any()):
+        logits.masked_fill_(logits.isnan(), NEG_INF)
     lse = torch.logsumexp(logits, dim=dim, keepdim=True)
-    return torch.where(lse > NEG_INF, logits - lse, NEG_INF)
+    # A slice with no valid entry: -inf - 0 stays -inf (-inf - -inf would be NaN).
+    return logits.sub_(lse.masked_fill_(torch.isneginf(lse), 0.0))
 
 
 def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
@@ -130,7 +141,7 @@ def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) 
     children, -inf at padding slots."""
     # Clamped gather: padding slots read token 0 and are masked just below.
     cand = logp.gather(2, tok.clamp(min=0)).masked_fill_(tok < 0, NEG_INF)
-    return restrict(cand, dim=2).add_(score[:, :, None])
+    return _restrict_(cand, 2).add_(score[:, :, None])
 
 
 def _is_empty(index: DeviceIndex) -> bool:
@@ -338,7 +349,7 @@ def constrained_beam_search(
         if t == 0:
             # All beams are the same BOS: expand beam 0 only, over the dense root tables.
             # Candidate j is token j, so positions order candidates by token.
-            cand = restrict(logp[:, 0, :].masked_fill(root_invalid, NEG_INF), dim=1)
+            cand = _restrict_(logp[:, 0, :].masked_fill(root_invalid, NEG_INF), 1)
             if last:
                 item = root_item.expand(n_req, vocab)
             slots, tok = vocab, None

@@ -310,11 +310,15 @@ class OverlayIndex:
     what a background merge does before swapping the base.
     """
 
-    def __init__(self, base: PrefixIndex) -> None:
+    def __init__(self, base: PrefixIndex, base_ids: np.ndarray | None = None) -> None:
+        """base_ids: optional (N,) int64 the base's item ids ascending, when the caller
+        has them (`ItemTable`'s merge computes them off the serving thread): reading
+        them from a 1M-item base walks the whole trie."""
         if not isinstance(base, PrefixIndex):
             raise ValueError(f"base must be a PrefixIndex, got {type(base).__name__}")
         self.base = base
-        self._base_ids = np.sort(base.items()[1])  # for the "item id already used" check
+        # For the "item id already used" check.
+        self._base_ids = np.sort(base.items()[1]) if base_ids is None else base_ids
         self._rows = np.zeros((0, base.depth), dtype=np.int64)
         self._ids = np.zeros(0, dtype=np.int64)
         self.overlay = build_prefix_index(self._rows, self._ids, base.vocab_size)
@@ -352,14 +356,19 @@ class OverlayIndex:
         base = self.base.lookup(item_tokens)
         return np.where(base >= 0, base, self.overlay.lookup(item_tokens))
 
+    @property
+    def base_ids(self) -> np.ndarray:
+        """(N,) int64 the base's item ids, ascending (do not modify)."""
+        return self._base_ids
+
+    def added(self) -> tuple[np.ndarray, np.ndarray]:
+        """((M, depth) rows, (M,) ids) of the overlay's items, in the order they were added.
+        The arrays are replaced, never edited, by `add`: a snapshot stays valid."""
+        return self._rows, self._ids
+
     def merged(self) -> PrefixIndex:
         """One PrefixIndex over base and overlay items (the same as building from scratch)."""
-        rows, ids = self.base.items()
-        return build_prefix_index(
-            np.concatenate([rows, self._rows]),
-            np.concatenate([ids, self._ids]),
-            self.base.vocab_size,
-        )
+        return merge_rows(self.base, self._rows, self._ids)
 
     def to_tensors(self, device: torch.device | str = "cpu") -> tuple[DeviceIndex, DeviceIndex]:
         """(base, overlay) DeviceIndex pair, the `index_tensors` argument of the decoder."""
@@ -367,6 +376,15 @@ class OverlayIndex:
         if key not in self._base_tensors:
             self._base_tensors[key] = self.base.to_tensors(device)
         return self._base_tensors[key], self.overlay.to_tensors(device)
+
+
+def merge_rows(base: PrefixIndex, rows: np.ndarray, ids: np.ndarray) -> PrefixIndex:
+    """The PrefixIndex of base's items plus (M, depth) `rows` with (M,) `ids` (built from
+    scratch: the same index whatever was added when)."""
+    base_rows, base_ids = base.items()
+    return build_prefix_index(
+        np.concatenate([base_rows, rows]), np.concatenate([base_ids, ids]), base.vocab_size
+    )
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,14 @@ _bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+# Plain reads of app.state: `async def`, so FastAPI calls them on the event loop. A sync
+# dependency is run in the thread pool, a thread hop per dependency per request that cost
+# more than the dense head's whole inference at batch 32 (BENCHMARKS.md, the service).
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -52,11 +55,11 @@ def _started(request: Request, name: str):
     return value
 
 
-def get_histories(request: Request) -> UserHistories:
+async def get_histories(request: Request) -> UserHistories:
     return _started(request, "histories")
 
 
-def get_swapper(request: Request) -> BundleSwapper:
+async def get_swapper(request: Request) -> BundleSwapper:
     return _started(request, "swapper")
 
 
@@ -67,7 +70,7 @@ HistoriesDep = Annotated[UserHistories, Depends(get_histories)]
 SwapperDep = Annotated[BundleSwapper, Depends(get_swapper)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

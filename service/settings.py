@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     user_history_max: int = Field(200, ge=1, le=100_000)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     batch_max_size: int = Field(32, ge=1, le=4096)
-    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    # 0: a batch runs as soon as the inference thread is free (service/batching.py).
+    batch_max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
     log_level: str = "info"
 
     # Start-up: one recommend and one encode before the service reports ready.

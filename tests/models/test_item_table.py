@@ -204,3 +204,78 @@ def test_withdrawn_rows_stay_indexed_and_can_be_reinstated(contents):
         table.set_withdrawn(np.array([0]), True)
     with pytest.raises(ValueError):
         table.set_withdrawn(np.array([table.n_rows]), True)
+
+
+def decode_all(table: ItemTable, seed: int = 0):
+    """What the decoder gives on the table's current catalogue: a beam search (items,
+    scores, tokens) and the teacher-forced score and item of every row."""
+    from models.beam_search import constrained_beam_search
+    from tests.models.test_beam_search import make_table_model
+
+    cat = table.catalogue()
+    vocab, depth = cat.index[0].vocab_size, cat.item_tokens.shape[1]
+    step_fn = make_table_model(seed, depth, vocab)
+    beam = constrained_beam_search(step_fn, cat.index, 2, 12, 12)
+    logits = torch.randn(cat.n_rows, depth, vocab, generator=torch.Generator().manual_seed(seed))
+    scores, items = sequence_log_probs(logits, cat.item_tokens, cat.index)
+    return beam, scores, items
+
+
+def assert_same_decoding(a, b) -> None:
+    (a_beam, a_scores, a_items), (b_beam, b_scores, b_items) = a, b
+    for x, y in zip(a_beam, b_beam, strict=True):
+        assert torch.equal(x, y)
+    assert torch.equal(a_scores, b_scores) and torch.equal(a_items, b_items)
+
+
+def test_a_background_merge_changes_no_result(contents):
+    """The overlay folded into the base (build on any thread, swap on the serving one):
+    beam search and teacher-forced scores are the same before and after, bit for bit, and
+    an item added between the snapshot and the swap stays servable."""
+    table = make_table(contents)
+    toks = fresh_tokens(contents, [1, 3, 5, 7, 9, 11])
+    rows = table.add(vectors(6), toks)
+    job = table.merge_job()
+    late_toks = fresh_tokens(contents, [2], taken=toks)
+    (late,) = table.add(vectors(1, seed=5), late_toks)  # lands while the merge builds
+    during = decode_all(table)
+    merged = job()  # what the merge thread runs
+    assert table.install_merge(merged)
+    assert table.overlay.n_added == 1  # only the late item is left in the overlay
+    assert_same_decoding(decode_all(table), during)
+    assert found_rows(table, toks) == rows.tolist() and found_rows(table, late_toks) == [late]
+    # A second round empties the overlay; the decoder then skips it.
+    assert table.install_merge(table.merge_job()())
+    assert table.overlay.n_added == 0 and table.merge_job() is None
+    assert_same_decoding(decode_all(table), during)
+    # The base now holds every item: the same index as one built from scratch.
+    full = build_prefix_index(
+        np.concatenate([contents.item_tokens[1:], toks, late_toks]),
+        np.concatenate([np.arange(1, N_ITEMS + 1), rows, [late]]),
+        contents.layout.vocab_size,
+    )
+    for x, y in zip(table.catalogue().index[0].tokens, full.to_tensors().tokens, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_a_replace_after_a_merge_and_a_stale_merge(contents):
+    """Replacing a row that a merge put into the base rebuilds from the bundle's index (its
+    tokens are free again); a merge snapshotted before such a rebuild is not installed."""
+    table = make_table(contents)
+    toks = fresh_tokens(contents, [2, 4])
+    (a, b) = table.add(vectors(2), toks)
+    assert table.install_merge(table.merge_job()())
+    stale = table.merge_job()
+    assert stale is None  # nothing left to merge
+    (c,) = table.add(vectors(1, seed=1), fresh_tokens(contents, [6], taken=toks))
+    stale = table.merge_job()
+    # Replace a (in the merged base) by an item with the same tokens.
+    (d,) = table.add(vectors(1, seed=2), toks[:1], retire=[a])
+    assert not table.live[a] and found_rows(table, toks) == [d, b]
+    assert not table.install_merge(stale())  # built before the rebuild: dropped
+    assert found_rows(table, toks) == [d, b]
+    before = decode_all(table)
+    assert table.install_merge(table.merge_job()())
+    assert table.overlay.n_added == 0 and found_rows(table, toks) == [d, b]
+    assert found_rows(table, table.tokens[[c]].numpy()) == [c]
+    assert_same_decoding(decode_all(table), before)

@@ -305,3 +305,26 @@ async def test_wrong_text_encoder_stops_start_up(make_settings) -> None:
     with pytest.raises(StartupError, match="other-model"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def test_added_items_are_merged_in_the_background(make_settings, monkeypatch) -> None:
+    """Added items go to the overlay at once, and are folded into the base index off the
+    inference thread a moment later; recommendations are the same before and after."""
+    import service.engine
+
+    monkeypatch.setattr(service.engine, "MERGE_DELAY_S", 0.2)
+    async with running_app(make_settings()) as (client, app):
+        new = [{"item_id": f"merge-{i}", "title": f"Thing {i}"} for i in range(4)]
+        assert (await client.post("/items", json={"items": new})).status_code == 200
+        table = app.state.engine._rec.table  # white-box: the index the decoder reads
+        assert table.overlay.n_added == 4
+        bodies = [
+            {"history": ["merge-1"], "k": 60, "beam_width": 80},
+            {"history": ["item-5", "item-9", "item-12"], "k": 10},
+        ]
+        before = [(await client.post("/recommend", json=b)).json() for b in bodies]
+        await app.state.engine.merged()
+        assert table.overlay.n_added == 0 and table.merge_job() is None
+        after = [(await client.post("/recommend", json=b)).json() for b in bodies]
+        assert after == before
+        assert {"merge-0", "merge-2"} & {it["item_id"] for it in after[0]["items"]}
