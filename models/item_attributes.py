@@ -102,7 +102,14 @@ class ItemAttributes:
         self.n_rows = len(ptr) - 1
         if self.n_rows < 1 or ptr[0] != 0 or ptr[-1] != len(ids):
             raise ValueError("category ptr must be (R + 1,) from 0 to len(ids)")
-        self._key_id = {str(n).casefold(): i for i, n in enumerate(np.asarray(names).tolist())}
+        spellings = [str(n) for n in np.asarray(names).tolist()]
+        self._key_id = {n.casefold(): i for i, n in enumerate(spellings)}
+        # Category id -> the name as first spelt (bundle names, then added items' new ones):
+        # what an item's view shows.
+        self._spelling = spellings
+        # The bundle's CSR itself, kept for one row's categories (an item's view): the
+        # inverted index below answers "which rows", this one "which categories".
+        self._ptr, self._ids = ptr, ids
         # Inverted index of the bundle rows: category c's rows are rows[cptr[c]:cptr[c+1]].
         owner = np.repeat(np.arange(self.n_rows, dtype=np.int64), np.diff(ptr))
         order = np.argsort(ids, kind="stable")
@@ -110,8 +117,13 @@ class ItemAttributes:
         self._base_ptr = np.zeros(len(self._key_id) + 1, dtype=np.int64)
         np.cumsum(np.bincount(ids, minlength=len(self._key_id)), out=self._base_ptr[1:])
         # Added rows' categories: flat (row, category id) pairs; few, matched by np.isin.
-        self._added_rows = np.zeros(0, dtype=np.int64)
-        self._added_cats = np.zeros(0, dtype=np.int64)
+        # One tuple, replaced whole by add(): a reader on another thread (an item's view
+        # is read on the event loop, adds run on the inference thread) never sees rows
+        # and categories of different lengths.
+        self._added: tuple[np.ndarray, np.ndarray] = (
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+        )
         self.added_at = np.full(self.n_rows, float(bundle_added_at), dtype=np.float64)
         self.added_at[0] = np.nan  # padding: never in any time window
 
@@ -126,9 +138,16 @@ class ItemAttributes:
         for row, cats in zip(rows.tolist(), categories, strict=True):
             for name in split_categories(cats):
                 pairs_rows.append(row)
-                pairs_cats.append(self._key_id.setdefault(name.casefold(), len(self._key_id)))
-        self._added_rows = np.concatenate([self._added_rows, np.asarray(pairs_rows, np.int64)])
-        self._added_cats = np.concatenate([self._added_cats, np.asarray(pairs_cats, np.int64)])
+                key = name.casefold()
+                if key not in self._key_id:
+                    self._key_id[key] = len(self._spelling)
+                    self._spelling.append(name)
+                pairs_cats.append(self._key_id[key])
+        added_rows, added_cats = self._added
+        self._added = (
+            np.concatenate([added_rows, np.asarray(pairs_rows, np.int64)]),
+            np.concatenate([added_cats, np.asarray(pairs_cats, np.int64)]),
+        )
         self.added_at = np.concatenate([self.added_at, np.asarray(added_at, np.float64)])
         self.n_rows += len(rows)
 
@@ -140,16 +159,21 @@ class ItemAttributes:
         cats = np.fromiter(wanted, dtype=np.int64)
         base = cats[cats < len(self._base_ptr) - 1]
         parts = [self._base_rows[self._base_ptr[c] : self._base_ptr[c + 1]] for c in base]
-        parts.append(self._added_rows[np.isin(self._added_cats, cats)])
+        added_rows, added_cats = self._added
+        parts.append(added_rows[np.isin(added_cats, cats)])
         return np.concatenate(parts)
 
     def categories_of(self, row: int) -> list[str]:
-        """One row's categories (for display and tests; not used to build masks)."""
-        by_id = {i: k for k, i in self._key_id.items()}
-        inv = np.flatnonzero(self._base_rows == row)
-        cats = np.searchsorted(self._base_ptr, inv, side="right") - 1
-        added = self._added_cats[self._added_rows == row]
-        return sorted(by_id[int(c)] for c in np.concatenate([cats, added]))
+        """One row's categories, in the item's own order, each name as the catalogue first
+        spelt it (names match without regard to case); [] for an unknown row. For an
+        item's view: a CSR slice for a bundle row, a scan of the (few) added pairs."""
+        if 0 < row < len(self._ptr) - 1:
+            cats = self._ids[self._ptr[row] : self._ptr[row + 1]]
+        else:
+            added_rows, added_cats = self._added
+            cats = added_cats[added_rows == row]
+        spelling = self._spelling  # only ever appended to
+        return [spelling[int(c)] for c in cats]
 
     def allowed(self, rule: RowFilter) -> np.ndarray:
         """(R,) bool, the rows the rule allows (liveness, retirements and the history's

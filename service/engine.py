@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,14 @@ class EngineStatus:
     retired_items: int
     store_mode: str
     store_up: bool
+
+
+@dataclass(frozen=True)
+class ItemDetails(ItemView):
+    """An item as the item routes show it: the model state's view plus its categories
+    (what `filter.categories` matches it on)."""
+
+    categories: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -324,14 +332,22 @@ class Engine:
         rows = self._rec.resolve(list(item_ids))
         return [i for i, row in zip(item_ids, rows, strict=True) if row < 1]
 
-    async def get_item(self, item_id: str) -> ItemView:
+    def _view(self, item_id: str) -> ItemDetails | None:
         view = self._rec.view(item_id)
+        if view is None:
+            return None
+        row = int(self._rec.resolve([item_id])[0])
+        categories = self._rec.attributes.categories_of(row)
+        return ItemDetails(**asdict(view), categories=categories)
+
+    async def get_item(self, item_id: str) -> ItemDetails:
+        view = self._view(item_id)
         if view is None:
             self._metrics.cache_misses.inc()
             record = await self._store.get(item_id)  # another replica's, not yet streamed
             if record is not None:
                 await self._apply_records([record])
-                view = self._rec.view(item_id)
+                view = self._view(item_id)
         else:
             self._metrics.cache_hits.inc()
         if view is None:
@@ -341,7 +357,7 @@ class Engine:
     # --- cold start ---
     async def add_items(
         self, items: list[NewItemInput], replace: bool
-    ) -> list[tuple[str, ItemView]]:
+    ) -> list[tuple[str, ItemDetails]]:
         """(status, view) per item, in order: added | replaced | unchanged."""
         rows = self._rec.resolve([it.item_id for it in items])
         in_bundle = (rows >= 1) & (rows <= self._rec.n_bundle)
@@ -378,14 +394,14 @@ class Engine:
             self._metrics.items_restored.inc(len(retired))
         out = []
         for it in items:
-            view = self._rec.view(it.item_id)
+            view = self._view(it.item_id)
             if view is None:  # cannot happen unless a record was refused locally
                 raise RuntimeError(f"item {it.item_id!r} was stored but is not in the catalog")
             out.append((outcomes.get(it.item_id, STATUS_UNCHANGED), view))
         return out
 
     # --- retiring ---
-    async def retire(self, item_id: str, retired: bool) -> ItemView:
+    async def retire(self, item_id: str, retired: bool) -> ItemDetails:
         """Retire (retired=True) or restore a bundle or added item, for every replica and
         every bundle version. NotFound for an id the catalog does not have."""
         await self.get_item(item_id)
@@ -393,7 +409,7 @@ class Engine:
         (change,) = await self._store.retire([item_id], retired)
         if change.seq > (held.seq if held else 0):  # a change, not a repeat
             (self._metrics.items_retired if retired else self._metrics.items_restored).inc()
-        view = self._rec.view(item_id)
+        view = self._view(item_id)
         assert view is not None
         return view
 

@@ -387,6 +387,12 @@ class ItemPublic(BaseModel):
     alpha: float = Field(description="The router's CF share")
     n_cf: int = Field(description="Lcol: how many of the L code tokens are collaborative")
     added_at: float | None = None
+    categories: list[str] = Field(
+        default_factory=list,
+        description="The item's categories (bundle items: the dataset's; added items: those "
+        "POST /items gave), each as the catalog first spelt it; what filter.categories "
+        "matches, without regard to case",
+    )
     retired: bool = Field(
         False,
         description="Retired (DELETE /items/{item_id}): never recommended, still read in histories",

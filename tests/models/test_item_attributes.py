@@ -53,7 +53,10 @@ def test_masks_of_every_rule_and_added_rows():
     assert allowed(added_after=2000.0) == [6, 7]  # [after, before): after inclusive
     assert allowed(added_before=2000.0) == [1, 2, 3, 4, 5]
     assert allowed(added_after=1500.0, added_before=3000.0, categories=("B",)) == [6]
-    assert attrs.categories_of(2) == ["a", "b"] and attrs.categories_of(6) == ["b", "new"]
+    # An item's categories in its own order, spelt as the catalogue first spelt them.
+    assert attrs.categories_of(2) == ["A", "B"] and attrs.categories_of(6) == ["B", "New"]
+    assert attrs.categories_of(4) == [] and attrs.categories_of(7) == []
+    assert attrs.categories_of(0) == [] and attrs.categories_of(99) == []
     with pytest.raises(ValueError, match="continue the catalogue from row 8"):
         attrs.add(np.array([9]), [()], [1.0])
 

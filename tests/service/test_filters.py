@@ -157,6 +157,25 @@ async def _freshness(client, app) -> None:
     assert "fresh-0" in ids_of(r) and len(ids_of(r)) == 12
 
 
+async def test_item_view_shows_categories(make_settings) -> None:
+    """GET /items/{id} shows what filter.categories matches: a bundle item's categories
+    from the dataset, an added item's from POST /items (names the catalog has keep its
+    spelling), none for an item without any; DELETE shows them too."""
+    async with running_app(make_settings()) as (client, _):
+        r = await client.get("/items/item-5")
+        assert r.status_code == 200, r.text
+        assert r.json()["categories"] == ["cat-1", "Comedy"]
+        assert (await client.get("/items/item-6")).json()["categories"] == ["cat-2"]
+        _, fresh = await add_fresh_items(client, ["space, comedy", None])
+        assert (await client.get(f"/items/{fresh[0]}")).json()["categories"] == [
+            "space",
+            "Comedy",
+        ]
+        assert (await client.get(f"/items/{fresh[1]}")).json()["categories"] == []
+        r = await client.delete("/items/item-5")
+        assert r.status_code == 200 and r.json()["categories"] == ["cat-1", "Comedy"]
+
+
 async def test_freshness_filter_with_added_items(make_settings) -> None:
     async with running_app(make_settings()) as (client, app):
         await _freshness(client, app)
