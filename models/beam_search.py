@@ -175,36 +175,85 @@ def _check_index(index_tensors: object) -> tuple[DeviceIndex, DeviceIndex | None
 INT64_MAX = torch.iinfo(torch.int64).max
 
 
-def _sorted_allowed(allowed: torch.Tensor) -> torch.Tensor:
-    """(B, P) item ids, -1 padding anywhere -> (B, P) ascending, padding as INT64_MAX
-    (last), so batched searchsorted can test membership."""
-    return torch.where(allowed >= 0, allowed, INT64_MAX).sort(dim=1).values
+class _AllowedItems:
+    """A batch's allowed items in the form the search tests them with, per request.
 
+    Sparse (from (B, P) int64 ids, P small: an allowlist): the ids sorted, and per trie the
+    allowed items' leaf positions sorted; membership and "how many allowed items lie in
+    the leaf run [lo, hi)" are batched searchsorted calls. Dense (from a (B, R) bool row
+    mask: a broad filter such as a category or a denylist): the mask itself, and per trie
+    the prefix counts of allowed leaves in leaf order, (B, n + 1) int32; both tests are
+    gathers. Listing a broad filter's ids instead cost 8 of 10 s of a 1M-item batch of
+    32 (BENCHMARKS.md, filters at 1M items)."""
 
-def _leaf_positions(index: DeviceIndex, allowed: torch.Tensor) -> torch.Tensor:
-    """(B, P) sorted allowed item ids -> (B, P) ascending leaf positions in this trie of the
-    allowed items it holds, INT64_MAX for the rest (`DeviceIndex.leaf_pos`)."""
-    ids = index.leaf_ids
-    if ids is None:
-        raise ValueError("an index without leaf tables (build it with PrefixIndex.to_tensors)")
-    if ids.shape[0] == 0:
-        return torch.full_like(allowed, INT64_MAX)
-    at = torch.searchsorted(ids, allowed).clamp_(max=ids.shape[0] - 1)
-    found = ids[at] == allowed
-    return torch.where(found, index.leaf_pos[at], INT64_MAX).sort(dim=1).values
+    def __init__(self, allowed: torch.Tensor, base: DeviceIndex, over: DeviceIndex | None):
+        self.dense = allowed.dtype == torch.bool
+        if self.dense:
+            self.mask = allowed
+            self.base = self._prefix_counts(base)
+            self.over = self._prefix_counts(over) if over is not None else None
+        else:
+            if allowed.shape[1] == 0:  # nothing allowed: one padding column keeps shapes
+                allowed = torch.full((allowed.shape[0], 1), -1, dtype=torch.int64)
+            # Padding as INT64_MAX sorts last, so searchsorted can test membership.
+            ids = torch.where(allowed >= 0, allowed, INT64_MAX).sort(dim=1).values
+            self.ids = ids
+            self.base = self._leaf_positions(base)
+            self.over = self._leaf_positions(over) if over is not None else None
 
+    @staticmethod
+    def _leaf_ids(index: DeviceIndex) -> tuple[torch.Tensor, torch.Tensor]:
+        if index.leaf_ids is None or index.leaf_pos is None:
+            raise ValueError("an index without leaf tables (build it with PrefixIndex.to_tensors)")
+        return index.leaf_ids, index.leaf_pos
 
-def _live_nodes(
-    index: DeviceIndex, depth: int, nodes: torch.Tensor, positions: torch.Tensor
-) -> torch.Tensor:
-    """(B, X) local node ids of `depth` (-1 = none), (B, P) sorted allowed leaf positions
-    -> (B, X) bool: some allowed item lies below the node. Two batched searchsorted
-    calls: the count of allowed positions in the node's leaf run [lo, hi)."""
-    lo_table, hi_table = index.leaf_lo[depth - 1], index.leaf_hi[depth - 1]
-    rows = torch.where(nodes >= 0, nodes, lo_table.shape[0] - 1)  # padding row: [0, 0)
-    lo, hi = lo_table[rows], hi_table[rows]
-    count = torch.searchsorted(positions, hi) - torch.searchsorted(positions, lo)
-    return (count > 0) & (nodes >= 0)
+    def _prefix_counts(self, index: DeviceIndex) -> torch.Tensor:
+        """(B, n + 1) int32: allowed leaves among the trie's first j leaf positions."""
+        ids, pos = self._leaf_ids(index)
+        n_req, n = self.mask.shape[0], ids.shape[0]
+        if n and int(ids[-1]) >= self.mask.shape[1]:  # leaf_ids ascend: the last is the max
+            raise ValueError(
+                f"allowed mask covers rows 0..{self.mask.shape[1] - 1}, but the index holds "
+                f"item {int(ids[-1])}"
+            )
+        in_order = torch.zeros(n_req, n, dtype=torch.int32, device=self.mask.device)
+        in_order[:, pos] = self.mask[:, ids].to(torch.int32)
+        counts = torch.zeros(n_req, n + 1, dtype=torch.int32, device=self.mask.device)
+        torch.cumsum(in_order, dim=1, out=counts[:, 1:])
+        return counts
+
+    def _leaf_positions(self, index: DeviceIndex) -> torch.Tensor:
+        """(B, P) ascending leaf positions in this trie of the allowed items it holds,
+        INT64_MAX for the rest (`DeviceIndex.leaf_pos`)."""
+        ids, pos = self._leaf_ids(index)
+        if ids.shape[0] == 0:
+            return torch.full_like(self.ids, INT64_MAX)
+        at = torch.searchsorted(ids, self.ids).clamp_(max=ids.shape[0] - 1)
+        found = ids[at] == self.ids
+        return torch.where(found, pos[at], INT64_MAX).sort(dim=1).values
+
+    def holds(self, item: torch.Tensor) -> torch.Tensor:
+        """(B, C) item ids (-1 = none) -> (B, C) bool: the item is allowed."""
+        if self.dense:
+            return self.mask.gather(1, item.clamp(min=0)) & (item >= 0)
+        at = torch.searchsorted(self.ids, item.contiguous()).clamp_(max=self.ids.shape[1] - 1)
+        return (self.ids.gather(1, at) == item) & (item >= 0)
+
+    def live_nodes(
+        self, index: DeviceIndex, overlay: bool, depth: int, nodes: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, X) local node ids of `depth` in the base trie or the overlay (-1 = none)
+        -> (B, X) bool: some allowed item lies below the node, i.e. in its leaf run
+        [lo, hi) (`DeviceIndex.leaf_lo`)."""
+        table = self.over if overlay else self.base
+        lo_table, hi_table = index.leaf_lo[depth - 1], index.leaf_hi[depth - 1]
+        rows = torch.where(nodes >= 0, nodes, lo_table.shape[0] - 1)  # padding row: [0, 0)
+        lo, hi = lo_table[rows], hi_table[rows]
+        if self.dense:
+            count = table.gather(1, hi) - table.gather(1, lo)
+        else:
+            count = torch.searchsorted(table, hi) - torch.searchsorted(table, lo)
+        return (count > 0) & (nodes >= 0)
 
 
 def _live_candidates(
@@ -214,25 +263,24 @@ def _live_candidates(
     node_b: torch.Tensor,
     node_o: torch.Tensor,
     tok: torch.Tensor | None,
-    pos_b: torch.Tensor,
-    pos_o: torch.Tensor | None,
+    allowed: _AllowedItems,
     root_b: torch.Tensor,
     root_o: torch.Tensor,
 ) -> torch.Tensor:
     """(B, C) bool, in the candidate layout of step t (not the last): the candidate's
     prefix has an allowed item below it, in either trie. tok: (B, W, S) the step's child
     tokens (None at t = 0, where candidate j is token j)."""
-    n_req = pos_b.shape[0]
+    n_req = node_b.shape[0]
     if t == 0:
-        live = _live_nodes(base, 1, root_b.expand(n_req, -1), pos_b)
+        live = allowed.live_nodes(base, False, 1, root_b.expand(n_req, -1))
         if over is not None:
-            live |= _live_nodes(over, 1, root_o.expand(n_req, -1), pos_o)
+            live |= allowed.live_nodes(over, True, 1, root_o.expand(n_req, -1))
         return live
     tb = base.tokens[t - 1]
     rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1).view(-1)
     kid_b = base.children[t - 1].index_select(0, rows_b)  # (B * W, Wb) depth t + 1
     wb = kid_b.shape[1]
-    live = _live_nodes(base, t + 1, kid_b.view(n_req, -1), pos_b)
+    live = allowed.live_nodes(base, False, t + 1, kid_b.view(n_req, -1))
     if over is None:
         return live
     to = over.tokens[t - 1]
@@ -243,8 +291,9 @@ def _live_candidates(
     tok_b = tok.view(n_req * node_b.shape[1], -1)[:, :wb]
     _, shared_o = _lookup_sorted(tok_o, kids_o, tok_b)
     live_b = live.view(n_req * node_b.shape[1], wb)
-    live_b |= _live_nodes(over, t + 1, shared_o.view(n_req, -1), pos_o).view_as(live_b)
-    live_o = _live_nodes(over, t + 1, kids_o.view(n_req, -1), pos_o).view(-1, kids_o.shape[1])
+    live_b |= allowed.live_nodes(over, True, t + 1, shared_o.view(n_req, -1)).view_as(live_b)
+    live_o = allowed.live_nodes(over, True, t + 1, kids_o.view(n_req, -1))
+    live_o = live_o.view(-1, kids_o.shape[1])
     return torch.cat([live_b, live_o], dim=1).view(n_req, -1)
 
 
@@ -274,7 +323,8 @@ def constrained_beam_search(
         spend beams on prefixes whose items are all excluded: to still get top_k results,
         give a margin, beam_width >= top_k + (excluded items likely in the top), e.g.
         top_k + E.
-    allowed: optional (B, P) int64 item ids, -1 padding: the ONLY items request b may get
+    allowed: optional (B, P) int64 item ids, -1 padding, or a (B, R) bool mask over item
+        rows (cheaper when many items are allowed): the ONLY items request b may get
         (a business-rule filter). Unlike `exclude`, it prunes at every step: a prefix is a
         candidate only when some allowed item lies below it (two searchsorted calls over
         the trie's leaf runs, `DeviceIndex.leaf_lo`), so no beam is spent on a prefix
@@ -312,17 +362,16 @@ def constrained_beam_search(
             raise ValueError(f"exclude must be ({n_req}, E), got {tuple(exclude.shape)}")
         # Sorted rows let one batched searchsorted test every candidate item.
         exclude = exclude.to(device).sort(dim=1).values if exclude.shape[1] else None
-    pos_b = pos_o = None
+    allowed_items = None
     if allowed is not None:
-        if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.int64:
-            raise ValueError("allowed must be an int64 tensor (B, P) of item ids, -1 padding")
+        if not isinstance(allowed, torch.Tensor) or allowed.dtype not in (torch.int64, torch.bool):
+            raise ValueError(
+                "allowed must be an int64 tensor (B, P) of item ids, -1 padding, or a bool "
+                "tensor (B, R) over item rows"
+            )
         if allowed.ndim != 2 or allowed.shape[0] != n_req:
-            raise ValueError(f"allowed must be ({n_req}, P), got {tuple(allowed.shape)}")
-        if allowed.shape[1] == 0:  # nothing allowed: one padding column keeps shapes valid
-            allowed = torch.full((n_req, 1), -1, dtype=torch.int64)
-        allowed = _sorted_allowed(allowed.to(device))
-        pos_b = _leaf_positions(base, allowed)
-        pos_o = _leaf_positions(over, allowed) if over is not None else None
+            raise ValueError(f"allowed must be ({n_req}, P or R), got {tuple(allowed.shape)}")
+        allowed_items = _AllowedItems(allowed.to(device), base, over)
 
     # Root step tables (constant per call): valid first tokens of the merged index, and
     # each first token's child in either trie.
@@ -384,15 +433,12 @@ def constrained_beam_search(
         if item is not None and exclude is not None:
             pos = torch.searchsorted(exclude, item.contiguous()).clamp_(max=exclude.shape[1] - 1)
             cand.masked_fill_(exclude.gather(1, pos) == item, NEG_INF)
-        if allowed is not None:
+        if allowed_items is not None:
             if item is not None:  # leaves: the item itself must be allowed
-                pos = torch.searchsorted(allowed, item.contiguous()).clamp_(
-                    max=allowed.shape[1] - 1
-                )
-                cand.masked_fill_((allowed.gather(1, pos) != item) | (item < 0), NEG_INF)
+                cand.masked_fill_(~allowed_items.holds(item), NEG_INF)
             else:  # a prefix: some allowed item must lie below it
                 live = _live_candidates(
-                    base, over, t, node_b, node_o, tok, pos_b, pos_o, root_b, root_o
+                    base, over, t, node_b, node_o, tok, allowed_items, root_b, root_o
                 )
                 cand.masked_fill_(~live, NEG_INF)
         if cand.shape[1] < width:  # fewer candidates than beams (root step, tiny vocab)

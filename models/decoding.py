@@ -52,6 +52,9 @@ from models.config import Config, check_positive_ints, check_range
 from models.prefix_index import DeviceIndex
 
 NEG_INF = float("-inf")
+# Up to this many allowed rows per request, a filter reaches the beam search as a list of
+# ids; above it, as the (B, R) row mask (`constrained_beam_search`, `allowed`).
+SPARSE_ALLOWED_MAX = 4096
 IndexTensors = DeviceIndex | tuple[DeviceIndex, DeviceIndex]
 
 
@@ -289,7 +292,14 @@ def find_candidates(
         width = config.beam_width
         # With a filter the beam gets the rows it may return (exclusions and dead rows
         # taken out too), so it prunes prefixes whose allowed rows are all excluded.
-        beam_allowed = rows_of(~blocked) if allowed is not None else None
+        beam_allowed = None
+        if allowed is not None:
+            open_rows = ~blocked
+            # A short list of ids (an allowlist) is tested by searchsorted; many allowed
+            # rows (a category, a denylist) go as the mask itself, which the search reads
+            # by gathers: listing a million ids per request cost seconds per batch.
+            few = int(open_rows.sum(dim=1).max()) <= SPARSE_ALLOWED_MAX if batch else True
+            beam_allowed = rows_of(open_rows) if few else open_rows
         beam_rows, _, _ = constrained_beam_search(
             step, catalogue.index, batch, width, width, exclude=exclude, allowed=beam_allowed
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models import decoding
 from models.beam_search import constrained_beam_search
 from models.decoding import DecodingConfig, recommend_top_k, rows_of
 from models.prefix_index import OverlayIndex, build_prefix_index
@@ -26,6 +27,14 @@ def allowed_ids(ids: np.ndarray, sizes: list[int], seed: int) -> torch.Tensor:
     for b, size in enumerate(sizes):
         out[b, :size] = torch.from_numpy(rng.choice(ids, size, replace=False))
     return out
+
+
+def as_mask(allowed: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """(B, P) allowed ids, -1 padding -> the same sets as a (B, n_rows) bool row mask."""
+    mask = torch.zeros(allowed.shape[0], n_rows, dtype=torch.bool)
+    mask.scatter_(1, allowed.clamp(min=0), allowed >= 0)
+    mask[:, 0] &= (allowed == 0).any(dim=1)  # -1 padding landed on row 0
+    return mask
 
 
 def test_leaf_ranges_cover_exactly_the_items_below_each_node():
@@ -47,7 +56,8 @@ def test_leaf_ranges_cover_exactly_the_items_below_each_node():
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("overlay", [False, True])
-def test_allowed_matches_the_reference_and_never_emits_a_masked_item(seed, overlay):
+@pytest.mark.parametrize("form", ["ids", "mask"])
+def test_allowed_matches_the_reference_and_never_emits_a_masked_item(seed, overlay, form):
     rows, ids, vocab = random_catalog(seed + 40, n=220)
     if overlay:
         n_base = rows.shape[0] - 30
@@ -60,7 +70,8 @@ def test_allowed_matches_the_reference_and_never_emits_a_masked_item(seed, overl
     # Tiny, small, large and empty allowed sets; a beam narrower than the small ones.
     allowed = allowed_ids(ids, [1, 7, len(ids) // 2, 0], seed)
     batch, width, top_k = 4, 5, 5
-    got = constrained_beam_search(step_fn, index, batch, width, top_k, allowed=allowed)
+    given = allowed if form == "ids" else as_mask(allowed, int(ids.max()) + 1)
+    got = constrained_beam_search(step_fn, index, batch, width, top_k, allowed=given)
     want = reference_beam_search(step_fn, rows, ids, batch, width, top_k, allowed=allowed)
     # (the helper needs one result per request: the last one, allowed nothing, has none)
     assert_matches_reference(tuple(x[:3] for x in got), want[:3], rows, ids)
@@ -98,10 +109,19 @@ def test_allowed_argument_checks():
     step_fn = make_table_model(1, rows.shape[1], vocab)
     with pytest.raises(ValueError, match="int64"):
         constrained_beam_search(step_fn, index, 2, 3, 3, allowed=torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"\(2, P\)"):
+    with pytest.raises(ValueError, match=r"\(2, P or R\)"):
         constrained_beam_search(
             step_fn, index, 2, 3, 3, allowed=torch.zeros(3, 3, dtype=torch.int64)
         )
+
+
+def test_a_mask_narrower_than_the_index_is_refused():
+    rows, ids, vocab = random_catalog(1, n=40)
+    index = build_prefix_index(rows, ids, vocab).to_tensors()
+    step_fn = make_table_model(1, rows.shape[1], vocab)
+    narrow = torch.ones(2, int(ids.max()), dtype=torch.bool)  # misses the largest id
+    with pytest.raises(ValueError, match="allowed mask covers rows"):
+        constrained_beam_search(step_fn, index, 2, 3, 3, allowed=narrow)
 
 
 def test_rows_of():
@@ -116,10 +136,17 @@ def contents():
 
 @pytest.mark.parametrize("dense_weight", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("grow", [False, True])
-def test_decoding_with_a_mask_returns_k_allowed_rows(contents, dense_weight, grow):
+@pytest.mark.parametrize("beam_form", ["ids", "mask"])
+def test_decoding_with_a_mask_returns_k_allowed_rows(
+    contents, dense_weight, grow, beam_form, monkeypatch
+):
     """Each request's allowed rows: a few (fewer than k), exactly k, many, and ones that
     the exclusions mostly cover; the answer holds only allowed, eligible rows, k of them
-    whenever k exist, with a beam and a dense candidate count far below the catalogue."""
+    whenever k exist, with a beam and a dense candidate count far below the catalogue.
+    beam_form: how the filter reaches the beam search (a list of ids, or the row mask
+    that broad filters use: `SPARSE_ALLOWED_MAX`)."""
+    if beam_form == "mask":
+        monkeypatch.setattr(decoding, "SPARSE_ALLOWED_MAX", 0)
     table = make_table(contents, grow)
     cat = table.catalogue()
     k = 5
