@@ -17,6 +17,23 @@ measured. For each request:
 The dense candidates alone hold at least k non-excluded items whenever the catalogue has
 k, so every request gets k results.
 
+Large catalogues (`Catalogue.dense_index`, built by the service above a size:
+`models.dense_index`): scoring every row per request is a full scan of the item table, so
+the dense candidates come from an approximate index instead: its top M rows of the
+bundle, UNION an exact scan of the rows added at serving time (few; not in the index),
+blocked rows dropped. A request left with fewer eligible candidates than it needs (a
+long history, a narrow filter) asks the index again for more rows, then, still short,
+is scanned exactly, so it still gets k results whenever k eligible rows exist. Every
+candidate's logit is computed exactly. The dense log-softmax's normaliser log Z is a
+per-request constant, which no ranking at any w depends on, so it is not computed over
+the whole catalogue: log P_dense is returned as the logit minus the log-sum-exp over the
+live rows whose logits were computed (the index's M rows, the added rows and the beam's
+candidates), a LOWER bound of log Z, so the returned log P_dense is an upper bound of the
+exact one (a request scanned exactly gets the exact value). With the new-item share
+below (a two-part normaliser: each part's log Z shifts the two parts against each
+other, which does change the ranking) the exact scan is used. Evaluation never builds an
+index: it ranks the whole catalogue.
+
 Business-rule filters (`allowed`, a per-request (B, R) row mask: an allowlist, a
 denylist, item attributes) act inside step 2, not after step 4: the dense head's
 candidates are the best ALLOWED rows, and the beam search only follows prefixes with an
@@ -43,13 +60,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.config import Config, check_positive_ints, check_range
 from models.prefix_index import DeviceIndex
+
+if TYPE_CHECKING:  # faiss is loaded only where an index is built (the service)
+    from models.dense_index import DenseIndex
 
 NEG_INF = float("-inf")
 # Up to this many allowed rows per request, a filter reaches the beam search as a list of
@@ -77,6 +97,9 @@ class Catalogue:
         items that were replaced and for retired items); None = every row but 0.
     id_free: optional (R,) bool, rows of items without an id embedding of their own (the
         new items the new-item share applies to); None = no such rows.
+    dense_index: optional approximate index over rows 1..dense_index.n_rows - 1 (the
+        bundle's items) that the dense candidates come from (module docstring, large
+        catalogues); None = the exact scan over every row.
     """
 
     item_vectors: torch.Tensor
@@ -84,6 +107,7 @@ class Catalogue:
     index: IndexTensors
     live: torch.Tensor | None = None
     id_free: torch.Tensor | None = None
+    dense_index: DenseIndex | None = None
 
     @property
     def n_rows(self) -> int:
@@ -246,6 +270,137 @@ def rows_of(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _row_logits(state: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, C) states, (R, C) item vectors, (B, M) rows (-1 allowed) -> (B, M) state . v_row,
+    exactly, for the listed rows only (-1 slots read row 0)."""
+    picked = vectors.float()[rows.clamp(min=0)]  # (B, M, C)
+    return torch.einsum("bc,bmc->bm", state.float(), picked)
+
+
+def _blocked_at(
+    rows: torch.Tensor,
+    catalogue: Catalogue,
+    exclude: torch.Tensor | None,
+    allowed: torch.Tensor | None,
+) -> torch.Tensor:
+    """(B, M) rows (-1 allowed) -> (B, M) bool: `_blocked_rows` read at those rows only
+    (empty slots and padding blocked), without building the (B, R) mask."""
+    safe = rows.clamp(min=0)
+    bad = rows <= 0
+    if catalogue.live is not None:
+        bad |= ~catalogue.live[safe]
+    bad |= _excluded_mask(exclude, rows)
+    if allowed is not None:
+        bad |= ~allowed.gather(1, safe)
+    return bad
+
+
+def _pad_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
+    """[(request indices (b,), rows (b, M_i))] -> (batch, max M_i) int64, -1 padding."""
+    width = max(p.shape[1] for _, p in parts)
+    out = torch.full((batch, width), -1, dtype=torch.int64, device=parts[0][1].device)
+    for which, part in parts:
+        out[which, : part.shape[1]] = part
+    return out
+
+
+@dataclass(frozen=True)
+class DenseFound:
+    """The dense candidates the index path found for B requests.
+
+    rows: (B, n) int64 the best eligible rows, -1 padding.
+    pool: (B, P) int64 every row whose logit was computed (the normaliser's rows), -1 pad.
+    exact: (B,) bool the requests scanned exactly (the index found too few).
+    exact_log_z: (B,) float the exact log Z of those requests (0 elsewhere).
+    """
+
+    rows: torch.Tensor
+    pool: torch.Tensor
+    exact: torch.Tensor
+    exact_log_z: torch.Tensor
+
+
+def index_dense_candidates(
+    state: torch.Tensor,
+    catalogue: Catalogue,
+    exclude: torch.Tensor | None,
+    allowed: torch.Tensor | None,
+    n_dense: int,
+) -> DenseFound:
+    """The dense candidates from `catalogue.dense_index` (module docstring, large
+    catalogues): the index's top M bundle rows plus every added row, blocked rows dropped,
+    the best n_dense by exact logits. Requests with fewer than n_dense eligible rows ask
+    again for widen x M rows; still short, they are scanned exactly (a full scan for those
+    requests only, so k results whenever k eligible rows exist)."""
+    index = catalogue.dense_index
+    assert index is not None
+    batch, device = state.shape[0], state.device
+    vectors = catalogue.item_vectors
+    # Added rows (above the indexed ones) are always candidates: few, and never indexed.
+    added = torch.arange(index.n_rows, catalogue.n_rows, device=device)
+    n_ex = 0 if exclude is None else exclude.shape[1]
+    # Excluded rows (the history) are often among the best by the dense head: ask for
+    # enough rows that they can all be dropped and n_dense still remain.
+    m = max(index.candidates, 4 * n_dense) + n_ex
+    todo = torch.arange(batch, device=device)
+    found: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pools: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _ in range(2):  # the first ask, then one widened
+        sub_ex = None if exclude is None else exclude[todo]
+        sub_allowed = None if allowed is None else allowed[todo]
+        ann_rows, _ = index.search(state[todo], m)
+        pool = torch.cat([ann_rows, added[None].expand(len(todo), -1)], dim=1)
+        logits = _row_logits(state[todo], vectors, pool)
+        bad = _blocked_at(pool, catalogue, sub_ex, sub_allowed)
+        best = logits.masked_fill(bad, NEG_INF).topk(min(n_dense, pool.shape[1]), dim=1)
+        rows = torch.where(best.values > NEG_INF, pool.gather(1, best.indices), -1)
+        enough = (rows > 0).sum(dim=1) >= n_dense
+        found.append((todo[enough], rows[enough]))
+        pools.append((todo[enough], pool[enough]))
+        todo = todo[~enough]
+        if not len(todo) or m >= index.index.ntotal:
+            break
+        m *= index.widen
+    exact = torch.zeros(batch, dtype=torch.bool, device=device)
+    exact_log_z = torch.zeros(batch, dtype=torch.float32, device=device)
+    if len(todo):  # the index's rows could not give them n_dense: the exact scan
+        sub_ex = None if exclude is None else exclude[todo]
+        sub_allowed = None if allowed is None else allowed[todo]
+        logits = state[todo].float() @ vectors.float().T
+        blocked = _blocked_rows(len(todo), catalogue, sub_ex, device, sub_allowed)
+        rows = logits.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices
+        dead = torch.zeros(catalogue.n_rows, dtype=torch.bool, device=device)
+        dead[0] = True
+        if catalogue.live is not None:
+            dead |= ~catalogue.live
+        found.append((todo, rows))
+        pools.append((todo, rows))
+        exact[todo] = True
+        exact_log_z[todo] = torch.logsumexp(logits.masked_fill(dead[None], NEG_INF), dim=1)
+    return DenseFound(_pad_rows(found, batch), _pad_rows(pools, batch), exact, exact_log_z)
+
+
+def _index_log_probs(
+    state: torch.Tensor, catalogue: Catalogue, rows: torch.Tensor, dense: DenseFound
+) -> torch.Tensor:
+    """(B, M) candidate rows -> (B, M) log P_dense as the index path returns it: the exact
+    logit minus log Z over the live rows whose logits were computed (pool and candidates;
+    a lower bound of the exact log Z), or minus the exact log Z for requests scanned
+    exactly; -inf for empty slots and dead rows."""
+    union = _dedupe(torch.cat([dense.pool, rows], dim=1))
+    live = union > 0
+    if catalogue.live is not None:
+        live &= catalogue.live[union.clamp(min=0)]
+    logits = _row_logits(state, catalogue.item_vectors, union).masked_fill(~live, NEG_INF)
+    log_z = torch.where(dense.exact, dense.exact_log_z, torch.logsumexp(logits, dim=1))
+    log_z = log_z.masked_fill(torch.isneginf(log_z), 0.0)  # no live row: nothing eligible
+    dead = rows <= 0
+    if catalogue.live is not None:
+        dead |= ~catalogue.live[rows.clamp(min=0)]
+    out = _row_logits(state, catalogue.item_vectors, rows) - log_z[:, None]
+    return out.masked_fill(dead, NEG_INF)
+
+
 @torch.no_grad()
 def find_candidates(
     model: ServingModel,
@@ -279,10 +434,19 @@ def find_candidates(
     vectors = catalogue.item_vectors
     batch = history.shape[0]
     state = model.user_state(vectors[history], history != 0)  # (B, C)
-    dense_all, offsets = share_offsets(state, catalogue, config.new_item_share)  # (B, R)
-    blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device, allowed)
     n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
-    found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
+    # The index path (module docstring, large catalogues); the share needs every row's
+    # logit for its two normalisers, so it keeps the exact scan.
+    indexed = catalogue.dense_index is not None and config.new_item_share is None
+    blocked: torch.Tensor | None = None  # (B, R), built only where needed
+    if indexed:
+        dense_found = index_dense_candidates(state, catalogue, exclude, allowed, n_dense)
+        found = [dense_found.rows]
+        offsets = None
+    else:
+        dense_all, offsets = share_offsets(state, catalogue, config.new_item_share)  # (B, R)
+        blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device, allowed)
+        found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
     if generative:
 
         def step(tokens: torch.Tensor, _: None) -> tuple[torch.Tensor, None]:
@@ -294,6 +458,8 @@ def find_candidates(
         # taken out too), so it prunes prefixes whose allowed rows are all excluded.
         beam_allowed = None
         if allowed is not None:
+            if blocked is None:
+                blocked = _blocked_rows(batch, catalogue, exclude, state.device, allowed)
             open_rows = ~blocked
             # A short list of ids (an allowlist) is tested by searchsorted; many allowed
             # rows (a category, a denylist) go as the mask itself, which the search reads
@@ -306,8 +472,13 @@ def find_candidates(
         found.append(beam_rows)
     rows = _dedupe(torch.cat(found, dim=1))  # (B, M), -1 = none
     safe = rows.clamp(min=0)
-    eligible = (rows > 0) & ~blocked.gather(1, safe)
-    dense = dense_all.gather(1, safe).masked_fill(rows < 0, NEG_INF)
+    if indexed:
+        eligible = ~_blocked_at(rows, catalogue, exclude, allowed)
+        dense = _index_log_probs(state, catalogue, rows, dense_found)
+    else:
+        assert blocked is not None
+        eligible = (rows > 0) & ~blocked.gather(1, safe)
+        dense = dense_all.gather(1, safe).masked_fill(rows < 0, NEG_INF)
     gen = None
     if generative:
         gen = generative_log_probs(model, state, safe, catalogue).masked_fill(rows < 0, NEG_INF)

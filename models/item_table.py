@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from models.decoding import Catalogue
+from models.dense_index import DenseIndex
 from models.prefix_index import DeviceIndex, OverlayIndex, PrefixIndex, merge_rows
 
 
@@ -72,11 +73,14 @@ class ItemTable:
         base_index: PrefixIndex,
         device: torch.device | str = "cpu",
         base_id_free: np.ndarray | None = None,
+        dense_index: DenseIndex | None = None,
     ) -> None:
         """vectors: (N + 1, C) float; tokens: (N + 1, L + 1) int64 (row 0 zeros);
         base_index: the prefix index over rows 1..N's tokens; base_id_free: optional
         (N + 1,) bool, the bundle's items without an id embedding (no training
-        interactions). Items added later never have one."""
+        interactions). Items added later never have one. dense_index: optional approximate
+        index over rows 1..N's vectors for the dense candidates (`models.dense_index`); it
+        never changes: added rows are scanned exactly beside it."""
         self.device = torch.device(device)
         self.vectors = torch.as_tensor(vectors, dtype=torch.float32).to(self.device)
         self.tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
@@ -85,6 +89,12 @@ class ItemTable:
                 f"{self.vectors.shape[0]} item vectors for {self.tokens.shape[0]} token rows"
             )
         self.n_base = int(self.tokens.shape[0]) - 1
+        if dense_index is not None and dense_index.n_rows != self.n_base + 1:
+            raise ValueError(
+                f"the dense index covers {dense_index.n_rows - 1} rows, the table has "
+                f"{self.n_base} bundle items"
+            )
+        self.dense_index = dense_index
         if base_id_free is None:
             base_id_free = np.zeros(self.n_base + 1, dtype=bool)
         if np.shape(base_id_free) != (self.n_base + 1,):
@@ -223,4 +233,5 @@ class ItemTable:
             index=(self._base_tensors, self._overlay_tensors),
             live=self.live,
             id_free=self.id_free(),
+            dense_index=self.dense_index,
         )

@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI
 
 from models.bundle import Bundle, BundleError, load_bundle
+from models.dense_index import DenseIndexConfig
 from models.device import resolve_device
 from service.catalog import CatalogStore, LocalCatalog, RedisCatalog
 from service.catalog.histories import JournalHistories, RedisHistories, UserHistories
@@ -106,8 +107,19 @@ async def build_engine(
     encoder = encoder or await asyncio.to_thread(_text_encoder, bundle, device)
     _check_text_encoder(bundle, encoder)
     generator = _make_generator(bundle, settings.backend, device)
+    dense_index = DenseIndexConfig(
+        mode=settings.dense_index,
+        min_rows=settings.dense_index_min_rows,
+        nprobe=settings.dense_index_nprobe,
+    )
     recommender = await asyncio.to_thread(
-        Recommender, bundle, generator, device, settings.backend, settings.new_item_share
+        Recommender,
+        bundle,
+        generator,
+        device,
+        settings.backend,
+        settings.new_item_share,
+        dense_index,
     )
     tokenizer = await asyncio.to_thread(ItemTokenizer, bundle, encoder)
     store = _make_store(settings, bundle.version, recommender)

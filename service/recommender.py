@@ -20,6 +20,7 @@ import torch
 
 from models.bundle import Bundle
 from models.decoding import ServingModel, recommend_top_k
+from models.dense_index import DenseIndexConfig, build_dense_index
 from models.item_attributes import ItemAttributes, RowFilter
 from models.item_table import ItemTable
 from service.catalog import ItemRecord, Retirement
@@ -74,8 +75,12 @@ class Recommender:
         device: torch.device,
         backend: str,
         new_item_share: float | None = None,
+        dense_index: DenseIndexConfig | None = None,
     ) -> None:
-        """new_item_share: overrides the bundle's `DecodingConfig.new_item_share` when set."""
+        """new_item_share: overrides the bundle's `DecodingConfig.new_item_share` when set.
+        dense_index: how the dense candidates are found (default: `DenseIndexConfig()`,
+        the approximate index from 200k items on a CPU); the index is built here, at
+        load (seconds at 1M items, BENCHMARKS.md)."""
         self.bundle = bundle
         self.generator = generator
         self.device = device
@@ -86,12 +91,24 @@ class Recommender:
         if new_item_share is not None:
             self.decoding = replace(self.decoding, new_item_share=new_item_share)
         self.max_len = int(bundle.generator.config.max_len)
+        self.dense_index_config = dense_index or DenseIndexConfig()
+        index = None
+        if self.dense_index_config.wanted(bundle.n_items, device):
+            index = build_dense_index(bundle.item_vectors, self.dense_index_config)
+            logger.info(
+                "dense index: IVF-Flat, %d lists, nprobe %d, over %d items, built in %.1f s",
+                index.nlist,
+                index.nprobe,
+                bundle.n_items,
+                index.build_s,
+            )
         self.table = ItemTable(
             bundle.item_vectors,
             bundle.item_tokens,
             bundle.prefix_index,
             device,
             base_id_free=np.asarray(bundle.popularity) == 0,  # no training interaction: no id
+            dense_index=index,
         )
         self.n_bundle = bundle.n_items
         # A plain dict: one hash lookup per id. (A pandas Index of 1M strings took 0.3-0.9 s

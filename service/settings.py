@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     # or unseen in training), an exposure knob for new items (docs/method.md, new-item
     # share); unset = the bundle's own (None in shipped bundles: the model as trained).
     new_item_share: float | None = Field(None, gt=0.0, lt=1.0)
+    # Where the dense head's candidates come from (models/dense_index.py): "exact" scores
+    # every row per request; "ann" an IVF index built at load (seconds at 1M items) plus
+    # an exact scan of the added items; "auto" the index from dense_index_min_rows bundle
+    # items on a CPU (below, the scan is cheap and exact; on a GPU it is one matmul).
+    dense_index: Literal["auto", "exact", "ann"] = "auto"
+    dense_index_min_rows: int = Field(200_000, ge=1)
+    # Inverted lists scanned per request: recall against latency (BENCHMARKS.md).
+    dense_index_nprobe: int = Field(128, ge=1, le=65_536)
     max_items_per_request: int = Field(256, ge=1, le=100_000)
     # POST /events: most events in one request, and the newest events kept per user
     # (older ones are dropped as new ones arrive; /recommend reads them all).

@@ -1,0 +1,218 @@
+"""Benchmark the dense head's approximate index (models/dense_index.py): recall of its
+dense candidates against exact scoring, per-request latency exact vs index, build time
+and memory.
+
+On random bundles of the shipped shape (scripts/make_large_bundle.py, built into
+--bundle-root when it holds none of that size; random weights, so the item vectors are
+the served path's output on random text: C = 64):
+
+  - recall@10 / @50: the decoder's dense candidates on the index path
+    (`models.decoding.index_dense_candidates`, 50 of them, nothing excluded) against the
+    exact top 10 / 50 of state . v over rows 1..N, per --nprobe, for three kinds of user
+    state, --states of each: `served` (the generator's user state of a random history of
+    --history items: what a request scores with), `sum` (the sum of the history's item
+    vectors: a state in the items' own span) and `random` (Gaussian, the served states'
+    norm). Random vectors are the hard case for an inverted-list index: nothing clusters,
+    so a row's best centroid says little about it, and recall at a given nprobe is lower
+    than on trained item vectors, which do cluster;
+  - latency: `recommend_top_k` (k = 10, the history excluded, w = 1: what the shipped
+    bundles serve, the dense head alone) with the exact scan and with the index, batch 1
+    and 32, in rounds that alternate which runs first (the machine is shared: only the
+    ratio within one run means anything);
+  - the index's build time (k-means + assignment, one thread) and memory.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_dense_index.py --sizes 100000,1000000
+Writes reports/bench_dense_index.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from models.bundle import load_bundle  # noqa: E402
+from models.decoding import Catalogue, index_dense_candidates, recommend_top_k  # noqa: E402
+from models.dense_index import DenseIndexConfig, build_dense_index  # noqa: E402
+from scripts.bench_filters import bundle_for  # noqa: E402
+
+N_CANDIDATES = 50  # the shipped bundles' dense_candidates
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def exact_top(states: torch.Tensor, vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """(S, C) states -> (S, k) the exact best rows of 1..N (chunks bound the memory)."""
+    out = []
+    for lo in range(0, len(states), 32):
+        logits = states[lo : lo + 32] @ vectors[1:].T
+        out.append(logits.topk(k, dim=1).indices + 1)
+    return torch.cat(out)
+
+
+def make_states(generator, vectors: torch.Tensor, n: int, history: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    hist = torch.as_tensor(rng.integers(1, len(vectors), (n, history)), dtype=torch.int64)
+    with torch.no_grad():
+        served = torch.cat(
+            [
+                generator.user_state(vectors[hist[lo : lo + 64]], hist[lo : lo + 64] != 0)
+                for lo in range(0, n, 64)
+            ]
+        ).float()
+    summed = vectors[hist].sum(dim=1)
+    noise = torch.as_tensor(rng.standard_normal(served.shape).astype(np.float32))
+    noise = noise / noise.norm(dim=1, keepdim=True) * served.norm(dim=1, keepdim=True)
+    return {"served": served, "sum": summed, "random": noise}
+
+
+def recall(got: torch.Tensor, want: torch.Tensor, k: int) -> float:
+    hits = [len(set(g[:k].tolist()) & set(w[:k].tolist())) for g, w in zip(got, want, strict=True)]
+    return float(np.mean(hits) / k)
+
+
+def time_decoding(args, generator, exact: Catalogue, approx: Catalogue, decoding) -> dict:
+    rng = np.random.default_rng(1)
+    n = exact.n_rows - 1
+    config = replace(decoding, dense_weight=1.0)
+    out = {}
+    for batch in args.batch:
+        times: dict[str, list[float]] = {"exact": [], "index": []}
+        for round_ in range(args.warmup + args.rounds):
+            hist = torch.as_tensor(rng.integers(1, n + 1, (batch, args.history)))
+            order = [("exact", exact), ("index", approx)]
+            for name, cat in order if round_ % 2 else order[::-1]:
+                started = time.perf_counter()
+                recommend_top_k(generator, hist, cat, args.k, config, exclude=hist)
+                if round_ >= args.warmup:
+                    times[name].append(time.perf_counter() - started)
+        med = {name: float(np.median(t)) for name, t in times.items()}
+        out[str(batch)] = {
+            "exact_ms": round(1000 * med["exact"], 2),
+            "index_ms": round(1000 * med["index"], 2),
+            "exact_p90_ms": round(1000 * float(np.percentile(times["exact"], 90)), 2),
+            "index_p90_ms": round(1000 * float(np.percentile(times["index"], 90)), 2),
+            "speedup": round(med["exact"] / med["index"], 2),
+        }
+    return out
+
+
+def run_size(args: argparse.Namespace, n_items: int) -> dict:
+    bundle = load_bundle(bundle_for(args.bundle_root, n_items), device="cpu")
+    generator = bundle.generator.eval()
+    vectors = torch.as_tensor(bundle.item_vectors, dtype=torch.float32)
+    before = rss_mb()
+    index = build_dense_index(vectors, DenseIndexConfig(mode="ann"))
+    grown = rss_mb() - before
+    print(
+        f"N={n_items}: IVF-Flat {index.nlist} lists built in {index.build_s:.1f} s, "
+        f"{index.nbytes / 2**20:.0f} MB (RSS +{grown:.0f} MB)",
+        flush=True,
+    )
+    exact = Catalogue(
+        item_vectors=vectors,
+        item_tokens=torch.as_tensor(bundle.item_tokens, dtype=torch.int64),
+        index=bundle.prefix_index.to_tensors(),
+    )
+    approx = replace(exact, dense_index=index)
+    states = make_states(generator, vectors, args.states, args.history, seed=0)
+    result: dict = {
+        "items": n_items,
+        "dim": int(vectors.shape[1]),
+        "nlist": index.nlist,
+        "build_s": round(index.build_s, 2),
+        "index_mb": round(index.nbytes / 2**20, 1),
+        "rss_growth_mb": round(grown, 1),
+        "recall": {},
+        "latency": {},
+    }
+    wants = {kind: exact_top(s, vectors, N_CANDIDATES) for kind, s in states.items()}
+    for nprobe in args.nprobe:
+        index.set_nprobe(nprobe)
+        row: dict = {}
+        for kind, s in states.items():
+            found = index_dense_candidates(s, approx, None, None, N_CANDIDATES)
+            row[kind] = {
+                "recall@10": round(recall(found.rows, wants[kind], 10), 3),
+                "recall@50": round(recall(found.rows, wants[kind], 50), 3),
+                "exact_fallback": round(float(found.exact.float().mean()), 3),
+            }
+        result["recall"][str(nprobe)] = row
+        line = "  ".join(
+            f"{kind} r@10 {r['recall@10']:.3f} r@50 {r['recall@50']:.3f}" for kind, r in row.items()
+        )
+        print(f"  nprobe {nprobe:4d}: {line}", flush=True)
+        if nprobe in args.time_nprobe:
+            lat = time_decoding(args, generator, exact, approx, bundle.decoding)
+            result["latency"][str(nprobe)] = lat
+            for batch, t in lat.items():
+                print(
+                    f"    batch {batch:>2s}: exact {t['exact_ms']:.2f} ms, index "
+                    f"{t['index_ms']:.2f} ms (x{t['speedup']:.1f} faster)",
+                    flush=True,
+                )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="catalogue sizes N")
+    parser.add_argument("--nprobe", default="16,32,64,128", help="lists probed, to sweep")
+    parser.add_argument(
+        "--time-nprobe", default="16,64", help="the nprobe values whose latency is measured"
+    )
+    parser.add_argument("--states", type=int, default=300, help="user states of each kind")
+    parser.add_argument("--batch", default="1,32")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--history", type=int, default=20, help="history length")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
+    parser.add_argument("--bundle-root", type=Path, default=ROOT / "bundles" / "bench")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_dense_index.json")
+    args = parser.parse_args()
+    args.batch = [int(b) for b in args.batch.split(",")]
+    args.nprobe = [int(p) for p in args.nprobe.split(",")]
+    args.time_nprobe = {int(p) for p in args.time_nprobe.split(",")}
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    results = [run_size(args, int(n)) for n in args.sizes.split(",")]
+    report = {
+        "command": " ".join(sys.argv),
+        "level": "models.decoding (index path vs exact scan), in process",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+            "threads": args.threads,
+        },
+        "candidates": N_CANDIDATES,
+        "states_per_kind": args.states,
+        "k": args.k,
+        "history": args.history,
+        "rounds": args.rounds,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

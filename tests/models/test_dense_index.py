@@ -1,0 +1,195 @@
+"""The dense head's candidates from the approximate index (models/dense_index.py and the
+index path of models/decoding.py): with every list probed it finds what the exact scan
+finds; with few lists probed, exclusions, filters and added items every request still
+gets k eligible rows (widening, then the exact scan); the new-item share and small
+catalogues keep the exact scan."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from models import decoding
+from models.decoding import DecodingConfig, find_candidates, recommend_top_k
+from models.dense_index import DenseIndexConfig, build_dense_index
+from models.item_table import ItemTable
+from models.prefix_index import build_prefix_index
+from tests.bundle_factory import tiny_contents
+from tests.models.test_decoding import fresh_tokens
+
+N_ITEMS = 300
+NLIST = 16
+
+
+@pytest.fixture(scope="module")
+def contents():
+    return tiny_contents(n_items=N_ITEMS, budget=3, seed=5)
+
+
+def make_table(contents, nprobe: int | None, grow: bool = False) -> ItemTable:
+    """The bundle's rows with an index of NLIST lists probing `nprobe` (None: no index);
+    with grow, 3 rows added at serving time, the second replaced by a fourth (rows N + 1,
+    N + 3, N + 4 live; N + 2 retired)."""
+    index = build_prefix_index(
+        contents.item_tokens[1:], np.arange(1, N_ITEMS + 1), contents.layout.vocab_size
+    )
+    dense = None
+    if nprobe is not None:
+        config = DenseIndexConfig(mode="ann", nlist=NLIST, nprobe=nprobe, candidates=8)
+        dense = build_dense_index(contents.item_vectors, config)
+    table = ItemTable(contents.item_vectors, contents.item_tokens, index, dense_index=dense)
+    if grow:
+        toks = fresh_tokens(contents, [1, 2, 3, 4])
+        # Added vectors much larger than the bundle's: they top the dense ranking, so a
+        # request must find them although they are in no index list.
+        vectors = 10 * np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+        table.add(vectors[:3], toks[:3])
+        table.add(vectors[3:], toks[3:], retire=[N_ITEMS + 2])
+    return table
+
+
+def histories(batch: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.as_tensor(rng.integers(1, N_ITEMS + 1, (batch, 6)), dtype=torch.int64)
+
+
+def test_config_checks_and_the_automatic_choice():
+    auto = DenseIndexConfig()
+    assert not auto.wanted(199_999) and auto.wanted(200_000)
+    assert not auto.wanted(1_000_000, "cuda")  # a GPU scans all rows in one matmul
+    assert DenseIndexConfig(mode="ann").wanted(10)
+    assert not DenseIndexConfig(mode="exact").wanted(10**7)
+    assert auto.lists_for(1_000_000) == 1024 and auto.lists_for(100_000) == 256
+    assert auto.lists_for(100) == 64 and auto.lists_for(10) == 10
+    with pytest.raises(ValueError, match="mode"):
+        DenseIndexConfig(mode="hnsw")
+    with pytest.raises(ValueError, match="nprobe"):
+        DenseIndexConfig(nprobe=0)
+
+
+def test_exhaustive_probing_finds_the_exact_top_rows():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((501, 16)).astype(np.float32)
+    index = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST))
+    assert index.n_rows == 501 and index.nprobe == NLIST
+    states = torch.as_tensor(rng.standard_normal((8, 16)).astype(np.float32))
+    rows, scores = index.search(states, 50)
+    logits = states @ torch.as_tensor(vectors[1:]).T
+    want = logits.topk(50, dim=1)
+    assert torch.equal(rows, want.indices + 1)  # rows 1..N, never the padding row
+    torch.testing.assert_close(scores, want.values, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dense_weight", [0.5, 1.0])
+def test_exhaustive_probing_ranks_as_the_exact_scan(contents, dense_weight):
+    """Every list probed: the same top k as the exact scan, at any w (the normaliser is a
+    per-request constant); the returned log P_dense is an upper bound of the exact one."""
+    exact = make_table(contents, None, grow=True).catalogue()
+    approx = replace(exact, dense_index=make_table(contents, NLIST).dense_index)
+    history = histories(6)
+    config = DecodingConfig(beam_width=4, dense_weight=dense_weight, dense_candidates=10)
+    want = recommend_top_k(contents.generator, history, exact, 10, config, exclude=history)
+    got = recommend_top_k(contents.generator, history, approx, 10, config, exclude=history)
+    assert torch.equal(got[0], want[0])
+    a = find_candidates(contents.generator, history, approx, config, history, 10)
+    e = find_candidates(contents.generator, history, exact, config, history, 10)
+    assert torch.equal(a.rows, e.rows) and torch.equal(a.eligible, e.eligible)
+    finite = torch.isfinite(e.dense)
+    assert torch.equal(finite, torch.isfinite(a.dense))
+    assert (a.dense[finite] >= e.dense[finite] - 1e-5).all()
+    # One constant per request: the gap is the same for every candidate of a request.
+    gap = torch.where(finite, a.dense - e.dense, 0.0)
+    for b in range(len(history)):
+        row = gap[b][finite[b]]
+        torch.testing.assert_close(row, row[:1].expand_as(row))
+
+
+@pytest.mark.parametrize("dense_weight", [0.0, 0.5, 1.0])
+def test_few_lists_probed_still_give_k_eligible_rows(contents, dense_weight):
+    """One list of 16 probed, few rows asked of the index, and requests whose exclusions
+    and filters leave few eligible rows: each gets k eligible rows whenever k exist
+    (the widened ask, then the exact scan), added rows included."""
+    table = make_table(contents, nprobe=1, grow=True)
+    cat = table.catalogue()
+    k, batch = 5, 5
+    live = torch.nonzero(cat.live).squeeze(1).numpy()
+    rng = np.random.default_rng(3)
+    allowed = torch.zeros(batch, cat.n_rows, dtype=torch.bool)
+    for b, size in enumerate([3, k, len(live) - 2, 9, len(live)]):
+        allowed[b, torch.as_tensor(rng.permutation(live)[:size])] = True
+    allowed[:, N_ITEMS + 2] = True  # a retired row: allowed, never returned
+    history = histories(batch, seed=4)
+    exclude = torch.full((batch, 200), -1, dtype=torch.int64)
+    exclude[3, :6] = torch.nonzero(allowed[3]).squeeze(1)[:6]  # leaves 3 of its 9 rows
+    exclude[4] = torch.as_tensor(rng.permutation(live)[:200])  # most of the catalogue
+    config = DecodingConfig(beam_width=2, dense_weight=dense_weight, dense_candidates=1)
+    rows, scores = recommend_top_k(
+        contents.generator, history, cat, k, config, exclude=exclude, allowed=allowed
+    )
+    for b in range(batch):
+        eligible = set(torch.nonzero(allowed[b] & cat.live).squeeze(1).tolist())
+        eligible -= set(exclude[b].tolist())
+        got = [r for r in rows[b].tolist() if r > 0]
+        assert set(got) <= eligible and len(set(got)) == len(got)
+        assert len(got) == min(k, len(eligible))
+        assert torch.isfinite(scores[b, : len(got)]).all()
+
+
+def test_added_rows_are_candidates_without_being_indexed(contents):
+    """The added rows' large vectors top the dense ranking: found by the exact scan of
+    the added rows, whatever the index probes; the retired one never."""
+    cat = make_table(contents, nprobe=1, grow=True).catalogue()
+    history = histories(4, seed=5)
+    config = DecodingConfig(dense_weight=1.0, dense_candidates=10)
+    exact = replace(cat, dense_index=None)
+    want = recommend_top_k(contents.generator, history, exact, 10, config, exclude=history)[0]
+    got = recommend_top_k(contents.generator, history, cat, 10, config, exclude=history)[0]
+    added = {N_ITEMS + 1, N_ITEMS + 3, N_ITEMS + 4}
+    for b in range(4):
+        assert added & set(want[b].tolist()) <= set(got[b].tolist())
+        assert N_ITEMS + 2 not in got[b].tolist()
+
+
+def test_a_request_the_index_cannot_serve_is_scanned_exactly(contents, monkeypatch):
+    """An allowlist of rows the probed list does not hold: the request falls back to the
+    exact scan, and then its candidates and log P_dense are the exact ones."""
+    table = make_table(contents, nprobe=1)
+    cat = table.catalogue()
+    history = histories(2, seed=6)
+    state = contents.generator.user_state(cat.item_vectors[history], history != 0)
+    probed, _ = cat.dense_index.search(state, N_ITEMS)
+    allowed = torch.zeros(2, cat.n_rows, dtype=torch.bool)
+    outside = sorted(set(range(1, N_ITEMS + 1)) - set(probed[0].tolist()))[:4]
+    allowed[0, outside] = True
+    allowed[1] = True
+    allowed[1, 0] = False
+    found = decoding.index_dense_candidates(state, cat, None, allowed, 3)
+    assert found.exact.tolist() == [True, False]
+    config = DecodingConfig(dense_weight=1.0, dense_candidates=3)
+    exact = replace(cat, dense_index=None)
+    want = recommend_top_k(contents.generator, history, exact, 3, config, allowed=allowed)
+    got = recommend_top_k(contents.generator, history, cat, 3, config, allowed=allowed)
+    assert torch.equal(got[0][0], want[0][0])
+    torch.testing.assert_close(got[1][0], want[1][0])
+
+
+def test_the_new_item_share_keeps_the_exact_scan(contents):
+    cat = make_table(contents, nprobe=1, grow=True).catalogue()
+    exact = replace(cat, dense_index=None)
+    history = histories(4, seed=7)
+    config = DecodingConfig(beam_width=4, dense_weight=0.5, new_item_share=0.3)
+    want = recommend_top_k(contents.generator, history, exact, 8, config, exclude=history)
+    got = recommend_top_k(contents.generator, history, cat, 8, config, exclude=history)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_an_index_of_another_size_is_refused(contents):
+    index = build_prefix_index(
+        contents.item_tokens[1:], np.arange(1, N_ITEMS + 1), contents.layout.vocab_size
+    )
+    other = build_dense_index(contents.item_vectors[:-1], DenseIndexConfig(nlist=4))
+    with pytest.raises(ValueError, match="dense index covers"):
+        ItemTable(contents.item_vectors, contents.item_tokens, index, dense_index=other)
