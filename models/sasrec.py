@@ -28,6 +28,9 @@ class SASRecConfig(Config):
     n_heads: int = 2  # 32-d heads
     dropout: float = 0.2  # tuned (docs/method.md); 0.5 underfits at 64-d
     ffn_mult: int = 4  # feed-forward width = ffn_mult * hidden
+    # "gelu" (the paper's block) or "swiglu" (the gated block FlexCode's user encoder uses;
+    # eSASRec/LiGR report +5-7.5% for it on MovieLens): BENCHMARKS.md measures both.
+    ffn: str = "gelu"
     # The id + content variant (the honest cold-start peer, METHOD.md): an item's input
     # and output vector is its id embedding plus a projection of its text embedding, and
     # training drops a share of ids so the text-only path ranks too. 0 = plain SASRec.
@@ -42,7 +45,7 @@ class SASRecConfig(Config):
         self.block_config()  # hidden divisible by n_heads
 
     def block_config(self) -> BlockConfig:
-        return BlockConfig(self.hidden, self.n_heads, self.dropout, "gelu", self.ffn_mult)
+        return BlockConfig(self.hidden, self.n_heads, self.dropout, self.ffn, self.ffn_mult)
 
 
 class SASRec(nn.Module):

@@ -283,6 +283,9 @@ def benchmark(
     sasrec_dropout: Annotated[
         float | None, typer.Option(help="SASRec dropout (default: SASRecConfig's)")
     ] = None,
+    sasrec_ffn: Annotated[
+        str | None, typer.Option(help="SASRec feed-forward: gelu or swiglu (default: gelu)")
+    ] = None,
     sasrec_loss: LossOpt = "auto",
     sasrec_sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
     run_dir: Annotated[
@@ -329,7 +332,8 @@ def benchmark(
         # Only the settings given: a cell's key hashes this dict, so unchanged defaults
         # keep earlier runs' cells reusable.
         sasrec_model={"max_len": sasrec_max_len}
-        | ({} if sasrec_dropout is None else {"dropout": sasrec_dropout}),
+        | ({} if sasrec_dropout is None else {"dropout": sasrec_dropout})
+        | ({} if sasrec_ffn is None else {"ffn": sasrec_ffn}),
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
         generator=GeneratorTrainConfig(eval_users=generator_eval_users or None),
