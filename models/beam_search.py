@@ -37,26 +37,14 @@ from typing import Any
 
 import torch
 
+from models.allowed_items import AllowedItems, live_candidates
 from models.prefix_index import DeviceIndex
+from models.sorted_lookup import lookup_sorted
 
 StepFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 ReorderFn = Callable[[Any, torch.Tensor], Any]
 
 PAD, BOS = 0, 1  # models.tokens special tokens
-
-
-def _lookup_sorted(row_tokens: torch.Tensor, row_values: torch.Tensor, query: torch.Tensor):
-    """Find `query` tokens among each row's child tokens.
-
-    row_tokens: (R, Wr) tokens ascending, -1 padding at the end; row_values: (R, Wr) what
-    to return per slot; query: (R, Q) tokens (-1 = none). Returns ((R, Q) bool found,
-    (R, Q) value, -1 where not found).
-    """
-    vocab_guard = torch.iinfo(torch.int64).max  # pads sort last, so rows stay ascending
-    keys = torch.where(row_tokens >= 0, row_tokens, vocab_guard).contiguous()
-    pos = torch.searchsorted(keys, query.contiguous()).clamp_(max=keys.shape[1] - 1)
-    found = (keys.gather(1, pos) == query) & (query >= 0)
-    return found, torch.where(found, row_values.gather(1, pos), -1)
 
 
 NEG_INF, POS_INF = float("-inf"), float("inf")
@@ -172,131 +160,6 @@ def _check_index(index_tensors: object) -> tuple[DeviceIndex, DeviceIndex | None
     )
 
 
-INT64_MAX = torch.iinfo(torch.int64).max
-
-
-class _AllowedItems:
-    """A batch's allowed items in the form the search tests them with, per request.
-
-    Sparse (from (B, P) int64 ids, P small: an allowlist): the ids sorted, and per trie the
-    allowed items' leaf positions sorted; membership and "how many allowed items lie in
-    the leaf run [lo, hi)" are batched searchsorted calls. Dense (from a (B, R) bool row
-    mask: a broad filter such as a category or a denylist): the mask itself, and per trie
-    the prefix counts of allowed leaves in leaf order, (B, n + 1) int32; both tests are
-    gathers. Listing a broad filter's ids instead cost 8 of 10 s of a 1M-item batch of
-    32 (BENCHMARKS.md, filters at 1M items)."""
-
-    def __init__(self, allowed: torch.Tensor, base: DeviceIndex, over: DeviceIndex | None):
-        self.dense = allowed.dtype == torch.bool
-        if self.dense:
-            self.mask = allowed
-            self.base = self._prefix_counts(base)
-            self.over = self._prefix_counts(over) if over is not None else None
-        else:
-            if allowed.shape[1] == 0:  # nothing allowed: one padding column keeps shapes
-                allowed = torch.full((allowed.shape[0], 1), -1, dtype=torch.int64)
-            # Padding as INT64_MAX sorts last, so searchsorted can test membership.
-            ids = torch.where(allowed >= 0, allowed, INT64_MAX).sort(dim=1).values
-            self.ids = ids
-            self.base = self._leaf_positions(base)
-            self.over = self._leaf_positions(over) if over is not None else None
-
-    @staticmethod
-    def _leaf_ids(index: DeviceIndex) -> tuple[torch.Tensor, torch.Tensor]:
-        if index.leaf_ids is None or index.leaf_pos is None:
-            raise ValueError("an index without leaf tables (build it with PrefixIndex.to_tensors)")
-        return index.leaf_ids, index.leaf_pos
-
-    def _prefix_counts(self, index: DeviceIndex) -> torch.Tensor:
-        """(B, n + 1) int32: allowed leaves among the trie's first j leaf positions."""
-        ids, pos = self._leaf_ids(index)
-        n_req, n = self.mask.shape[0], ids.shape[0]
-        if n and int(ids[-1]) >= self.mask.shape[1]:  # leaf_ids ascend: the last is the max
-            raise ValueError(
-                f"allowed mask covers rows 0..{self.mask.shape[1] - 1}, but the index holds "
-                f"item {int(ids[-1])}"
-            )
-        in_order = torch.zeros(n_req, n, dtype=torch.int32, device=self.mask.device)
-        in_order[:, pos] = self.mask[:, ids].to(torch.int32)
-        counts = torch.zeros(n_req, n + 1, dtype=torch.int32, device=self.mask.device)
-        torch.cumsum(in_order, dim=1, out=counts[:, 1:])
-        return counts
-
-    def _leaf_positions(self, index: DeviceIndex) -> torch.Tensor:
-        """(B, P) ascending leaf positions in this trie of the allowed items it holds,
-        INT64_MAX for the rest (`DeviceIndex.leaf_pos`)."""
-        ids, pos = self._leaf_ids(index)
-        if ids.shape[0] == 0:
-            return torch.full_like(self.ids, INT64_MAX)
-        at = torch.searchsorted(ids, self.ids).clamp_(max=ids.shape[0] - 1)
-        found = ids[at] == self.ids
-        return torch.where(found, pos[at], INT64_MAX).sort(dim=1).values
-
-    def holds(self, item: torch.Tensor) -> torch.Tensor:
-        """(B, C) item ids (-1 = none) -> (B, C) bool: the item is allowed."""
-        if self.dense:
-            return self.mask.gather(1, item.clamp(min=0)) & (item >= 0)
-        at = torch.searchsorted(self.ids, item.contiguous()).clamp_(max=self.ids.shape[1] - 1)
-        return (self.ids.gather(1, at) == item) & (item >= 0)
-
-    def live_nodes(
-        self, index: DeviceIndex, overlay: bool, depth: int, nodes: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, X) local node ids of `depth` in the base trie or the overlay (-1 = none)
-        -> (B, X) bool: some allowed item lies below the node, i.e. in its leaf run
-        [lo, hi) (`DeviceIndex.leaf_lo`)."""
-        table = self.over if overlay else self.base
-        lo_table, hi_table = index.leaf_lo[depth - 1], index.leaf_hi[depth - 1]
-        rows = torch.where(nodes >= 0, nodes, lo_table.shape[0] - 1)  # padding row: [0, 0)
-        lo, hi = lo_table[rows], hi_table[rows]
-        if self.dense:
-            count = table.gather(1, hi) - table.gather(1, lo)
-        else:
-            count = torch.searchsorted(table, hi) - torch.searchsorted(table, lo)
-        return (count > 0) & (nodes >= 0)
-
-
-def _live_candidates(
-    base: DeviceIndex,
-    over: DeviceIndex | None,
-    t: int,
-    node_b: torch.Tensor,
-    node_o: torch.Tensor,
-    tok: torch.Tensor | None,
-    allowed: _AllowedItems,
-    root_b: torch.Tensor,
-    root_o: torch.Tensor,
-) -> torch.Tensor:
-    """(B, C) bool, in the candidate layout of step t (not the last): the candidate's
-    prefix has an allowed item below it, in either trie. tok: (B, W, S) the step's child
-    tokens (None at t = 0, where candidate j is token j)."""
-    n_req = node_b.shape[0]
-    if t == 0:
-        live = allowed.live_nodes(base, False, 1, root_b.expand(n_req, -1))
-        if over is not None:
-            live |= allowed.live_nodes(over, True, 1, root_o.expand(n_req, -1))
-        return live
-    tb = base.tokens[t - 1]
-    rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1).view(-1)
-    kid_b = base.children[t - 1].index_select(0, rows_b)  # (B * W, Wb) depth t + 1
-    wb = kid_b.shape[1]
-    live = allowed.live_nodes(base, False, t + 1, kid_b.view(n_req, -1))
-    if over is None:
-        return live
-    to = over.tokens[t - 1]
-    rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1).view(-1)
-    tok_o = to.index_select(0, rows_o)
-    kids_o = over.children[t - 1].index_select(0, rows_o)  # (B * W, Wo)
-    # A base slot's prefix may have overlay items below it too: its token's overlay child.
-    tok_b = tok.view(n_req * node_b.shape[1], -1)[:, :wb]
-    _, shared_o = _lookup_sorted(tok_o, kids_o, tok_b)
-    live_b = live.view(n_req * node_b.shape[1], wb)
-    live_b |= allowed.live_nodes(over, True, t + 1, shared_o.view(n_req, -1)).view_as(live_b)
-    live_o = allowed.live_nodes(over, True, t + 1, kids_o.view(n_req, -1))
-    live_o = live_o.view(-1, kids_o.shape[1])
-    return torch.cat([live_b, live_o], dim=1).view(n_req, -1)
-
-
 def constrained_beam_search(
     step_fn: StepFn,
     index_tensors: DeviceIndex | tuple[DeviceIndex, DeviceIndex],
@@ -371,7 +234,7 @@ def constrained_beam_search(
             )
         if allowed.ndim != 2 or allowed.shape[0] != n_req:
             raise ValueError(f"allowed must be ({n_req}, P or R), got {tuple(allowed.shape)}")
-        allowed_items = _AllowedItems(allowed.to(device), base, over)
+        allowed_items = AllowedItems(allowed.to(device), base, over)
 
     # Root step tables (constant per call): valid first tokens of the merged index, and
     # each first token's child in either trie.
@@ -421,7 +284,7 @@ def constrained_beam_search(
             tok_o = to.index_select(0, rows_o.view(-1))  # (B * W, Wo)
             # A token in both tries is one candidate (the base slot, holding both
             # children); overlay slots whose token the base also has are dropped.
-            in_b, _ = _lookup_sorted(tok_b, tok_b, tok_o)
+            in_b, _ = lookup_sorted(tok_b, tok_b, tok_o)
             tok = torch.cat([tok_b, torch.where(in_b, -1, tok_o)], dim=1)
             slots, tok = wb + wo, tok.view(n_req, width, wb + wo)
             cand = _score_children(logp, score, tok)
@@ -437,7 +300,7 @@ def constrained_beam_search(
             if item is not None:  # leaves: the item itself must be allowed
                 cand.masked_fill_(~allowed_items.holds(item), NEG_INF)
             else:  # a prefix: some allowed item must lie below it
-                live = _live_candidates(
+                live = live_candidates(
                     base, over, t, node_b, node_o, tok, allowed_items, root_b, root_o
                 )
                 cand.masked_fill_(~live, NEG_INF)
@@ -472,7 +335,7 @@ def constrained_beam_search(
                 row_o = rows_o.gather(1, parent)
                 at_o = row_o * wo + (slot - wb).clamp(min=0)
                 own_o = over.children[t - 1].view(-1)[at_o]
-                _, shared_o = _lookup_sorted(
+                _, shared_o = lookup_sorted(
                     to.index_select(0, row_o.view(-1)),
                     over.children[t - 1].index_select(0, row_o.view(-1)),
                     new_tok.view(-1, 1),
@@ -538,7 +401,7 @@ def sequence_log_probs(
             tb = base.tokens[t - 1]
             rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1)
             kids_b = tb.index_select(0, rows_b)  # (M, Wb) ascending, -1 padding last
-            found_b, new_b = _lookup_sorted(
+            found_b, new_b = lookup_sorted(
                 kids_b, base.children[t - 1].index_select(0, rows_b), tok
             )
             kids, found, new_b = kids_b, found_b[:, 0], new_b[:, 0]
@@ -547,10 +410,10 @@ def sequence_log_probs(
                 to = over.tokens[t - 1]
                 rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1)
                 kids_o = to.index_select(0, rows_o)
-                found_o, new_o = _lookup_sorted(
+                found_o, new_o = lookup_sorted(
                     kids_o, over.children[t - 1].index_select(0, rows_o), tok
                 )
-                in_b, _ = _lookup_sorted(kids_b, kids_b, kids_o)
+                in_b, _ = lookup_sorted(kids_b, kids_b, kids_o)
                 kids = torch.cat([kids_b, torch.where(in_b, -1, kids_o)], dim=1)
                 found, new_o = found | found_o[:, 0], new_o[:, 0]
         # log P(tok | prefix) = score[tok] - logsumexp(score over the valid children)

@@ -66,12 +66,13 @@ import torch
 
 from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.config import Config, check_positive_ints, check_range
+from models.dense_candidates import blocked_at, index_dense_candidates, index_log_probs
 from models.prefix_index import DeviceIndex
+from models.row_sets import NEG_INF, blocked_rows, dedupe, rows_of
 
 if TYPE_CHECKING:  # faiss is loaded only where an index is built (the service)
     from models.dense_index import DenseIndex
 
-NEG_INF = float("-inf")
 # Up to this many allowed rows per request, a filter reaches the beam search as a list of
 # ids; above it, as the (B, R) row mask (`constrained_beam_search`, `allowed`).
 SPARSE_ALLOWED_MAX = 4096
@@ -128,15 +129,6 @@ class DecodingConfig(Config):
         check_positive_ints(self, "beam_width", "dense_candidates")
 
 
-def _excluded_mask(exclude: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-    """(B, E) excluded ids (-1 padding), (B, M) candidate rows -> (B, M) bool excluded."""
-    if exclude is None or exclude.shape[1] == 0:
-        return torch.zeros_like(rows, dtype=torch.bool)
-    ex = exclude.sort(dim=1).values
-    pos = torch.searchsorted(ex, rows.contiguous()).clamp_(max=ex.shape[1] - 1)
-    return ex.gather(1, pos) == rows
-
-
 def generative_log_probs(
     model: ServingModel, state: torch.Tensor, rows: torch.Tensor, catalogue: Catalogue
 ) -> torch.Tensor:
@@ -152,16 +144,6 @@ def generative_log_probs(
     )
     ok = (found.view(batch, m) == rows) & (rows > 0)
     return torch.where(ok, log_p.sum(dim=1).view(batch, m), NEG_INF)
-
-
-def _dedupe(rows: torch.Tensor) -> torch.Tensor:
-    """(B, M) rows -> (B, M) rows with repeats (after their first occurrence) set to -1."""
-    order = rows.sort(dim=1, stable=True)
-    repeat = torch.zeros_like(rows, dtype=torch.bool)
-    repeat[:, 1:] = order.values[:, 1:] == order.values[:, :-1]
-    out = rows.clone()
-    out.scatter_(1, order.indices, torch.where(repeat, -1, order.values))
-    return out
 
 
 @dataclass(frozen=True)
@@ -236,171 +218,6 @@ def shared_log_softmax(
     return mixed.masked_fill(dead[None], NEG_INF)
 
 
-def _blocked_rows(
-    batch: int,
-    catalogue: Catalogue,
-    exclude: torch.Tensor | None,
-    device: torch.device,
-    allowed: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B, R) bool rows never to return: padding, dead rows, each request's exclusions
-    and, with a (B, R) `allowed` mask, every row it does not allow."""
-    if allowed is None:
-        blocked = torch.zeros(batch, catalogue.n_rows, dtype=torch.bool, device=device)
-    else:
-        blocked = ~allowed.to(device)
-    if exclude is not None and exclude.shape[1]:
-        ex = exclude.to(device)
-        blocked.scatter_(1, ex.clamp(min=0), ex >= 0)  # -1 padding lands on row 0
-    if catalogue.live is not None:
-        blocked |= ~catalogue.live[None]
-    blocked[:, 0] = True
-    return blocked
-
-
-def rows_of(mask: torch.Tensor) -> torch.Tensor:
-    """(B, R) bool -> (B, P) int64 the True columns of each row, ascending, -1 padding
-    (P = the largest count, at least 1). One nonzero, no loop over requests."""
-    counts = mask.sum(dim=1)
-    width = max(1, int(counts.max())) if mask.shape[0] else 1
-    out = torch.full((mask.shape[0], width), -1, dtype=torch.int64, device=mask.device)
-    b, r = mask.nonzero(as_tuple=True)  # row-major: grouped by request, rows ascending
-    starts = torch.cumsum(counts, dim=0) - counts
-    out[b, torch.arange(b.shape[0], device=mask.device) - starts[b]] = r
-    return out
-
-
-def _row_logits(state: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, C) states, (R, C) item vectors, (B, M) rows (-1 allowed) -> (B, M) state . v_row,
-    exactly, for the listed rows only (-1 slots read row 0)."""
-    picked = vectors.float()[rows.clamp(min=0)]  # (B, M, C)
-    return torch.einsum("bc,bmc->bm", state.float(), picked)
-
-
-def _blocked_at(
-    rows: torch.Tensor,
-    catalogue: Catalogue,
-    exclude: torch.Tensor | None,
-    allowed: torch.Tensor | None,
-) -> torch.Tensor:
-    """(B, M) rows (-1 allowed) -> (B, M) bool: `_blocked_rows` read at those rows only
-    (empty slots and padding blocked), without building the (B, R) mask."""
-    safe = rows.clamp(min=0)
-    bad = rows <= 0
-    if catalogue.live is not None:
-        bad |= ~catalogue.live[safe]
-    bad |= _excluded_mask(exclude, rows)
-    if allowed is not None:
-        bad |= ~allowed.gather(1, safe)
-    return bad
-
-
-def _pad_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
-    """[(request indices (b,), rows (b, M_i))] -> (batch, max M_i) int64, -1 padding."""
-    width = max(p.shape[1] for _, p in parts)
-    out = torch.full((batch, width), -1, dtype=torch.int64, device=parts[0][1].device)
-    for which, part in parts:
-        out[which, : part.shape[1]] = part
-    return out
-
-
-@dataclass(frozen=True)
-class DenseFound:
-    """The dense candidates the index path found for B requests.
-
-    rows: (B, n) int64 the best eligible rows, -1 padding.
-    pool: (B, P) int64 every row whose logit was computed (the normaliser's rows), -1 pad.
-    exact: (B,) bool the requests scanned exactly (the index found too few).
-    exact_log_z: (B,) float the exact log Z of those requests (0 elsewhere).
-    """
-
-    rows: torch.Tensor
-    pool: torch.Tensor
-    exact: torch.Tensor
-    exact_log_z: torch.Tensor
-
-
-def index_dense_candidates(
-    state: torch.Tensor,
-    catalogue: Catalogue,
-    exclude: torch.Tensor | None,
-    allowed: torch.Tensor | None,
-    n_dense: int,
-) -> DenseFound:
-    """The dense candidates from `catalogue.dense_index` (module docstring, large
-    catalogues): the index's top M bundle rows plus every added row, blocked rows dropped,
-    the best n_dense by exact logits. Requests with fewer than n_dense eligible rows ask
-    again for widen x M rows; still short, they are scanned exactly (a full scan for those
-    requests only, so k results whenever k eligible rows exist)."""
-    index = catalogue.dense_index
-    assert index is not None
-    batch, device = state.shape[0], state.device
-    vectors = catalogue.item_vectors
-    # Added rows (above the indexed ones) are always candidates: few, and never indexed.
-    added = torch.arange(index.n_rows, catalogue.n_rows, device=device)
-    n_ex = 0 if exclude is None else exclude.shape[1]
-    # Excluded rows (the history) are often among the best by the dense head: ask for
-    # enough rows that they can all be dropped and n_dense still remain.
-    m = max(index.candidates, 4 * n_dense) + n_ex
-    todo = torch.arange(batch, device=device)
-    found: list[tuple[torch.Tensor, torch.Tensor]] = []
-    pools: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for _ in range(2):  # the first ask, then one widened
-        sub_ex = None if exclude is None else exclude[todo]
-        sub_allowed = None if allowed is None else allowed[todo]
-        ann_rows, _ = index.search(state[todo], m)
-        pool = torch.cat([ann_rows, added[None].expand(len(todo), -1)], dim=1)
-        logits = _row_logits(state[todo], vectors, pool)
-        bad = _blocked_at(pool, catalogue, sub_ex, sub_allowed)
-        best = logits.masked_fill(bad, NEG_INF).topk(min(n_dense, pool.shape[1]), dim=1)
-        rows = torch.where(best.values > NEG_INF, pool.gather(1, best.indices), -1)
-        enough = (rows > 0).sum(dim=1) >= n_dense
-        found.append((todo[enough], rows[enough]))
-        pools.append((todo[enough], pool[enough]))
-        todo = todo[~enough]
-        if not len(todo) or m >= index.index.ntotal:
-            break
-        m *= index.widen
-    exact = torch.zeros(batch, dtype=torch.bool, device=device)
-    exact_log_z = torch.zeros(batch, dtype=torch.float32, device=device)
-    if len(todo):  # the index's rows could not give them n_dense: the exact scan
-        sub_ex = None if exclude is None else exclude[todo]
-        sub_allowed = None if allowed is None else allowed[todo]
-        logits = state[todo].float() @ vectors.float().T
-        blocked = _blocked_rows(len(todo), catalogue, sub_ex, device, sub_allowed)
-        rows = logits.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices
-        dead = torch.zeros(catalogue.n_rows, dtype=torch.bool, device=device)
-        dead[0] = True
-        if catalogue.live is not None:
-            dead |= ~catalogue.live
-        found.append((todo, rows))
-        pools.append((todo, rows))
-        exact[todo] = True
-        exact_log_z[todo] = torch.logsumexp(logits.masked_fill(dead[None], NEG_INF), dim=1)
-    return DenseFound(_pad_rows(found, batch), _pad_rows(pools, batch), exact, exact_log_z)
-
-
-def _index_log_probs(
-    state: torch.Tensor, catalogue: Catalogue, rows: torch.Tensor, dense: DenseFound
-) -> torch.Tensor:
-    """(B, M) candidate rows -> (B, M) log P_dense as the index path returns it: the exact
-    logit minus log Z over the live rows whose logits were computed (pool and candidates;
-    a lower bound of the exact log Z), or minus the exact log Z for requests scanned
-    exactly; -inf for empty slots and dead rows."""
-    union = _dedupe(torch.cat([dense.pool, rows], dim=1))
-    live = union > 0
-    if catalogue.live is not None:
-        live &= catalogue.live[union.clamp(min=0)]
-    logits = _row_logits(state, catalogue.item_vectors, union).masked_fill(~live, NEG_INF)
-    log_z = torch.where(dense.exact, dense.exact_log_z, torch.logsumexp(logits, dim=1))
-    log_z = log_z.masked_fill(torch.isneginf(log_z), 0.0)  # no live row: nothing eligible
-    dead = rows <= 0
-    if catalogue.live is not None:
-        dead |= ~catalogue.live[rows.clamp(min=0)]
-    out = _row_logits(state, catalogue.item_vectors, rows) - log_z[:, None]
-    return out.masked_fill(dead, NEG_INF)
-
-
 @torch.no_grad()
 def find_candidates(
     model: ServingModel,
@@ -445,7 +262,7 @@ def find_candidates(
         offsets = None
     else:
         dense_all, offsets = share_offsets(state, catalogue, config.new_item_share)  # (B, R)
-        blocked = _blocked_rows(batch, catalogue, exclude, dense_all.device, allowed)
+        blocked = blocked_rows(batch, catalogue, exclude, dense_all.device, allowed)
         found = [dense_all.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices]
     if generative:
 
@@ -459,7 +276,7 @@ def find_candidates(
         beam_allowed = None
         if allowed is not None:
             if blocked is None:
-                blocked = _blocked_rows(batch, catalogue, exclude, state.device, allowed)
+                blocked = blocked_rows(batch, catalogue, exclude, state.device, allowed)
             open_rows = ~blocked
             # A short list of ids (an allowlist) is tested by searchsorted; many allowed
             # rows (a category, a denylist) go as the mask itself, which the search reads
@@ -470,11 +287,11 @@ def find_candidates(
             step, catalogue.index, batch, width, width, exclude=exclude, allowed=beam_allowed
         )
         found.append(beam_rows)
-    rows = _dedupe(torch.cat(found, dim=1))  # (B, M), -1 = none
+    rows = dedupe(torch.cat(found, dim=1))  # (B, M), -1 = none
     safe = rows.clamp(min=0)
     if indexed:
-        eligible = ~_blocked_at(rows, catalogue, exclude, allowed)
-        dense = _index_log_probs(state, catalogue, rows, dense_found)
+        eligible = ~blocked_at(rows, catalogue, exclude, allowed)
+        dense = index_log_probs(state, catalogue, rows, dense_found)
     else:
         assert blocked is not None
         eligible = (rows > 0) & ~blocked.gather(1, safe)

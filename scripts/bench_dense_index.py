@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.bundle import load_bundle  # noqa: E402
-from models.decoding import Catalogue, index_dense_candidates, recommend_top_k  # noqa: E402
+from models.decoding import Catalogue, recommend_top_k  # noqa: E402
+from models.dense_candidates import index_dense_candidates  # noqa: E402
 from models.dense_index import DenseIndexConfig, build_dense_index  # noqa: E402
 from scripts.bench_filters import bundle_for  # noqa: E402
 
