@@ -18,7 +18,6 @@ with (`Engine.serving`), so it is answered by one version throughout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +32,7 @@ from service.batching import MicroBatcher
 from service.catalog import STATUS_UNCHANGED, CatalogStore, ItemRecord, Retirement
 from service.errors import ItemConflict, NotFound
 from service.filters import RequestFilters, resolve_filters
+from service.index_merge import OverlayMerger
 from service.metrics import Metrics
 from service.new_items import ItemText, ItemTokenizer, NewItemInput
 from service.recommender import ItemView, Recommender, RecQuery, RecResult
@@ -45,9 +45,6 @@ FALLBACK_POPULARITY = "popularity"
 RETIREMENT_CHECK_TIMEOUT_S = 1.0
 # Items re-tokenized per step when carried to a new bundle version.
 CARRY_CHUNK = 256
-# Seconds between an add and the background merge of the overlay into the base index: a
-# burst of adds is merged once, and until then the added items are served from the overlay.
-MERGE_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -109,12 +106,7 @@ class Engine:
         self._in_flight = 0  # requests holding this engine (`serving`)
         self._idle = asyncio.Event()
         self._idle.set()
-        # Overlay merges build on their own thread (never the inference thread), so no
-        # request waits for one; only the snapshot and the swap run on the inference thread.
-        self._merge_executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="flexcode-merge"
-        )
-        self._merge_task: asyncio.Task | None = None
+        self._merger = OverlayMerger(recommender.table, self._on_thread)
 
     # --- what it serves ---
     @property
@@ -197,14 +189,10 @@ class Engine:
         return True
 
     async def close(self) -> None:
-        if self._merge_task is not None:
-            self._merge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._merge_task
+        await self._merger.close()
         await self._batcher.stop()
         await self._store.close()
         self._executor.shutdown(wait=True)
-        self._merge_executor.shutdown(wait=True)
         self._tokenizer.close()
 
     async def _apply_records(self, records: list[ItemRecord]) -> int:
@@ -224,43 +212,12 @@ class Engine:
         if changed:
             self._metrics.catalog_items.set(self._rec.n_items)
             logger.debug("applied %d item records", changed)
-            self._schedule_merge()
+            self._merger.schedule()
         return changed
 
-    # --- merging the overlay of added items into the base index ---
-    def _schedule_merge(self) -> None:
-        if self._merge_task is None or self._merge_task.done():
-            self._merge_task = asyncio.create_task(self._merge_overlay(), name="flexcode-merge")
-
-    async def _merge_overlay(self) -> None:
-        """Fold the overlay into the base until it is empty: snapshot and swap on the
-        inference thread (cheap), the build on the merge thread. Adds that land during a
-        build stay in the overlay and are merged by the next round."""
-        loop = asyncio.get_running_loop()
-        table = self._rec.table
-        while True:
-            await asyncio.sleep(MERGE_DELAY_S)
-            job = await self._on_thread(table.merge_job)
-            if job is None:
-                return
-            started = time.perf_counter()
-            try:
-                merged = await loop.run_in_executor(self._merge_executor, job)
-            except Exception:  # the overlay keeps serving; the next add retries
-                logger.exception("merging the added items into the base index failed")
-                return
-            installed = await self._on_thread(table.install_merge, merged)
-            logger.debug(
-                "merge of %d added items %s in %.2f s",
-                merged.n_merged,
-                "installed" if installed else "stale, redone",
-                time.perf_counter() - started,
-            )
-
     async def merged(self) -> None:
-        """Wait for the background merge, if one is under way (tests, benchmarks)."""
-        if self._merge_task is not None:
-            await asyncio.shield(self._merge_task)
+        """Wait for the background merge of added items, if one is under way."""
+        await self._merger.merged()
 
     async def _apply_retirements(self, changes: list[Retirement]) -> None:
         """Retire or restore items here (stored retirements, from any replica)."""

@@ -310,9 +310,9 @@ async def test_wrong_text_encoder_stops_start_up(make_settings) -> None:
 async def test_added_items_are_merged_in_the_background(make_settings, monkeypatch) -> None:
     """Added items go to the overlay at once, and are folded into the base index off the
     inference thread a moment later; recommendations are the same before and after."""
-    import service.engine
+    import service.index_merge
 
-    monkeypatch.setattr(service.engine, "MERGE_DELAY_S", 0.2)
+    monkeypatch.setattr(service.index_merge, "MERGE_DELAY_S", 0.2)
     async with running_app(make_settings()) as (client, app):
         new = [{"item_id": f"merge-{i}", "title": f"Thing {i}"} for i in range(4)]
         assert (await client.post("/items", json={"items": new})).status_code == 200

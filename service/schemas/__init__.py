@@ -1,0 +1,108 @@
+"""Request and response bodies, one module per resource. Static bounds live here; the
+bounds that come from Settings (history length, k, beam width, items per request) are
+checked by the routes and written into the OpenAPI document by the app factory
+(`service.openapi`). Everything is re-exported here: `from service.schemas import X`."""
+
+from __future__ import annotations
+
+from service.schemas.admin import (
+    Health,
+    Readiness,
+    ReloadResponse,
+    Starting,
+    StoreState,
+    SwapState,
+)
+from service.schemas.common import (
+    DOT_SEGMENTS,
+    ITEM_ID_MAX_CHARS,
+    ITEM_ID_PATTERN,
+    ITEM_ID_RULE,
+    ITEM_ID_SCHEMA,
+    USER_ID_RULE,
+    USER_ID_SCHEMA,
+    ErrorBody,
+    FieldError,
+    ItemId,
+    JsonInt,
+    PositiveInt,
+    RequestBody,
+    UserId,
+    check_item_id,
+    check_user_id,
+)
+from service.schemas.events import (
+    MAX_TIMESTAMP,
+    EventIn,
+    EventsRequest,
+    EventsResponse,
+    UserForgotten,
+)
+from service.schemas.items import (
+    MAX_ITEM_FIELDS,
+    ExtraValue,
+    ItemAdded,
+    ItemCreate,
+    ItemPublic,
+    ItemsCreateRequest,
+    ItemsCreateResponse,
+)
+from service.schemas.recommend import (
+    FILTER_ATTRIBUTES,
+    MAX_FILTER_CATEGORIES,
+    TIME_EXAMPLE,
+    CategoryName,
+    IsoTime,
+    ItemFilter,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+    parse_time,
+)
+
+__all__ = [
+    "DOT_SEGMENTS",
+    "FILTER_ATTRIBUTES",
+    "ITEM_ID_MAX_CHARS",
+    "ITEM_ID_PATTERN",
+    "ITEM_ID_RULE",
+    "ITEM_ID_SCHEMA",
+    "MAX_FILTER_CATEGORIES",
+    "MAX_ITEM_FIELDS",
+    "MAX_TIMESTAMP",
+    "TIME_EXAMPLE",
+    "USER_ID_RULE",
+    "USER_ID_SCHEMA",
+    "CategoryName",
+    "ErrorBody",
+    "EventIn",
+    "EventsRequest",
+    "EventsResponse",
+    "ExtraValue",
+    "FieldError",
+    "Health",
+    "IsoTime",
+    "ItemAdded",
+    "ItemCreate",
+    "ItemFilter",
+    "ItemId",
+    "ItemPublic",
+    "ItemsCreateRequest",
+    "ItemsCreateResponse",
+    "JsonInt",
+    "PositiveInt",
+    "Readiness",
+    "RecommendRequest",
+    "RecommendResponse",
+    "ReloadResponse",
+    "RequestBody",
+    "ScoredItem",
+    "Starting",
+    "StoreState",
+    "SwapState",
+    "UserForgotten",
+    "UserId",
+    "check_item_id",
+    "check_user_id",
+    "parse_time",
+]
