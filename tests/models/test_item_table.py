@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from models import item_table
 from models.beam_search import sequence_log_probs
 from models.item_table import ItemTable
 from models.prefix_index import build_prefix_index
@@ -279,3 +280,28 @@ def test_a_replace_after_a_merge_and_a_stale_merge(contents):
     assert table.overlay.n_added == 0 and found_rows(table, toks) == [d, b]
     assert found_rows(table, table.tokens[[c]].numpy()) == [c]
     assert_same_decoding(decode_all(table), before)
+
+
+def test_adds_fill_spare_rows_and_keep_earlier_catalogues_intact(contents, monkeypatch):
+    """Adds write into spare buffer rows (no copy of the whole table per add) and grow
+    the buffers when full; a catalogue taken before an add still reads what it read."""
+    monkeypatch.setattr(item_table, "MIN_SPARE_ROWS", 2)  # grow often on a tiny table
+    table = make_table(contents)
+    before = table.catalogue()
+    seen_vectors = before.item_vectors.clone()
+    taken = np.zeros((0, contents.item_tokens.shape[1]), dtype=np.int64)
+    added_vectors = []
+    for step in range(3):  # 3 adds of 5 rows (spread over prefixes): two growths
+        like = np.arange(5 * step, 5 * step + 5) % N_ITEMS + 1
+        tokens = fresh_tokens(contents, like, taken)
+        vecs = vectors(len(tokens), seed=step)
+        table.add(vecs, tokens)
+        taken = np.concatenate([taken, tokens])
+        added_vectors.append(vecs)
+    assert table.n_rows == N_ITEMS + 1 + len(taken)
+    np.testing.assert_array_equal(
+        table.vectors[N_ITEMS + 1 :].numpy(), np.concatenate(added_vectors)
+    )
+    np.testing.assert_array_equal(table.tokens[N_ITEMS + 1 :].numpy(), taken)
+    assert torch.equal(before.item_vectors, seen_vectors)  # the old view is untouched
+    assert found_rows(table, taken[-3:]) == list(range(table.n_rows - 3, table.n_rows))
