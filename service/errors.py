@@ -77,6 +77,10 @@ def validation_body(exc: RequestValidationError) -> ErrorBody:
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
         msg = str(err.get("msg", ""))
+        # Our validators' messages say what is wrong already; pydantic prefixes the ones
+        # raised as ValueError with its own label.
+        if err.get("type") == "value_error":
+            msg = msg.removeprefix("Value error, ")
         errors.append(FieldError(loc=loc, msg=msg))
         where = ".".join(p for p in loc if p != "body")
         lines.append(f"{where or 'body'}: {msg}")
