@@ -23,6 +23,7 @@ from pathlib import Path
 
 from redis import asyncio as aioredis
 
+from service.catalog.journal import connect_journal
 from service.catalog.redis_store import CONNECTION_ERRORS
 from service.errors import StoreUnavailable
 
@@ -130,12 +131,7 @@ class JournalHistories(UserHistories):
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn = connect_journal(self.path)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS user_events (user_id TEXT NOT NULL, at REAL NOT NULL, "
             "item_id TEXT NOT NULL, PRIMARY KEY (user_id, at, item_id)) WITHOUT ROWID"

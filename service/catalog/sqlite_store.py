@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from service.catalog import sqlite_bases, sqlite_retirements
+from service.catalog.journal import connect_journal
 from service.catalog.placement import Placer
 from service.catalog.records import (
     STATUS_ADDED,
@@ -68,12 +69,7 @@ class LocalCatalog(CatalogStore):
         return self._conn is not None
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn = connect_journal(self.path)
         conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS items (
