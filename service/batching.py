@@ -12,12 +12,13 @@ doubled the p50 at concurrency 1 and gave no throughput (BENCHMARKS.md, the serv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
+
+from service.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,8 @@ class MicroBatcher(Generic[In, Out]):
             self._task = asyncio.create_task(self._run(), name="flexcode-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         while not self._queue.empty():
             _, future = self._queue.get_nowait()
             if not future.done():

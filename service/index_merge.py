@@ -10,13 +10,13 @@ batches. Adds that land during a build stay in the overlay for the next round.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from models.item_table import ItemTable
+from service.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,5 @@ class OverlayMerger:
             await asyncio.shield(self._task)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._executor.shutdown(wait=True)

@@ -21,7 +21,6 @@ Retired items need no carrying: retirements are stored by item id, for every ver
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,7 @@ from typing import Literal
 from models.bundle import BundleError, resolve_bundle_path
 from service.engine import Engine
 from service.metrics import Metrics
+from service.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +109,8 @@ class BundleSwapper:
                 logger.exception("checking for a new bundle version failed")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         async with self._lock:  # a swap in progress finishes (or fails) first
             pass
 

@@ -12,7 +12,6 @@ by the same poll.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -42,6 +41,7 @@ from service.catalog.store import (
     item_conflict,
 )
 from service.errors import StoreUnavailable
+from service.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -272,11 +272,8 @@ class LocalCatalog(CatalogStore):
         return await asyncio.to_thread(read)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._conn is not None:
             with self._lock:
                 self._conn.close()
