@@ -73,6 +73,7 @@ class CuttableProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
+        self._generation = 0  # bumped by cut(): a connection accepted before it must not live on
 
     @property
     def url(self) -> str:
@@ -85,6 +86,7 @@ class CuttableProxy:
 
     async def cut(self) -> None:
         assert self._server is not None
+        self._generation += 1
         self._server.close()
         for transport in list(self._transports):
             transport.abort()  # a reset, not a polite close: what a partition looks like
@@ -97,10 +99,17 @@ class CuttableProxy:
             await self.cut()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        generation = self._generation
+        self._transports.add(writer.transport)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.transport.abort()
+            return
+        if generation != self._generation:
+            # cut() ran while this connection was being set up: it is part of the partition.
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._transports |= {writer.transport, up_writer.transport}
         await asyncio.gather(
