@@ -41,7 +41,6 @@ from training.baselines import MODEL_RUNNERS, RunContext
 from training.data.preprocess import GROUPS, ProcessedDataset
 from training.evaluate import METRICS, EvalResult, summarise
 from training.loop import LoopConfig
-from training.stages.sasrec import SASRecTrainConfig
 from training.stats import paired_bootstrap, per_user_ndcg
 
 logger = logging.getLogger(__name__)
@@ -72,15 +71,14 @@ def _ranks_key(row: str) -> str:
 
 
 # Settings added after cells were first kept: at their defaults they are left out of a
-# cell's key, so those cells stay reusable.
+# cell's key, so those cells stay reusable. (SASRec's eval_users is not among them: its
+# default changed from every user to 5,000, so older cells must not match.)
 _ADDED_LATER = ("loss", "sampled_negatives", "negative_sampler")
-_ADDED_LATER_SASREC = ("eval_users",)
 
 
 def _loop_settings(config: LoopConfig) -> dict:
     settings = config.to_dict()
-    names = _ADDED_LATER + (_ADDED_LATER_SASREC if isinstance(config, SASRecTrainConfig) else ())
-    for name in names:
+    for name in _ADDED_LATER:
         if settings.get(name) == getattr(type(config), name):
             del settings[name]
     return settings

@@ -129,7 +129,7 @@ def train_sasrec_cmd(
     sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
     eval_users: Annotated[
         int, typer.Option(help="validation users per epoch (fixed subsample); 0 = all")
-    ] = 0,
+    ] = 5000,
 ) -> None:
     """Stage A: train SASRec; saves weights and the CF item embeddings to RUN_DIR/sasrec.
     Under torchrun every process trains a DDP replica; rank 0 evaluates and saves."""
@@ -421,6 +421,9 @@ def train_generator_cmd(
     eval_users: Annotated[
         int, typer.Option(help="validation users per evaluation; 0 = all")
     ] = 5000,
+    test_users: Annotated[
+        int, typer.Option(help="stage D's test report on a fixed sample of users; 0 = all")
+    ] = 10_000,
 ) -> None:
     """Stages A-D: the router and generator on RUN_DIR's tokenizer (stages A-C are trained
     first when missing); writes RUN_DIR/generator/ and prints validation and test figures.
@@ -461,6 +464,7 @@ def train_generator_cmd(
             cache_dir=data.cache_dir,
             distributed=dist_ctx,
             sasrec_config=settings.build(SASRecConfig, "sasrec", n_items=ds.n_items),
+            test_users=test_users or None,
             **earlier,
         )
     except (ValueError, FileNotFoundError) as error:
@@ -502,6 +506,9 @@ def train_pipeline_cmd(
     sasrec_max_epochs: Annotated[int, typer.Option(help="stage A epoch cap")] = 300,
     tokenizer_epochs: Annotated[int, typer.Option(help="stage C epochs")] = 300,
     generator_max_epochs: Annotated[int, typer.Option(help="stage D epoch cap")] = 300,
+    test_users: Annotated[
+        int, typer.Option(help="stage D's test report on a fixed sample of users; 0 = all")
+    ] = 10_000,
 ) -> None:
     """Everything: stages A-D on DATASET, then export a serving bundle to BUNDLE_ROOT.
     Stages the run directory already holds are reused. Under torchrun (`torchrun
@@ -558,6 +565,7 @@ def train_pipeline_cmd(
             distributed=dist_ctx,
             sasrec_config=settings.build(SASRecConfig, "sasrec", n_items=ds.n_items),
             tokenizer_spec=tokenizer_spec,
+            test_users=test_users or None,
         )
     except (ValueError, FileNotFoundError, BundleError) as error:
         fail(str(error))

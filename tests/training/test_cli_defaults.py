@@ -15,6 +15,7 @@ import typer
 from models.sasrec import SASRecConfig
 from training.cli import app
 from training.data import EventColumns, PreprocessConfig, SyntheticConfig
+from training.pipeline import DEFAULT_TEST_USERS
 from training.stages.generator import GeneratorTrainConfig
 from training.stages.sasrec import SASRecTrainConfig
 from training.stages.tokenizer import TokenizerSpec, TokenizerTrainConfig
@@ -41,6 +42,7 @@ STAGE_OPTIONS = {
         "dropout": (SASRecConfig, "dropout"),
         "lr": (SASRecTrainConfig, "lr"),
         "max_epochs": (SASRecTrainConfig, "max_epochs"),
+        "eval_users": (SASRecTrainConfig, "eval_users"),
     },
     ("train", "tokenizer"): {
         "seed": (TokenizerTrainConfig, "seed"),
@@ -97,6 +99,11 @@ def test_stage_option_defaults_match_their_configs(path):
             f"`flexcode {' '.join(path)} --{option.replace('_', '-')}` defaults to "
             f"{defaults[option]!r}, {config.__name__}.{name} to {_field_default(config, name)!r}"
         )
+
+
+@pytest.mark.parametrize("path", [("train", "generator"), ("train", "pipeline")], ids=" ".join)
+def test_test_users_default_is_the_pipelines(path):
+    assert _defaults(dict(_commands())[path])["test_users"] == DEFAULT_TEST_USERS
 
 
 def test_dataset_option_defaults_match_their_configs():

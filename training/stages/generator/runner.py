@@ -15,7 +15,7 @@ from models.router import RouterConfig
 from training.alpha_report import alpha_summary
 from training.data.preprocess import ProcessedDataset
 from training.distributed import DistContext
-from training.evaluate import NEW_ITEM_SHARES, EvalResult, share_row
+from training.evaluate import NEW_ITEM_SHARES, EvalResult, share_row, subsample
 from training.stages.generator.evaluate import DENSE_ONLY, evaluate_exact, evaluate_served
 from training.stages.generator.inputs import build_item_inputs
 from training.stages.generator.train import (
@@ -102,7 +102,11 @@ def router_report(result: GeneratorResult) -> dict:
 
 
 def report_on_test_split(
-    result: GeneratorResult, dataset: ProcessedDataset, device: torch.device, exact: bool = True
+    result: GeneratorResult,
+    dataset: ProcessedDataset,
+    device: torch.device,
+    exact: bool = True,
+    test_users: int | None = None,
 ) -> tuple[dict[str, EvalResult], dict]:
     """The served model on the test split, and each part alone:
 
@@ -114,9 +118,11 @@ def report_on_test_split(
                   runs no beam search, so "exact" alone cannot show it)
     "share-0.1", "share-0.2"  the served score with that new-item share, when some items
                   have no id (the cold-holdout protocol)
-    Returns (those results, diagnostics: per-w coverage, tail share and short lists)."""
+    test_users: a fixed random sample of that many test users (None: every user, what
+    every benchmark uses). Returns (those results, diagnostics: per-w coverage, tail
+    share and short lists)."""
     served = result.served(device)
-    test, groups = dataset.test(), dataset.item_groups()
+    test, groups = subsample(dataset.test(), test_users, seed=0), dataset.item_groups()
     w = served.decoding.dense_weight
     if not result.generative:  # the dense-only ablation: one head to report
         found = evaluate_served(served, test, groups, (DENSE_ONLY,), desc="test")
