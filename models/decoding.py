@@ -10,8 +10,10 @@ measured. For each request:
      the item table), so a new item can be returned the moment it is added;
   3. every candidate's score, computed exactly for each one:
         score = (1 - w) * log P_gen(item) + w * log P_dense(item),   w = dense_weight,
-     log P_gen by teacher forcing under the restricted softmax (the same number beam
-     search reaches for the items it finds), log P_dense the dense head's log-softmax;
+     log P_gen under the restricted softmax: the beam's own score for the items it found
+     (the sum of its restricted step log-probs), teacher forcing for the dense head's
+     candidates (the same number beam search would reach for them); log P_dense the
+     dense head's log-softmax;
   4. excluded items (the history) dropped, the best k returned.
 
 The dense candidates alone hold at least k non-excluded items whenever the catalogue has
@@ -283,10 +285,12 @@ def find_candidates(
             # by gathers: listing a million ids per request cost seconds per batch.
             few = int(open_rows.sum(dim=1).max()) <= SPARSE_ALLOWED_MAX if batch else True
             beam_allowed = rows_of(open_rows) if few else open_rows
-        beam_rows, _, _ = constrained_beam_search(
+        beam_rows, beam_log_p, _ = constrained_beam_search(
             step, catalogue.index, batch, width, width, exclude=exclude, allowed=beam_allowed
         )
         found.append(beam_rows)
+    # Dense candidates first: a row found both ways keeps its dense slot, which is
+    # teacher-forced below, and its beam slot becomes empty.
     rows = dedupe(torch.cat(found, dim=1))  # (B, M), -1 = none
     safe = rows.clamp(min=0)
     if indexed:
@@ -298,7 +302,12 @@ def find_candidates(
         dense = dense_all.gather(1, safe).masked_fill(rows < 0, NEG_INF)
     gen = None
     if generative:
-        gen = generative_log_probs(model, state, safe, catalogue).masked_fill(rows < 0, NEG_INF)
+        # Teacher forcing only where the beam gave no score: the rescoring projects every
+        # position onto the whole vocabulary, the dearest part of a request at w < 1.
+        n_found = found[0].shape[1]
+        forced = generative_log_probs(model, state, safe[:, :n_found], catalogue)
+        gen = torch.cat([forced, beam_log_p.to(forced.dtype)], dim=1)
+        gen = gen.masked_fill(rows < 0, NEG_INF)
         if offsets is not None:
             gen = gen + offsets.gather(1, safe)
     return Candidates(rows=rows, generative=gen, dense=dense, eligible=eligible)

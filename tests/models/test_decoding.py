@@ -276,6 +276,13 @@ def test_generative_scores_are_what_the_beam_search_reaches(contents):
             slot = (cands.rows[b] == item).nonzero()
             assert slot.numel() == 1
             assert cands.generative[b, slot[0, 0]].item() == pytest.approx(score, abs=1e-5)
+    # Every slot, found by the beam or only by the dense head, carries teacher forcing's
+    # number (the beam's rows reuse the beam's score, the others are teacher-forced).
+    narrow = find_candidates(gen, HISTORY, cat, replace(config, beam_width=2, dense_candidates=5))
+    live = narrow.rows >= 0
+    forced = generative_log_probs(gen, state, narrow.rows.clamp(min=0), cat)
+    torch.testing.assert_close(narrow.generative[live], forced[live], rtol=0, atol=1e-5)
+    assert torch.isneginf(narrow.generative[~live]).all()
     # Rows outside the index (padding, retired) have no generative probability.
     odd = torch.tensor([[0, N_ITEMS + 2, 1]]).expand(4, -1)
     got = generative_log_probs(gen, state, odd, cat)
