@@ -250,9 +250,7 @@ def run_generator_stage(
         text_embeddings=text,
     )
     if dist_ctx.is_main:
-        test = _test_and_save(
-            dataset, run_dir, variant, device, train_config, result, test_users
-        )
+        test = _test_and_save(dataset, run_dir, variant, device, train_config, result, test_users)
     else:
         test = None
     barrier(dist_ctx)

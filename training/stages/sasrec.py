@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.sampled_softmax import SampledSoftmax
 from models.config import check_range
+from models.sampled_softmax import SampledSoftmax
 from models.sasrec import SASRec, SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences, warm_mask
 from training.device import autocast, seed_everything
