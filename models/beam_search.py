@@ -380,7 +380,9 @@ def sequence_log_probs(
             f"log_probs (M, {base.depth}, {base.vocab_size}) and tokens (M, {base.depth}) "
             f"expected, got {tuple(log_probs.shape)} and {tuple(tokens.shape)}"
         )
-    scores = log_probs.masked_fill(log_probs.isnan(), NEG_INF)
+    # NaN (a model forbidding a token) counts as invalid; it is fixed on the gathered
+    # entries below, not over the whole (M, D, V) tensor, the size of a rescoring batch.
+    scores = log_probs
     tokens = tokens.to(base.device)
     in_vocab = ((tokens >= 0) & (tokens < vocab)).all(dim=1)
     tokens = torch.where(in_vocab[:, None], tokens, 0)
@@ -417,9 +419,10 @@ def sequence_log_probs(
                 kids = torch.cat([kids_b, torch.where(in_b, -1, kids_o)], dim=1)
                 found, new_o = found | found_o[:, 0], new_o[:, 0]
         # log P(tok | prefix) = score[tok] - logsumexp(score over the valid children)
-        cand = scores[:, t].gather(1, kids.clamp(min=0)).masked_fill(kids < 0, NEG_INF)
+        cand = scores[:, t].gather(1, kids.clamp(min=0))
+        cand = cand.masked_fill_((kids < 0) | cand.isnan(), NEG_INF)
         lse = torch.logsumexp(cand, dim=1)
-        target = scores[:, t].gather(1, tok)[:, 0]
+        target = scores[:, t].gather(1, tok)[:, 0]  # NaN fails the > NEG_INF test below
         out.append(torch.where(found & (target > NEG_INF), target - lse, NEG_INF))
         node_b, node_o = torch.where(found, new_b, -1), torch.where(found, new_o, -1)
     log_p = torch.stack(out, dim=1)

@@ -270,6 +270,9 @@ def find_candidates(
 
         def step(tokens: torch.Tensor, _: None) -> tuple[torch.Tensor, None]:
             # Column 0 is BOS; the decoder is conditioned on the state instead.
+            if tokens.shape[2] == 1:  # the first step: every beam is the same BOS
+                first = model.next_token_log_probs(state, tokens[:, :1, 1:])
+                return first.expand(-1, tokens.shape[1], -1), None
             return model.next_token_log_probs(state, tokens[:, :, 1:]), None
 
         width = config.beam_width

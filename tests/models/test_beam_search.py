@@ -413,6 +413,22 @@ def test_sequence_log_probs_match_the_beam_search_scores(with_overlay):
     torch.testing.assert_close(all_scores[0], want, rtol=0, atol=1e-5)
 
 
+def test_sequence_log_probs_treat_nan_as_an_invalid_token():
+    """A model that emits NaN for a token forbids it, as -inf does: the sibling's
+    normaliser ignores it, and a sequence through it is -inf from there on."""
+    rows, _, vocab, ov, _ = overlay_split(110)
+    index = ov.to_tensors()
+    logp = teacher_forced(make_table_model(9, rows.shape[1], vocab), rows)
+    tokens = torch.as_tensor(rows)
+    bad = torch.zeros_like(logp, dtype=torch.bool)
+    bad[:, 1, rows[0, 1]] = True  # item 0's second token, for every sequence
+    with_nan, _ = sequence_log_probs(logp.masked_fill(bad, float("nan")), tokens, index)
+    with_inf, _ = sequence_log_probs(logp.masked_fill(bad, float("-inf")), tokens, index)
+    assert not with_nan.isnan().any()
+    torch.testing.assert_close(with_nan, with_inf, rtol=0, atol=0)
+    assert torch.isneginf(with_nan[0, 1:]).all() and torch.isfinite(with_nan[0, 0])
+
+
 def test_sequence_log_probs_of_sequences_outside_the_index():
     rows, ids, vocab, ov, _ = overlay_split(100)
     index = ov.to_tensors()
