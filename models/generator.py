@@ -329,7 +329,10 @@ class Generator(nn.Module):
         cache at these lengths, and stateless, so beams need no cache reordering."""
         batch, width, t = prefix.shape
         flat_state = state[:, None].expand(batch, width, -1).reshape(batch * width, -1)
-        logits = self.decode(flat_state, prefix.reshape(batch * width, t))[:, -1]
+        # Only the last position is projected onto the vocabulary: the projection is the
+        # step's largest product, and the earlier positions' logits are not needed.
+        hidden = self.decode_hidden(flat_state, prefix.reshape(batch * width, t))[:, -1]
+        logits = hidden @ self.token_out.weight.T
         return F.log_softmax(logits.float(), dim=-1).view(batch, width, -1)
 
     @torch.no_grad()
