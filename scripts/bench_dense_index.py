@@ -21,7 +21,12 @@ the served path's output on random text: C = 64):
     ratio within one run means anything);
   - the index's build time (k-means + assignment, one thread) and memory.
 
+With --bundle PATH (a bundle root or version directory) the same measures run on that
+bundle instead: a TRAINED one (`flexcode train pipeline`) shows the recall on item vectors
+that cluster by taste, which random bundles cannot.
+
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_dense_index.py --sizes 100000,1000000
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_dense_index.py --bundle bundles-syn100k
 Writes reports/bench_dense_index.json.
 """
 
@@ -113,8 +118,11 @@ def time_decoding(args, generator, exact: Catalogue, approx: Catalogue, decoding
     return out
 
 
-def run_size(args: argparse.Namespace, n_items: int) -> dict:
-    bundle = load_bundle(bundle_for(args.bundle_root, n_items), device="cpu")
+def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
+    """The measures on a random bundle of n_items, or on args.bundle when n_items is None."""
+    path = args.bundle if n_items is None else bundle_for(args.bundle_root, n_items)
+    bundle = load_bundle(path, device="cpu")
+    n_items = bundle.n_items
     generator = bundle.generator.eval()
     vectors = torch.as_tensor(bundle.item_vectors, dtype=torch.float32)
     before = rss_mb()
@@ -185,6 +193,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
     parser.add_argument("--bundle-root", type=Path, default=ROOT / "bundles" / "bench")
+    parser.add_argument(
+        "--bundle", type=Path, default=None, help="measure this (trained) bundle, not --sizes"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_dense_index.json")
     args = parser.parse_args()
     args.batch = [int(b) for b in args.batch.split(",")]
@@ -192,7 +203,8 @@ def main() -> None:
     args.time_nprobe = {int(p) for p in args.time_nprobe.split(",")}
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    results = [run_size(args, int(n)) for n in args.sizes.split(",")]
+    sizes = [None] if args.bundle is not None else [int(n) for n in args.sizes.split(",")]
+    results = [run_size(args, n) for n in sizes]
     report = {
         "command": " ".join(sys.argv),
         "level": "models.decoding (index path vs exact scan), in process",
