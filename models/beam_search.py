@@ -395,8 +395,9 @@ def sequence_log_probs(
     for t in range(depth):
         tok = tokens[:, t : t + 1]  # (M, 1)
         if t == 0:
-            kids = torch.arange(vocab, device=base.device).masked_fill(~root_valid, -1)
-            kids = kids[None].expand(n, -1)
+            # The root's children are the same for every sequence: one (n_root,) list,
+            # read with index_select, not an (M, V) table of ids to gather and mask.
+            kids = root_valid.nonzero()[:, 0]
             found = root_valid[tok[:, 0]]
             new_b, new_o = root_b[tok[:, 0]], root_o[tok[:, 0]]
         else:
@@ -419,8 +420,12 @@ def sequence_log_probs(
                 kids = torch.cat([kids_b, torch.where(in_b, -1, kids_o)], dim=1)
                 found, new_o = found | found_o[:, 0], new_o[:, 0]
         # log P(tok | prefix) = score[tok] - logsumexp(score over the valid children)
-        cand = scores[:, t].gather(1, kids.clamp(min=0))
-        cand = cand.masked_fill_((kids < 0) | cand.isnan(), NEG_INF)
+        if t == 0:
+            cand = scores[:, 0].index_select(1, kids)
+            cand = cand.masked_fill_(cand.isnan(), NEG_INF)
+        else:
+            cand = scores[:, t].gather(1, kids.clamp(min=0))
+            cand = cand.masked_fill_((kids < 0) | cand.isnan(), NEG_INF)
         lse = torch.logsumexp(cand, dim=1)
         target = scores[:, t].gather(1, tok)[:, 0]  # NaN fails the > NEG_INF test below
         out.append(torch.where(found & (target > NEG_INF), target - lse, NEG_INF))

@@ -82,11 +82,15 @@ IndexTensors = DeviceIndex | tuple[DeviceIndex, DeviceIndex]
 
 
 class ServingModel(Protocol):
+    """What decoding calls (`Generator` in models/generator.py documents each). The
+    *_scores are log-probs up to a constant per position (logits will do): decoding
+    renormalises them over each prefix's valid children."""
+
     def user_state(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor: ...
 
-    def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor: ...
+    def next_token_scores(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor: ...
 
-    def token_log_probs(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor: ...
+    def token_scores(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def generative_log_probs(
     under the restricted softmax; -inf for rows whose tokens are not in the index."""
     batch, m = rows.shape
     tokens = catalogue.item_tokens[rows.clamp(min=0)]  # (B, M, L + 1)
-    logits = model.token_log_probs(state, tokens)  # (B, M, L + 1, V)
+    logits = model.token_scores(state, tokens)  # (B, M, L + 1, V)
     log_p, found = sequence_log_probs(
         logits.reshape(batch * m, *logits.shape[2:]),
         tokens.reshape(batch * m, -1),
@@ -271,9 +275,9 @@ def find_candidates(
         def step(tokens: torch.Tensor, _: None) -> tuple[torch.Tensor, None]:
             # Column 0 is BOS; the decoder is conditioned on the state instead.
             if tokens.shape[2] == 1:  # the first step: every beam is the same BOS
-                first = model.next_token_log_probs(state, tokens[:, :1, 1:])
+                first = model.next_token_scores(state, tokens[:, :1, 1:])
                 return first.expand(-1, tokens.shape[1], -1), None
-            return model.next_token_log_probs(state, tokens[:, :, 1:]), None
+            return model.next_token_scores(state, tokens[:, :, 1:]), None
 
         width = config.beam_width
         # With a filter the beam gets the rows it may return (exclusions and dead rows

@@ -320,10 +320,15 @@ class Generator(nn.Module):
             x = block(x, mask)
         return self.ln_decoder(x)
 
+    # Decoding reads *_scores: logits, which are log-probs up to a constant per position.
+    # The decoder renormalises them over each prefix's valid children (the restricted
+    # softmax), so the whole-vocabulary log-softmax would be a wasted pass over the
+    # largest tensors of a request. *_log_probs are the normalised versions.
+
     @torch.no_grad()
-    def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """state: (B, C), prefix: (B, W, t) beams -> (B, W, V) log-probs of token t over
-        the whole vocabulary; the decoding kernel renormalises them over valid children.
+    def next_token_scores(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """state: (B, C), prefix: (B, W, t) beams -> (B, W, V) float logits of token t
+        over the whole vocabulary.
 
         Recomputes the decoder over the (at most L + 1) prefix tokens: cheaper than a KV
         cache at these lengths, and stateless, so beams need no cache reordering."""
@@ -332,18 +337,27 @@ class Generator(nn.Module):
         # Only the last position is projected onto the vocabulary: the projection is the
         # step's largest product, and the earlier positions' logits are not needed.
         hidden = self.decode_hidden(flat_state, prefix.reshape(batch * width, t))[:, -1]
-        logits = hidden @ self.token_out.weight.T
-        return F.log_softmax(logits.float(), dim=-1).view(batch, width, -1)
+        return (hidden @ self.token_out.weight.T).float().view(batch, width, -1)
 
     @torch.no_grad()
-    def token_log_probs(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def next_token_log_probs(self, state: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """`next_token_scores` log-softmaxed over the whole vocabulary."""
+        return F.log_softmax(self.next_token_scores(state, prefix), dim=-1)
+
+    @torch.no_grad()
+    def token_scores(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: state (B, C), tokens (B, M, L + 1) candidate items ->
-        (B, M, L + 1, V) log-probs of each token given the ones before it (whole
+        (B, M, L + 1, V) float logits of each token given the ones before it (whole
         vocabulary; `models.beam_search.sequence_log_probs` restricts them)."""
         batch, m, depth = tokens.shape
         flat_state = state[:, None].expand(batch, m, -1).reshape(batch * m, -1)
         logits = self.decode(flat_state, tokens.reshape(batch * m, depth)[:, :-1])
-        return F.log_softmax(logits.float(), dim=-1).view(batch, m, depth, -1)
+        return logits.float().view(batch, m, depth, -1)
+
+    @torch.no_grad()
+    def token_log_probs(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """`token_scores` log-softmaxed over the whole vocabulary."""
+        return F.log_softmax(self.token_scores(state, tokens), dim=-1)
 
     @staticmethod
     def dense_log_probs(state: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:

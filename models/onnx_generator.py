@@ -5,8 +5,8 @@ history_encoder  (history (B, T, C) float32 item vectors, valid (B, T) bool) -> 
 token_decoder    (state (N, C) float32, prefix (N, t) int64, 0 <= t <= L) -> log_probs
                  (N, t + 1, V) float32, the log-softmax of every position:
                  `Generator.decode`. Beam search reads the last position
-                 (`next_token_log_probs`), candidate rescoring all of them
-                 (`token_log_probs`).
+                 (`next_token_scores`), candidate rescoring all of them
+                 (`token_scores`).
 
 Item vectors (the dense head's table and the history's inputs) are not in a graph: they
 are computed once per item (`Generator.item_vectors`) and looked up. B, T, N and t are
@@ -137,7 +137,8 @@ def _numpy(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 
 class OnnxGenerator:
     """onnxruntime sessions with the methods decoding uses of `Generator`: `config`,
-    `user_state`, `next_token_log_probs`, `eval` (so it drops into the same code).
+    `user_state`, `next_token_scores`, `token_scores` and their `*_log_probs`, `eval` (so it
+    drops into the same code).
 
     history_encoder, token_decoder: the graphs as bytes or paths (a bundle's onnx_paths).
     device: where returned tensors live; CUDAExecutionProvider is used for a cuda device
@@ -220,6 +221,11 @@ class OnnxGenerator:
         flat_state = state[:, None].expand(batch, m, -1).reshape(batch * m, -1)
         log_probs = self._decode(flat_state, tokens.reshape(batch * m, depth)[:, :-1])
         return log_probs.view(batch, m, depth, -1)
+
+    # What decoding reads (see `Generator.next_token_scores`): the graph's output is
+    # already normalised, and log-probs are valid scores.
+    next_token_scores = next_token_log_probs
+    token_scores = token_log_probs
 
 
 def check_onnx_against_torch(
