@@ -16,6 +16,7 @@ from training.baselines import RunContext
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
 from training.data.preprocess import preprocess
 from training.data.schema import RawDataset
+from training.evaluate import subsample
 from training.stages.generator import (
     GeneratorTrainConfig,
     build_item_inputs,
@@ -162,6 +163,13 @@ def test_train_generator_end_to_end(synthetic, tmp_path):
         assert loaded.decoding == result.decoding
         again, _ = report_on_test_split(loaded, synthetic, CPU, exact=False)
         np.testing.assert_array_equal(again[""].ranks, results[""].ranks)
+        # The pipeline's sampled test report: the same ranks for the users it samples.
+        sample = subsample(test, 7, seed=0)
+        sampled, _ = report_on_test_split(loaded, synthetic, CPU, exact=False, test_users=7)
+        assert sampled[""].counts["all"] == 7
+        position = {int(u): i for i, u in enumerate(test.users)}
+        picked = [position[int(u)] for u in sample.users]
+        np.testing.assert_array_equal(sampled[""].ranks, results[""].ranks[picked])
 
     # The top-k lists themselves: real items, k of them, never a history item.
     served = result.served(CPU)
