@@ -52,9 +52,10 @@ from training.stages.tokenizer import (
 
 logger = logging.getLogger(__name__)
 
-# Stage D's test report in `train pipeline`: a fixed sample of this many test users (the
-# served decoding costs ~30 ms per user on a CPU core: 100k users would take longer than
-# training). Its standard error of NDCG@10 is about 0.003. Benchmarks use every user.
+# Stage D's test report in `train pipeline`: a fixed sample of this many test users (at
+# w < 1 the served decoding costs milliseconds per user on a CPU core, and it runs at
+# three dense weights: at 100k users the full report took longer than a training epoch).
+# Its standard error of NDCG@10 is about 0.003. Benchmarks use every user.
 DEFAULT_TEST_USERS = 10_000
 
 
