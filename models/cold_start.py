@@ -12,7 +12,7 @@ borrowed; the aligned space is where text meets co-consumption, which is what th
 InfoNCE loss trained it for. The dedup token is NOT assigned here: it depends on the
 other items sharing the prefix, which only the catalog (training table, or the serving
 store's atomic counter) knows. What IS computed here is each item's placement order
-(`models.tokens.placement_order`): where the store puts the item when the dedup block of
+(`models.placement.placement_order`): where the store puts the item when the dedup block of
 its own prefix is full, the code sequences nearest to its own first, ranked by the
 RQ-VAE's distances (`ranked_codes`).
 
@@ -31,8 +31,9 @@ import torch
 
 from models.dual_tokenizer import DualTokenizer
 from models.generator import Generator, ItemFeatures
+from models.placement import placement_order
 from models.router import Router
-from models.tokens import TokenLayout, code_sequences, placement_order
+from models.tokens import TokenLayout, code_sequences
 
 if TYPE_CHECKING:  # models.bundle imports this module: the bundle is only a type here
     from models.bundle import BundleContents
@@ -154,7 +155,7 @@ class NewItemCodes:
     prefixes: np.ndarray  # (M, L) int64 (`models.tokens.code_sequences`)
     vectors: np.ndarray  # (M, C) float32 item vectors for the dense head
     # (M, L, W) int64 where to put each item when its prefix is full; row m's step 0 is
-    # prefixes[m] (`models.tokens.placement_order`)
+    # prefixes[m] (`models.placement.placement_order`)
     placement_order: np.ndarray
 
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
 from models.config import Config, check_positive_ints
-from models.prefix_index import PathTables
+from models.path_tables import PathTables
 from models.tokens import CF, PAD, SEM, TokenLayout
 
 # (states (n, C), targets (n,), item vectors (R, C)) -> the summed dense-head loss.

@@ -3,7 +3,7 @@
 Rows: 0 = padding, 1..N the bundle's items, N + 1.. items added at serving time (ids
 continue after the last row). Each row has an item vector (the dense head's table and the
 history's input) and its L + 1 served tokens; the bundle's tokens are indexed by the base
-prefix index, added ones by an overlay (`models.prefix_index.OverlayIndex`) that the
+prefix index, added ones by an overlay (`models.overlay_index.OverlayIndex`) that the
 decoder searches together with the base. Replacing an added item gives it a new row and
 retires the old one (not live: never returned, still readable in a history).
 
@@ -31,7 +31,8 @@ import torch
 
 from models.decoding import Catalogue
 from models.dense_index import DenseIndex
-from models.prefix_index import DeviceIndex, OverlayIndex, PrefixIndex, merge_rows
+from models.overlay_index import OverlayIndex, merge_rows
+from models.prefix_index import DeviceIndex, PrefixIndex
 
 # Spare rows the tables grow by at the least (`ItemTable._append_rows`).
 MIN_SPARE_ROWS = 1024

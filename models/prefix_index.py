@@ -11,10 +11,9 @@ The index is the trie of those rows, stored the way a decoding kernel wants it:
   row at the end that a missing node (-1) is clamped to. Padding per depth (not to the global
   maximum) keeps memory bounded for 1M items; the root, whose branching can be a whole
   codebook block, is also given as a dense (vocab_size,) mask and child map.
-* OVERLAY (`OverlayIndex`): cold-start items added at serving time go into a second, small
-  index rebuilt from all added items on every `add` (cheap: few items); the decoder walks
-  both tries at once. `merged()` rebuilds one base index from everything, which is what a
-  background merge does.
+Items added at serving time live in a second, small index beside this one
+(`models.overlay_index`); teacher forcing reads the same trie as per-depth path tables
+(`models.path_tables`).
 
 Node numbering: node 0 is the root (empty prefix); then the nodes of depth 1 (prefixes of
 one token), depth 2, ... depth `depth - 1`, each depth in lexicographic order of its
@@ -35,7 +34,7 @@ PAD_TOKEN = -1  # token of a padding slot in the device tables
 NO_CHILD = -1  # child of a padding slot; also "no such node" in the decoder
 
 
-def _check_items(
+def check_items(
     item_tokens: object, item_ids: object, vocab_size: int, depth: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validated ((N, depth) int64 rows, (N,) int64 ids); ValueError on any violation."""
@@ -245,7 +244,7 @@ def build_prefix_index(item_tokens: object, item_ids: object, vocab_size: int) -
     ValueError on wrong shapes, tokens outside [0, V), negative or repeated item ids, and
     duplicate rows (two items with the same sequence could never be told apart).
     """
-    rows, ids = _check_items(item_tokens, item_ids, vocab_size)
+    rows, ids = check_items(item_tokens, item_ids, vocab_size)
     n, depth = rows.shape
     # Column 0 is the primary key: lexsort takes its keys last-first.
     order = np.lexsort(rows.T[::-1])
@@ -298,167 +297,4 @@ def build_prefix_index(item_tokens: object, item_ids: object, vocab_size: int) -
         max_branch=max_branch,
         root_mask=root_mask,
         level_ptr=level_ptr,
-    )
-
-
-class OverlayIndex:
-    """A base PrefixIndex plus a small overlay index of items added at serving time.
-
-    `add` rebuilds the overlay from every added item (cheap while few are added); the
-    decoder searches both tries at once (`to_tensors` gives the pair), so new items can be
-    recommended immediately. `merged()` rebuilds one PrefixIndex from base and overlay,
-    what a background merge does before swapping the base.
-    """
-
-    def __init__(self, base: PrefixIndex, base_ids: np.ndarray | None = None) -> None:
-        """base_ids: optional (N,) int64 the base's item ids ascending, when the caller
-        has them (`ItemTable`'s merge computes them off the serving thread): reading
-        them from a 1M-item base walks the whole trie."""
-        if not isinstance(base, PrefixIndex):
-            raise ValueError(f"base must be a PrefixIndex, got {type(base).__name__}")
-        self.base = base
-        # For the "item id already used" check.
-        self._base_ids = np.sort(base.items()[1]) if base_ids is None else base_ids
-        self._rows = np.zeros((0, base.depth), dtype=np.int64)
-        self._ids = np.zeros(0, dtype=np.int64)
-        self.overlay = build_prefix_index(self._rows, self._ids, base.vocab_size)
-        self._base_tensors: dict[str, DeviceIndex] = {}  # the base never changes: build once
-
-    @property
-    def n_added(self) -> int:
-        return int(self._ids.shape[0])
-
-    def add(self, item_tokens: object, item_ids: object) -> None:
-        """Add (M, depth) rows with (M,) new item ids. ValueError if a row already exists
-        (in base or overlay, or twice in the input) or an id is already used."""
-        rows, ids = _check_items(item_tokens, item_ids, self.base.vocab_size, self.base.depth)
-        in_base = self.base.lookup(rows) >= 0
-        in_overlay = self.overlay.lookup(rows) >= 0
-        if (in_base | in_overlay).any():
-            i = int(np.flatnonzero(in_base | in_overlay)[0])
-            where = "base" if in_base[i] else "overlay"
-            raise ValueError(
-                f"item {ids[i]}: its tokens {rows[i].tolist()} already belong to an item in "
-                f"the {where} index (give it a fresh dedup token)"
-            )
-        used = np.isin(ids, self._base_ids) | np.isin(ids, self._ids)
-        if used.any():
-            raise ValueError(f"item id {ids[used][0]} is already in the index")
-        all_rows = np.concatenate([self._rows, rows])
-        all_ids = np.concatenate([self._ids, ids])
-        # Build first, assign after: a failing build (duplicates within the input) leaves
-        # the overlay unchanged.
-        overlay = build_prefix_index(all_rows, all_ids, self.base.vocab_size)
-        self._rows, self._ids, self.overlay = all_rows, all_ids, overlay
-
-    def lookup(self, item_tokens: object) -> np.ndarray:
-        """(M, depth) rows -> (M,) item ids from base or overlay, -1 where neither has it."""
-        base = self.base.lookup(item_tokens)
-        return np.where(base >= 0, base, self.overlay.lookup(item_tokens))
-
-    @property
-    def base_ids(self) -> np.ndarray:
-        """(N,) int64 the base's item ids, ascending (do not modify)."""
-        return self._base_ids
-
-    def added(self) -> tuple[np.ndarray, np.ndarray]:
-        """((M, depth) rows, (M,) ids) of the overlay's items, in the order they were added.
-        The arrays are replaced, never edited, by `add`: a snapshot stays valid."""
-        return self._rows, self._ids
-
-    def merged(self) -> PrefixIndex:
-        """One PrefixIndex over base and overlay items (the same as building from scratch)."""
-        return merge_rows(self.base, self._rows, self._ids)
-
-    def to_tensors(self, device: torch.device | str = "cpu") -> tuple[DeviceIndex, DeviceIndex]:
-        """(base, overlay) DeviceIndex pair, the `index_tensors` argument of the decoder."""
-        key = str(torch.device(device))
-        if key not in self._base_tensors:
-            self._base_tensors[key] = self.base.to_tensors(device)
-        return self._base_tensors[key], self.overlay.to_tensors(device)
-
-
-def merge_rows(base: PrefixIndex, rows: np.ndarray, ids: np.ndarray) -> PrefixIndex:
-    """The PrefixIndex of base's items plus (M, depth) `rows` with (M,) `ids` (built from
-    scratch: the same index whatever was added when)."""
-    base_rows, base_ids = base.items()
-    return build_prefix_index(
-        np.concatenate([base_rows, rows]), np.concatenate([base_ids, ids]), base.vocab_size
-    )
-
-
-@dataclass(frozen=True)
-class PathTables:
-    """Teacher-forcing view of a catalogue's token rows: for every depth k, the distinct
-    prefixes of length k (the tree's nodes at that depth), each node's children, and for
-    every row its node and the slot of its own token among that node's children. With
-    them, log P(row) under the restricted softmax needs only each node's children's
-    logits (`Generator.path_log_probs`), never the whole vocabulary, and scoring every
-    row decodes each node once, not each row (`Generator.all_rows_log_probs`).
-
-    prefixes[k]: (G_k, k) int64 tokens of each depth-k node (G_0 = 1, the root).
-    children[k]: (G_k, W_k) int64 child tokens of each node, ascending, -1 padding.
-    below[k]: (G_k,) int64 a deepest node (depth D - 1) under each depth-k node: decoding
-        the deepest nodes' prefixes yields every shallower node's state on the way.
-    node: (R, D) int64 row r's node at depth k; slot: (R, D) int64 its token's slot there.
-    Rows outside the catalogue (row 0, retired rows) have node and slot -1.
-    """
-
-    prefixes: tuple[torch.Tensor, ...]
-    children: tuple[torch.Tensor, ...]
-    below: tuple[torch.Tensor, ...]
-    node: torch.Tensor
-    slot: torch.Tensor
-
-    @property
-    def depth(self) -> int:
-        return len(self.children)
-
-
-def build_path_tables(
-    item_tokens: object, rows: object, device: torch.device | str = "cpu"
-) -> PathTables:
-    """PathTables over the given rows of (R, D) item tokens (the other rows get -1).
-
-    rows: (M,) int64 row ids in the catalogue (e.g. 1..N); their token rows must be unique
-    (what `build_prefix_index` also requires)."""
-    tokens = int_array(item_tokens, "item_tokens")
-    rows = int_array(rows, "rows")
-    n_rows, depth = tokens.shape
-    picked = tokens[rows]  # (M, D)
-    if np.unique(picked, axis=0).shape[0] != picked.shape[0]:
-        raise ValueError("duplicate item rows: every row's tokens must be unique")
-    node = np.full((n_rows, depth), -1, dtype=np.int64)
-    slot = np.full((n_rows, depth), -1, dtype=np.int64)
-    prefixes, children = [], []
-    for k in range(depth):
-        if k == 0:
-            prefix, group = np.zeros((1, 0), dtype=np.int64), np.zeros(len(rows), np.int64)
-        else:
-            prefix, group = np.unique(picked[:, :k], axis=0, return_inverse=True)
-            group = group.reshape(-1)
-        pairs, pair_of = np.unique(
-            np.stack([group, picked[:, k]], axis=1), axis=0, return_inverse=True
-        )  # (P, 2) distinct (node, token), sorted: tokens ascend within a node
-        pair_of = pair_of.reshape(-1)
-        sizes = np.bincount(pairs[:, 0], minlength=len(prefix))
-        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        pair_slot = np.arange(len(pairs)) - first[pairs[:, 0]]
-        table = np.full((len(prefix), max(1, int(sizes.max(initial=1)))), -1, dtype=np.int64)
-        table[pairs[:, 0], pair_slot] = pairs[:, 1]
-        node[rows, k] = group
-        slot[rows, k] = pair_slot[pair_of]
-        prefixes.append(torch.as_tensor(prefix, device=device))
-        children.append(torch.as_tensor(table, device=device))
-    below = []
-    for k in range(depth):
-        under = np.zeros(len(prefixes[k]), dtype=np.int64)
-        under[node[rows, k]] = node[rows, depth - 1]  # any row's deepest node will do
-        below.append(torch.as_tensor(under, device=device))
-    return PathTables(
-        prefixes=tuple(prefixes),
-        children=tuple(children),
-        below=tuple(below),
-        node=torch.as_tensor(node, device=device),
-        slot=torch.as_tensor(slot, device=device),
     )

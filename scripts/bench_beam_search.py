@@ -45,7 +45,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from models.beam_search import constrained_beam_search  # noqa: E402
-from models.prefix_index import OverlayIndex, build_prefix_index  # noqa: E402
+from models.overlay_index import OverlayIndex  # noqa: E402
+from models.prefix_index import build_prefix_index  # noqa: E402
 from models.reference_beam_search import reference_beam_search, reference_trie  # noqa: E402
 from models.tokens import TokenLayout, item_tokens  # noqa: E402
 

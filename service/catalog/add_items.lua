@@ -29,7 +29,7 @@ local function bundle_base(pk)
 end
 
 -- The code tokens at `step` of an order: position p takes its d_p-th code, d = the digits
--- of step in base W, the last position's lowest (models.tokens.placement_prefix).
+-- of step in base W, the last position's lowest (models.placement.placement_prefix).
 local function prefix_at(order, step)
   local w, out = #order[1], {}
   for p = #order, 1, -1 do

@@ -2,9 +2,9 @@
 share (the Redis store runs the same walk inside add_items.lua).
 
 A new item's own code prefix may already hold dedup_size items. Then the item goes to the
-first code sequence of its placement order (`models.tokens.placement_order`: the nearest
+first code sequence of its placement order (`models.placement.placement_order`: the nearest
 codes first, the last position turning fastest) that still has a free dedup id, and its
-record says which step that was. The walk is bounded by `models.tokens.placement_steps`:
+record says which step that was. The walk is bounded by `models.placement.placement_steps`:
 a 507 means that every one of those code sequences is full, not just the item's own.
 
 Dedup ids of a code sequence continue after the bundle's: its `base`. For the item's own
@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from models.tokens import placement_prefix, placement_steps
+from models.placement import placement_prefix, placement_steps
 from service.catalog.item_cache import entry_tokens
 from service.catalog.records import ItemRecord
 from service.catalog.store import BundleItems, dedup_exhausted

@@ -26,7 +26,7 @@ class ItemRecord:
     (business-rule filters on /recommend); `at`, when it was added, is its added_at.
 
     Dedup placement (service/catalog/placement.py): `order` is the item's (L, W) placement
-    order (`models.tokens.placement_order`), handed to the store with a new item and never
+    order (`models.placement.placement_order`), handed to the store with a new item and never
     stored (`to_json` leaves it out); when the dedup block of its own prefix is full, the
     store gives it the first code sequence of that order with a free dedup id.
     `placement` is the step it got (0: its own codes); prefix and base are then those of

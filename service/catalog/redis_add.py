@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from models.tokens import MAX_PLACEMENT_STEPS
+from models.placement import MAX_PLACEMENT_STEPS
 from service.catalog.records import AddOutcome, ItemRecord
 from service.catalog.store import dedup_exhausted, item_conflict
 

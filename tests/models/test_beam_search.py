@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from models.beam_search import _select, constrained_beam_search, restrict, sequence_log_probs
-from models.prefix_index import OverlayIndex, build_prefix_index
+from models.overlay_index import OverlayIndex
+from models.prefix_index import build_prefix_index
 from models.reference_beam_search import reference_beam_search
 from models.tokens import BOS
 from tests.models.test_prefix_index import random_catalog

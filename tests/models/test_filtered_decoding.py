@@ -12,7 +12,8 @@ import torch
 from models import decoding
 from models.beam_search import constrained_beam_search
 from models.decoding import DecodingConfig, recommend_top_k, rows_of
-from models.prefix_index import OverlayIndex, build_prefix_index
+from models.overlay_index import OverlayIndex
+from models.prefix_index import build_prefix_index
 from models.reference_beam_search import reference_beam_search
 from tests.bundle_factory import tiny_contents
 from tests.models.test_beam_search import assert_matches_reference, make_table_model

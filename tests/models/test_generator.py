@@ -9,7 +9,8 @@ import torch
 from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.cold_start import served_item_features
 from models.generator import Generator, GeneratorConfig, ItemFeatures
-from models.prefix_index import build_path_tables, build_prefix_index
+from models.path_tables import build_path_tables
+from models.prefix_index import build_prefix_index
 from models.router import Router, RouterConfig
 from models.tokens import PAD, TokenLayout, item_tokens
 

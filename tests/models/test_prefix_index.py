@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.prefix_index import (
-    OverlayIndex,
-    PrefixIndex,
-    build_path_tables,
-    build_prefix_index,
-)
+from models.overlay_index import OverlayIndex
+from models.path_tables import build_path_tables
+from models.prefix_index import PrefixIndex, build_prefix_index
 from models.tokens import TokenLayout, item_tokens
 
 

@@ -5,11 +5,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.placement import (
+    MAX_PLACEMENT_STEPS,
+    placement_order,
+    placement_prefix,
+    placement_steps,
+    placement_width,
+)
 from models.tokens import (
     BOS,
     CF,
     EOS,
-    MAX_PLACEMENT_STEPS,
     N_SPECIAL,
     PAD,
     SEM,
@@ -21,10 +27,6 @@ from models.tokens import (
     collision_rates_by_split,
     item_tokens,
     max_dedup_needed,
-    placement_order,
-    placement_prefix,
-    placement_steps,
-    placement_width,
     served_positions,
 )
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from models.decoding import Catalogue, DecodingConfig, find_candidates, mix, top_k_of
 from models.generator import Generator
-from models.prefix_index import PathTables
+from models.path_tables import PathTables
 from training.data.preprocess import COLD, TAIL, EvalSet, Sequences
 from training.device import autocast
 from training.evaluate import (
