@@ -33,6 +33,12 @@ def prefix_key(prefix: tuple[int, ...] | list[int]) -> str:
     return ",".join(str(t) for t in prefix)
 
 
+# Rows per chunk where the bases are computed: every numpy call below holds the GIL for
+# its whole length, and this runs on a thread beside a serving event loop (a bundle swap),
+# so no single call may take long (at 1M items one whole-array call took seconds).
+_CHUNK = 1 << 16
+
+
 def bundle_bases(bundle_items: BundleItems) -> Iterator[tuple[str, int]]:
     """(prefix key, base) for every code prefix the bundle's items use: base is the first
     dedup id after the largest one of theirs (what `models.dedup_base.bundle_next_dedup`
@@ -42,18 +48,47 @@ def bundle_bases(bundle_items: BundleItems) -> Iterator[tuple[str, int]]:
     Dedup ids are relative to the dedup block, which the compact JSON does not name: its
     first token is the smallest last token of the bundle, since every group of items that
     share a prefix numbers them from 0 (`models.tokens.assign_dedup`).
+
+    Prefixes are grouped by one int64 key per row (tokens in base V = the largest token
+    + 1), whose sort releases the GIL, not by a row-wise unique, whose sort does not.
     """
-    rows = [entry_tokens(value) for _item_id, value in bundle_items()]
-    if not rows:
+    chunks, rows = [], []
+    for _item_id, value in bundle_items():
+        rows.append(entry_tokens(value))
+        if len(rows) == _CHUNK:
+            chunks.append(np.asarray(rows, dtype=np.int64))
+            rows = []
+    if rows:
+        chunks.append(np.asarray(rows, dtype=np.int64))
+    if not chunks:
         return
-    tokens = np.asarray(rows, dtype=np.int64)  # (N, L + 1)
-    last = tokens[:, -1]
-    prefixes, group = np.unique(tokens[:, :-1], axis=0, return_inverse=True)
-    top = np.full(len(prefixes), -1, dtype=np.int64)
+    tokens = np.concatenate(chunks)  # (N, L + 1)
+    prefixes, last = tokens[:, :-1], tokens[:, -1]
+    radix = int(tokens.max()) + 1
+    if radix ** prefixes.shape[1] >= 2**62:  # keys would overflow: the row-wise way
+        unique, group = np.unique(prefixes, axis=0, return_inverse=True)
+        keys = None
+    else:
+        key = np.zeros(len(prefixes), dtype=np.int64)
+        for column in prefixes.T:
+            key = key * radix + column
+        keys, group = np.unique(key, return_inverse=True)
+        unique = None
+    top = np.full(len(keys if keys is not None else unique), -1, dtype=np.int64)
     np.maximum.at(top, group.reshape(-1), last)
     first_dedup_token = int(last.min())
-    for prefix, largest in zip(prefixes.tolist(), top.tolist(), strict=True):
-        yield prefix_key(prefix), largest - first_dedup_token + 1
+    for start in range(0, len(top), _CHUNK):
+        stop = start + _CHUNK
+        if keys is None:
+            block = unique[start:stop]
+        else:  # decode the keys back into token columns
+            block = np.empty((len(keys[start:stop]), prefixes.shape[1]), dtype=np.int64)
+            rest = keys[start:stop]
+            for column in range(prefixes.shape[1] - 1, -1, -1):
+                rest, block[:, column] = np.divmod(rest, radix)
+        bases = top[start:stop] - first_dedup_token + 1
+        for prefix, base in zip(block.tolist(), bases.tolist(), strict=True):
+            yield prefix_key(prefix), base
 
 
 def own_codes_only(rec: ItemRecord) -> tuple[tuple[int, ...], ...]:

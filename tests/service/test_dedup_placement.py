@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from models.dedup_base import bundle_next_dedup
 from models.prefix_index import build_prefix_index
-from service.catalog import ItemRecord, LocalCatalog, RedisCatalog
+from service.catalog import ItemRecord, LocalCatalog, RedisCatalog, placement
 from service.catalog.placement import bundle_bases
 from service.errors import DedupExhausted, StoreUnavailable
 from tests.bundle_factory import tiny_contents
@@ -75,6 +75,28 @@ def test_bundle_bases_are_what_the_prefix_index_says():
     assert [bases[",".join(map(str, p))] for p in prefixes.tolist()] == want.tolist()
     assert max(want) > 1  # the tiny bundle has prefixes shared by several items
     assert dict(bundle_bases(lambda: iter([]))) == {}
+
+
+@pytest.mark.parametrize("offset", [3, 2**40])  # int64 keys; too large for them: row-wise
+def test_bundle_bases_in_chunks_match_a_plain_count(monkeypatch, offset):
+    """The chunked, keyed computation (no whole-array call holds the GIL for long) gives
+    every prefix's largest dedup id + 1, across chunk boundaries and on both paths."""
+    monkeypatch.setattr(placement, "_CHUNK", 7)
+    rng = np.random.default_rng(0)
+    prefixes = rng.integers(0, 4, size=(60, 3)) + offset
+    dedup = rng.integers(0, 5, size=60)
+    dedup[0] = 0  # the smallest last token is the dedup block's first
+    entries = [
+        (f"item-{i}", json.dumps({"o": "b", "t": [*row.tolist(), offset + 100 + int(d)]}))
+        for i, (row, d) in enumerate(zip(prefixes, dedup, strict=True))
+    ]
+    want: dict[str, int] = {}
+    for row, d in zip(prefixes.tolist(), dedup.tolist(), strict=True):
+        key = ",".join(map(str, row))
+        want[key] = max(want.get(key, 0), d + 1)
+    got = list(placement.bundle_bases(lambda: iter(entries)))
+    assert dict(got) == want
+    assert len(got) == len(want)  # each prefix once
 
 
 @pytest.fixture(params=["embedded", "redis"])
