@@ -304,6 +304,10 @@ def benchmark(
     resume: Annotated[
         bool, typer.Option(help="reuse (model, seed) cells an earlier run left in OUT/cells")
     ] = True,
+    ema_epochs: Annotated[
+        float,
+        typer.Option(help="weight averaging horizon in epochs, for SASRec and FlexCode alike"),
+    ] = 0.0,
 ) -> None:
     """Train and evaluate MODELS over SEEDS; write results.json, results.md and ranks.npz
     (per-user test ranks) to OUT."""
@@ -328,6 +332,7 @@ def benchmark(
             max_epochs=sasrec_max_epochs,
             loss=sasrec_loss,
             sampled_negatives=sasrec_sampled_negatives,
+            ema_epochs=ema_epochs,
         ),
         # Only the settings given: a cell's key hashes this dict, so unchanged defaults
         # keep earlier runs' cells reusable.
@@ -336,7 +341,9 @@ def benchmark(
         | ({} if sasrec_ffn is None else {"ffn": sasrec_ffn}),
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
-        generator=GeneratorTrainConfig(eval_users=generator_eval_users or None),
+        generator=GeneratorTrainConfig(
+            eval_users=generator_eval_users or None, ema_epochs=ema_epochs
+        ),
     )
     results, ranks = run_benchmark(
         ds,

@@ -15,6 +15,11 @@ in a row, and training stops after `patience` evaluations without a gain; the be
 snapshot is returned. `max_epochs` is a safety cap set well above where runs stop
 (`LoopResult.stopped_early` says which ended a run, and the curve is kept).
 
+Weight averaging (`ema_epochs` > 0): an exponential moving average of the weights over
+about that many epochs of steps is kept beside them; validation, early stopping and the
+snapshot read the average, training keeps updating the raw weights. It smooths the
+step-to-step noise of small-batch Adam, for SASRec and the generator alike.
+
 Batches: windows of similar length are grouped so a batch drops its shared left padding;
 each batch's summed loss is divided by one constant (targets per batch on average), so
 every target position weighs the same, however full its batch (METHOD.md's warning about
@@ -26,7 +31,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +83,10 @@ class LoopConfig(Config):
     loss: str = "auto"
     sampled_negatives: int = DEFAULT_SAMPLED_NEGATIVES
     negative_sampler: str = "uniform"  # or "popularity" (training counts, +1 smoothed)
+    # Weight averaging horizon in epochs (0 = off): validation and the kept snapshot read
+    # an exponential moving average of the weights with decay 1 - 1 / (ema_epochs *
+    # batches per epoch), started as a plain running mean.
+    ema_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "batch_size", "max_epochs", "patience", "plateau", "eval_every")
@@ -86,6 +96,7 @@ class LoopConfig(Config):
         check_choice(self, "loss", LOSSES)
         check_choice(self, "negative_sampler", NEGATIVE_SAMPLERS)
         check_range(self, "sampled_negatives", 0, integer=True)
+        check_range(self, "ema_epochs", 0)
 
     def sampled_softmax(self, counts: np.ndarray, device: torch.device) -> SampledSoftmax | None:
         """The sampled loss this config gives a catalogue with training-target counts
@@ -130,6 +141,41 @@ def training_windows(train: Sequences, max_len: int) -> tuple[np.ndarray, np.nda
     inputs[rows, cols] = train.items[src]
     targets[rows, cols] = train.items[src + 1]
     return inputs, targets
+
+
+class WeightAverage:
+    """An exponential moving average of `params`, and a context that swaps it in.
+
+    The weight of step t's parameters is max(1 - decay, 1 / t): a running mean of every
+    step until the horizon is reached, then the moving average, so the early random
+    weights fade out instead of lingering as a bias."""
+
+    def __init__(self, params: list[torch.nn.Parameter], steps_per_horizon: float) -> None:
+        self.params = params
+        self.decay = 1.0 - 1.0 / max(1.0, steps_per_horizon)
+        self.average = [p.detach().clone() for p in params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        weight = max(1.0 - self.decay, 1.0 / self.steps)
+        for avg, param in zip(self.average, self.params, strict=True):
+            avg.lerp_(param.detach(), weight)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in place of the raw ones, restored on exit."""
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self.params]
+            for param, avg in zip(self.params, self.average, strict=True):
+                param.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, saved in zip(self.params, raw, strict=True):
+                    param.copy_(saved)
 
 
 def length_bucketed_batches(
@@ -182,6 +228,10 @@ def fit(
     loss_scale = float((targets != 0).sum()) / n_batches
     params = [p for p in step.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = n_batches / dist_ctx.world_size
+    average = (
+        WeightAverage(params, config.ema_epochs * steps_per_epoch) if config.ema_epochs else None
+    )
     net = wrap(step, dist_ctx)  # the module itself for one process
     if dist_ctx.distributed and dist_ctx.is_main:
         logger.info(
@@ -224,6 +274,8 @@ def fit(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update()
             steps += 1
             total += loss.item()
         epoch_loss = all_reduce_sum(total, dist_ctx) / (len(mine) * dist_ctx.world_size)
@@ -232,10 +284,16 @@ def fit(
             continue
         step.eval()
         valid_started = time.perf_counter()
-        metrics = validate() if dist_ctx.is_main else None
-        # Every rank runs its own EarlyStopping on rank 0's score: same decisions everywhere.
-        metrics = broadcast_object(metrics, dist_ctx)
-        ndcg = metrics["all"]["ndcg@10"]
+        evaluated = average.applied() if average is not None else nullcontext()
+        with evaluated:  # validation and the snapshot read the same (averaged) weights
+            metrics = validate() if dist_ctx.is_main else None
+            # Every rank runs its own EarlyStopping on rank 0's score: same decisions
+            # everywhere.
+            metrics = broadcast_object(metrics, dist_ctx)
+            ndcg = metrics["all"]["ndcg@10"]
+            improved = stopper.update(ndcg)
+            if improved:
+                stopper.best = {"epoch": epoch, "valid": metrics, "state": snapshot()}
         curve.append(
             {
                 "epoch": epoch,
@@ -247,9 +305,7 @@ def fit(
             }
         )
         epochs.set_postfix(loss=f"{epoch_loss:.3f}", ndcg10=f"{ndcg:.4f}", lr=f"{lr:.1e}")
-        if stopper.update(ndcg):
-            stopper.best = {"epoch": epoch, "valid": metrics, "state": snapshot()}
-        elif stopper.evals_without_gain % config.plateau == 0:
+        if not improved and stopper.evals_without_gain % config.plateau == 0:
             lr_scale *= 0.5
         if stopper.should_stop:
             break
