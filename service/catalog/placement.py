@@ -64,31 +64,33 @@ def bundle_bases(bundle_items: BundleItems) -> Iterator[tuple[str, int]]:
         return
     tokens = np.concatenate(chunks)  # (N, L + 1)
     prefixes, last = tokens[:, :-1], tokens[:, -1]
-    radix = int(tokens.max()) + 1
-    if radix ** prefixes.shape[1] >= 2**62:  # keys would overflow: the row-wise way
-        unique, group = np.unique(prefixes, axis=0, return_inverse=True)
-        keys = None
-    else:
-        key = np.zeros(len(prefixes), dtype=np.int64)
-        for column in prefixes.T:
-            key = key * radix + column
-        keys, group = np.unique(key, return_inverse=True)
-        unique = None
-    top = np.full(len(keys if keys is not None else unique), -1, dtype=np.int64)
+    unique, group = _unique_rows(prefixes, radix=int(tokens.max()) + 1)
+    top = np.full(len(unique), -1, dtype=np.int64)
     np.maximum.at(top, group.reshape(-1), last)
-    first_dedup_token = int(last.min())
-    for start in range(0, len(top), _CHUNK):
-        stop = start + _CHUNK
-        if keys is None:
-            block = unique[start:stop]
-        else:  # decode the keys back into token columns
-            block = np.empty((len(keys[start:stop]), prefixes.shape[1]), dtype=np.int64)
-            rest = keys[start:stop]
-            for column in range(prefixes.shape[1] - 1, -1, -1):
-                rest, block[:, column] = np.divmod(rest, radix)
-        bases = top[start:stop] - first_dedup_token + 1
-        for prefix, base in zip(block.tolist(), bases.tolist(), strict=True):
+    bases = top - int(last.min()) + 1
+    for start in range(0, len(unique), _CHUNK):  # tolist() in chunks, for the GIL
+        chunk = zip(
+            unique[start : start + _CHUNK].tolist(),
+            bases[start : start + _CHUNK].tolist(),
+            strict=True,
+        )
+        for prefix, base in chunk:
             yield prefix_key(prefix), base
+
+
+def _unique_rows(rows: np.ndarray, radix: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(rows, axis=0, return_inverse=True) for (N, L) tokens in [0, radix), by
+    one int64 key per row when the keys fit (a 1-D sort, which releases the GIL)."""
+    if radix ** rows.shape[1] >= 2**62:
+        return np.unique(rows, axis=0, return_inverse=True)
+    key = np.zeros(len(rows), dtype=np.int64)
+    for column in rows.T:
+        key = key * radix + column
+    keys, group = np.unique(key, return_inverse=True)
+    unique = np.empty((len(keys), rows.shape[1]), dtype=np.int64)
+    for column in range(rows.shape[1] - 1, -1, -1):  # decode the keys, last token first
+        keys, unique[:, column] = np.divmod(keys, radix)
+    return unique, group
 
 
 def own_codes_only(rec: ItemRecord) -> tuple[tuple[int, ...], ...]:
