@@ -68,6 +68,10 @@ class GeneratorConfig(Config):
     # id-dropped items): it stands in for the id embedding, which is where warm items'
     # popularity lives, so id-free items can earn their share of the dense head's mass.
     new_item_embedding: bool = False
+    # Gate the id embedding by the router's CF weight (2 alpha_i) as the CF codes are:
+    # a popular item leans on its id, a tail item (whose id was trained on few targets)
+    # on its shared codes and text. False: the id enters with weight 1.
+    id_gate: bool = False
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -253,6 +257,8 @@ class Generator(nn.Module):
         id_keep: optional (R,) float 0/1, training's id dropout: a 0 row is written
         without its id embedding everywhere it appears in the step (input and target)."""
         ids = self.id_emb(features.ids)
+        if self.config.id_gate and features.cf_weight is not None:
+            ids = ids * features.cf_weight[:, :1]  # 2 alpha_i, the same for every CF level
         if id_keep is not None:
             ids = ids * id_keep[:, None]
         if self.new_item is not None:

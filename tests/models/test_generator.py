@@ -145,6 +145,25 @@ def test_new_item_embedding_goes_to_id_free_rows_only():
     assert model().new_item is None  # off by default: the shipped model has no such vector
 
 
+def test_id_gate_scales_the_id_by_the_routers_cf_weight():
+    features, _, _, _ = catalogue()
+    with torch.no_grad():
+        gated = model(id_gate=True).item_vectors(features)
+        plain = model().item_vectors(features)  # same init, no gate
+        id_part = model().id_emb.weight[features.ids]
+    # The gate multiplies only the id part, by 2 alpha_i (the CF weight of every level).
+    torch.testing.assert_close(
+        gated - plain, id_part * (features.cf_weight[:, :1] - 1.0), atol=1e-6, rtol=0
+    )
+    assert (features.cf_weight[1:, 0] != 1.0).any()  # the check is not vacuous
+    # Without router weights there is nothing to gate by: weight 1, as before.
+    unweighted = features._replace(cf_weight=None, sem_weight=None)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(id_gate=True).item_vectors(unweighted), model().item_vectors(unweighted)
+        )
+
+
 def test_item_features_helpers():
     features, _, _, _ = catalogue()
     picked = features.rows(torch.tensor([3, 1]))

@@ -70,6 +70,8 @@ def train_variant(
     generator_config = generator_config or default_generator_config()
     if spec.new_item_embedding:
         generator_config = replace(generator_config, new_item_embedding=True)
+    if spec.id_gate:
+        generator_config = replace(generator_config, id_gate=True)
     return train_generator(
         dataset,
         inputs,

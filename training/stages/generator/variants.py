@@ -22,6 +22,7 @@ class Variant:
     budget: int = 3  # L code tokens per item (+1 dedup): GRID's best shape is 3 levels
     generative: bool = True  # False: no generative head in the loss or the score
     new_item_embedding: bool = False  # GeneratorConfig.new_item_embedding
+    id_gate: bool = False  # GeneratorConfig.id_gate
 
 
 VARIANTS: dict[str, Variant] = {
@@ -35,6 +36,8 @@ VARIANTS: dict[str, Variant] = {
     "dense-only": Variant(generative=False),
     # Candidate for the cold-start gap: a learned vector for items without an id.
     "new-item-emb": Variant(new_item_embedding=True),
+    # Candidate for the tail: the router gates the id embedding as it gates CF codes.
+    "id-gate": Variant(id_gate=True),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
