@@ -6,8 +6,9 @@ An item is a vector composed of everything known about it (`Generator.item_vecto
                        + sum_l w_sem[i] tok_emb[SEM level-l code of i]
                        (+ text_proj(text embedding of i), optional)
 
-with the router's gate w_cf = 2 alpha_i, w_sem = 2 (1 - alpha_i) (`models.router`), the
-same in training and serving, so the router learns from the next-item loss of every item
+with the router's gate w_cf = 2 alpha_i, w_sem = 2 (1 - alpha_i) (`models.router`; with
+`GeneratorConfig.id_gate` the id embedding is scaled by w_cf too), the same in training
+and serving, so the router learns from the next-item loss of every item
 it routes, as a history input and as a target.
 
 An item without an id of its own (a cold item, or one added at serving time) has id 0,
