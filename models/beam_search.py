@@ -382,7 +382,6 @@ def sequence_log_probs(
         )
     # NaN (a model forbidding a token) counts as invalid; it is fixed on the gathered
     # entries below, not over the whole (M, D, V) tensor, the size of a rescoring batch.
-    scores = log_probs
     tokens = tokens.to(base.device)
     in_vocab = ((tokens >= 0) & (tokens < vocab)).all(dim=1)
     tokens = torch.where(in_vocab[:, None], tokens, 0)
@@ -421,13 +420,13 @@ def sequence_log_probs(
                 found, new_o = found | found_o[:, 0], new_o[:, 0]
         # log P(tok | prefix) = score[tok] - logsumexp(score over the valid children)
         if t == 0:
-            cand = scores[:, 0].index_select(1, kids)
+            cand = log_probs[:, 0].index_select(1, kids)
             cand = cand.masked_fill_(cand.isnan(), NEG_INF)
         else:
-            cand = scores[:, t].gather(1, kids.clamp(min=0))
+            cand = log_probs[:, t].gather(1, kids.clamp(min=0))
             cand = cand.masked_fill_((kids < 0) | cand.isnan(), NEG_INF)
         lse = torch.logsumexp(cand, dim=1)
-        target = scores[:, t].gather(1, tok)[:, 0]  # NaN fails the > NEG_INF test below
+        target = log_probs[:, t].gather(1, tok)[:, 0]  # NaN fails the > NEG_INF test below
         out.append(torch.where(found & (target > NEG_INF), target - lse, NEG_INF))
         node_b, node_o = torch.where(found, new_b, -1), torch.where(found, new_o, -1)
     log_p = torch.stack(out, dim=1)

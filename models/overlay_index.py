@@ -16,13 +16,8 @@ from models.prefix_index import DeviceIndex, PrefixIndex, build_prefix_index, ch
 
 
 class OverlayIndex:
-    """A base PrefixIndex plus a small overlay index of items added at serving time.
-
-    `add` rebuilds the overlay from every added item (cheap while few are added); the
-    decoder searches both tries at once (`to_tensors` gives the pair), so new items can be
-    recommended immediately. `merged()` rebuilds one PrefixIndex from base and overlay,
-    what a background merge does before swapping the base.
-    """
+    """A base PrefixIndex plus a small overlay index of items added at serving time
+    (module docstring)."""
 
     def __init__(self, base: PrefixIndex, base_ids: np.ndarray | None = None) -> None:
         """base_ids: optional (N,) int64 the base's item ids ascending, when the caller
