@@ -4,14 +4,14 @@ item below them, per request (`constrained_beam_search`'s `allowed`).
 Kept apart from the search kernel: the kernel asks two questions of a filter, "is this
 item allowed" and "is this node live", and this module answers them in whichever form the
 filter came in (a short sorted id list, or a row mask for broad filters), over the prefix
-index's per-node leaf runs (`DeviceIndex.leaf_lo` / `leaf_hi`).
+index's per-node leaf runs (`DeviceLevel.leaf_ptr`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from models.prefix_index import DeviceIndex
+from models.device_index import DeviceIndex
 from models.sorted_lookup import lookup_sorted
 
 INT64_MAX = torch.iinfo(torch.int64).max
@@ -43,36 +43,24 @@ class AllowedItems:
             self.base = self._leaf_positions(base)
             self.over = self._leaf_positions(over) if over is not None else None
 
-    @staticmethod
-    def _leaf_ids(index: DeviceIndex) -> tuple[torch.Tensor, torch.Tensor]:
-        if index.leaf_ids is None or index.leaf_pos is None:
-            raise ValueError("an index without leaf tables (build it with PrefixIndex.to_tensors)")
-        return index.leaf_ids, index.leaf_pos
-
     def _prefix_counts(self, index: DeviceIndex) -> torch.Tensor:
         """(B, n + 1) int32: allowed leaves among the trie's first j leaf positions."""
-        ids, pos = self._leaf_ids(index)
-        n_req, n = self.mask.shape[0], ids.shape[0]
-        if n and int(ids[-1]) >= self.mask.shape[1]:  # leaf_ids ascend: the last is the max
+        if index.n_items and index.last_id >= self.mask.shape[1]:
             raise ValueError(
                 f"allowed mask covers rows 0..{self.mask.shape[1] - 1}, but the index holds "
-                f"item {int(ids[-1])}"
+                f"item {index.last_id}"
             )
-        in_order = torch.zeros(n_req, n, dtype=torch.int32, device=self.mask.device)
-        in_order[:, pos] = self.mask[:, ids].to(torch.int32)
+        n_req, n = self.mask.shape[0], index.n_items
         counts = torch.zeros(n_req, n + 1, dtype=torch.int32, device=self.mask.device)
+        in_order = self.mask[:, index.leaf_items.long()].to(torch.int32)
         torch.cumsum(in_order, dim=1, out=counts[:, 1:])
         return counts
 
     def _leaf_positions(self, index: DeviceIndex) -> torch.Tensor:
         """(B, P) ascending leaf positions in this trie of the allowed items it holds,
-        INT64_MAX for the rest (`DeviceIndex.leaf_pos`)."""
-        ids, pos = self._leaf_ids(index)
-        if ids.shape[0] == 0:
-            return torch.full_like(self.ids, INT64_MAX)
-        at = torch.searchsorted(ids, self.ids).clamp_(max=ids.shape[0] - 1)
-        found = ids[at] == self.ids
-        return torch.where(found, pos[at], INT64_MAX).sort(dim=1).values
+        INT64_MAX for the rest (`DeviceIndex.leaf_positions`)."""
+        pos = index.leaf_positions(self.ids)
+        return torch.where(pos >= 0, pos, INT64_MAX).sort(dim=1).values
 
     def holds(self, item: torch.Tensor) -> torch.Tensor:
         """(B, C) item ids (-1 = none) -> (B, C) bool: the item is allowed."""
@@ -86,11 +74,10 @@ class AllowedItems:
     ) -> torch.Tensor:
         """(B, X) local node ids of `depth` in the base trie or the overlay (-1 = none)
         -> (B, X) bool: some allowed item lies below the node, i.e. in its leaf run
-        [lo, hi) (`DeviceIndex.leaf_lo`)."""
+        [lo, hi) (`DeviceLevel.leaf_runs`)."""
         table = self.over if overlay else self.base
-        lo_table, hi_table = index.leaf_lo[depth - 1], index.leaf_hi[depth - 1]
-        rows = torch.where(nodes >= 0, nodes, lo_table.shape[0] - 1)  # padding row: [0, 0)
-        lo, hi = lo_table[rows], hi_table[rows]
+        level = index.levels[depth - 1]
+        lo, hi = level.leaf_runs(level.rows(nodes))  # the padding row's run is empty
         if self.dense:
             count = table.gather(1, hi) - table.gather(1, lo)
         else:
@@ -118,17 +105,14 @@ def live_candidates(
         if over is not None:
             live |= allowed.live_nodes(over, True, 1, root_o.expand(n_req, -1))
         return live
-    tb = base.tokens[t - 1]
-    rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1).view(-1)
-    kid_b = base.children[t - 1].index_select(0, rows_b)  # (B * W, Wb) depth t + 1
+    level_b = base.levels[t - 1]
+    kid_b = level_b.child[level_b.slots(level_b.rows(node_b).view(-1))].long()  # depth t + 1
     wb = kid_b.shape[1]
     live = allowed.live_nodes(base, False, t + 1, kid_b.view(n_req, -1))
     if over is None:
         return live
-    to = over.tokens[t - 1]
-    rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1).view(-1)
-    tok_o = to.index_select(0, rows_o)
-    kids_o = over.children[t - 1].index_select(0, rows_o)  # (B * W, Wo)
+    level_o = over.levels[t - 1]
+    tok_o, kids_o = level_o.children_of(level_o.rows(node_o).view(-1))  # (B * W, Wo)
     # A base slot's prefix may have overlay items below it too: its token's overlay child.
     tok_b = tok.view(n_req * node_b.shape[1], -1)[:, :wb]
     _, shared_o = lookup_sorted(tok_o, kids_o, tok_b)

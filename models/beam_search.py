@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from models.allowed_items import AllowedItems, live_candidates
-from models.prefix_index import DeviceIndex
+from models.device_index import DeviceIndex
 from models.sorted_lookup import lookup_sorted
 
 StepFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
@@ -132,13 +132,6 @@ def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) 
     return _restrict_(cand, 2).add_(score[:, :, None])
 
 
-def _is_empty(index: DeviceIndex) -> bool:
-    """No items: no nodes below the root (depth > 1), or no valid first token."""
-    if index.depth > 1:
-        return all(table.shape[0] == 1 for table in index.tokens)
-    return not bool(index.root_mask.any())
-
-
 def _check_index(index_tensors: object) -> tuple[DeviceIndex, DeviceIndex | None]:
     if isinstance(index_tensors, DeviceIndex):
         return index_tensors, None
@@ -190,7 +183,7 @@ def constrained_beam_search(
         rows (cheaper when many items are allowed): the ONLY items request b may get
         (a business-rule filter). Unlike `exclude`, it prunes at every step: a prefix is a
         candidate only when some allowed item lies below it (two searchsorted calls over
-        the trie's leaf runs, `DeviceIndex.leaf_lo`), so no beam is spent on a prefix
+        the trie's leaf runs, `DeviceLevel.leaf_ptr`), so no beam is spent on a prefix
         whose items are all filtered out, however small the allowed set. Scores stay the
         unfiltered model's log P(item) (the mask is applied after each step's restricted
         softmax), so they compare with `sequence_log_probs`.
@@ -209,7 +202,7 @@ def constrained_beam_search(
     then the overlay-only tokens ascending (a stable sort over that candidate layout).
     """
     base, over = _check_index(index_tensors)
-    if over is not None and _is_empty(over):
+    if over is not None and over.empty:
         over = None  # the serving path always passes an overlay, most often empty
     for name, value in (("batch_size", batch_size), ("beam_width", beam_width), ("top_k", top_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -266,22 +259,22 @@ def constrained_beam_search(
                 item = root_item.expand(n_req, vocab)
             slots, tok = vocab, None
         elif over is None:
-            table = base.tokens[t - 1]
-            rows_b = torch.where(node_b >= 0, node_b, table.shape[0] - 1)
-            slots = table.shape[1]
+            level_b = base.levels[t - 1]
+            rows_b = level_b.rows(node_b)
+            slots = level_b.width
             # (B, W, Wk) child tokens of every beam; missing nodes read the padding row.
-            tok = table.index_select(0, rows_b.view(-1)).view(n_req, width, slots)
+            pos_b = level_b.slots(rows_b.view(-1))
+            tok = level_b.token[pos_b].long().view(n_req, width, slots)
             cand = _score_children(logp, score, tok)
-            table = base.children[t - 1]
             if last:  # at the last depth, children are item ids
-                item = table.index_select(0, rows_b.view(-1)).view(n_req, -1)
+                item = level_b.child[pos_b].long().view(n_req, -1)
         else:
-            tb, to = base.tokens[t - 1], over.tokens[t - 1]
-            rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1)
-            rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1)
-            wb, wo = tb.shape[1], to.shape[1]
-            tok_b = tb.index_select(0, rows_b.view(-1))  # (B * W, Wb)
-            tok_o = to.index_select(0, rows_o.view(-1))  # (B * W, Wo)
+            level_b, level_o = base.levels[t - 1], over.levels[t - 1]
+            rows_b, rows_o = level_b.rows(node_b), level_o.rows(node_o)
+            wb, wo = level_b.width, level_o.width
+            pos_b = level_b.slots(rows_b.view(-1))  # (B * W, Wb)
+            pos_o = level_o.slots(rows_o.view(-1))  # (B * W, Wo)
+            tok_b, tok_o = level_b.token[pos_b].long(), level_o.token[pos_o].long()
             # A token in both tries is one candidate (the base slot, holding both
             # children); overlay slots whose token the base also has are dropped.
             in_b, _ = lookup_sorted(tok_b, tok_b, tok_o)
@@ -289,8 +282,7 @@ def constrained_beam_search(
             slots, tok = wb + wo, tok.view(n_req, width, wb + wo)
             cand = _score_children(logp, score, tok)
             if last:  # leaf tokens are in one trie only; their children are item ids
-                kid_b = base.children[t - 1].index_select(0, rows_b.view(-1))
-                kid_o = over.children[t - 1].index_select(0, rows_o.view(-1))
+                kid_b, kid_o = level_b.child[pos_b].long(), level_o.child[pos_o].long()
                 item = torch.cat([kid_b, kid_o], dim=1).view(n_req, -1)
         cand = cand.reshape(n_req, -1)  # -inf: invalid; NaN is made invalid in _select
         if item is not None and exclude is not None:
@@ -324,21 +316,18 @@ def constrained_beam_search(
             if last:  # item ids, whichever trie holds them
                 new_b, new_o = item.gather(1, pick), torch.full_like(pick, -1)
             elif over is None:
-                new_b = table.view(-1)[rows_b.gather(1, parent) * slots + slot]
+                new_b = level_b.child_at(rows_b.gather(1, parent), slot)
                 new_o = node_o
             else:
                 is_b = slot < wb
-                at_b = rows_b.gather(1, parent) * wb + slot.clamp(max=wb - 1)
-                new_b = torch.where(is_b, base.children[t - 1].view(-1)[at_b], -1)
+                new_b = level_b.child_at(rows_b.gather(1, parent), slot.clamp(max=wb - 1))
+                new_b = torch.where(is_b, new_b, -1)
                 # Overlay child: its own slot, or the base token looked up in the
                 # parent's overlay node (-1 where the overlay lacks it).
                 row_o = rows_o.gather(1, parent)
-                at_o = row_o * wo + (slot - wb).clamp(min=0)
-                own_o = over.children[t - 1].view(-1)[at_o]
+                own_o = level_o.child_at(row_o, (slot - wb).clamp(min=0))
                 _, shared_o = lookup_sorted(
-                    to.index_select(0, row_o.view(-1)),
-                    over.children[t - 1].index_select(0, row_o.view(-1)),
-                    new_tok.view(-1, 1),
+                    *level_o.children_of(row_o.view(-1)), new_tok.view(-1, 1)
                 )
                 new_o = torch.where(is_b, shared_o.view(n_req, width), own_o)
         # Follow the surviving beams' token histories.
@@ -372,7 +361,7 @@ def sequence_log_probs(
     each sequence, -1 where it is no item of the index).
     """
     base, over = _check_index(index_tensors)
-    if over is not None and _is_empty(over):
+    if over is not None and over.empty:
         over = None
     n, depth, vocab = log_probs.shape
     if tuple(tokens.shape) != (n, depth) or depth != base.depth or vocab != base.vocab_size:
@@ -382,7 +371,7 @@ def sequence_log_probs(
         )
     # NaN (a model forbidding a token) counts as invalid; it is fixed on the gathered
     # entries below, not over the whole (M, D, V) tensor, the size of a rescoring batch.
-    tokens = tokens.to(base.device)
+    tokens = tokens.to(base.device, torch.int64)
     in_vocab = ((tokens >= 0) & (tokens < vocab)).all(dim=1)
     tokens = torch.where(in_vocab[:, None], tokens, 0)
     root_valid, root_b = base.root_mask, base.root_child
@@ -400,21 +389,15 @@ def sequence_log_probs(
             found = root_valid[tok[:, 0]]
             new_b, new_o = root_b[tok[:, 0]], root_o[tok[:, 0]]
         else:
-            tb = base.tokens[t - 1]
-            rows_b = torch.where(node_b >= 0, node_b, tb.shape[0] - 1)
-            kids_b = tb.index_select(0, rows_b)  # (M, Wb) ascending, -1 padding last
-            found_b, new_b = lookup_sorted(
-                kids_b, base.children[t - 1].index_select(0, rows_b), tok
-            )
+            level_b = base.levels[t - 1]
+            kids_b, child_b = level_b.children_of(level_b.rows(node_b))  # ascending, -1 last
+            found_b, new_b = lookup_sorted(kids_b, child_b, tok)
             kids, found, new_b = kids_b, found_b[:, 0], new_b[:, 0]
             new_o = torch.full_like(new_b, -1)
             if over is not None:
-                to = over.tokens[t - 1]
-                rows_o = torch.where(node_o >= 0, node_o, to.shape[0] - 1)
-                kids_o = to.index_select(0, rows_o)
-                found_o, new_o = lookup_sorted(
-                    kids_o, over.children[t - 1].index_select(0, rows_o), tok
-                )
+                level_o = over.levels[t - 1]
+                kids_o, child_o = level_o.children_of(level_o.rows(node_o))
+                found_o, new_o = lookup_sorted(kids_o, child_o, tok)
                 in_b, _ = lookup_sorted(kids_b, kids_b, kids_o)
                 kids = torch.cat([kids_b, torch.where(in_b, -1, kids_o)], dim=1)
                 found, new_o = found | found_o[:, 0], new_o[:, 0]

@@ -69,7 +69,7 @@ import torch
 from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.config import Config, check_positive_ints, check_range
 from models.dense_candidates import blocked_at, index_dense_candidates, index_log_probs
-from models.prefix_index import DeviceIndex
+from models.device_index import DeviceIndex
 from models.row_sets import NEG_INF, blocked_rows, dedupe, rows_of
 
 if TYPE_CHECKING:  # faiss is loaded only where an index is built (the service)
@@ -98,7 +98,7 @@ class Catalogue:
     """The items a request can be answered with, as the decoder reads them.
 
     item_vectors: (R, C) float the dense head's item vectors (row 0 padding).
-    item_tokens: (R, L + 1) int64 every row's served tokens (row 0 zeros).
+    item_tokens: (R, L + 1) every row's served tokens (row 0 zeros), any integer type.
     index: the prefix index over those tokens (a DeviceIndex, or (base, overlay)).
     live: optional (R,) bool, rows that may be returned (False for padding, for rows of
         items that were replaced and for retired items); None = every row but 0.
@@ -141,7 +141,7 @@ def generative_log_probs(
     """(B, C) states, (B, M) candidate rows -> (B, M) log P_gen(row) by teacher forcing
     under the restricted softmax; -inf for rows whose tokens are not in the index."""
     batch, m = rows.shape
-    tokens = catalogue.item_tokens[rows.clamp(min=0)]  # (B, M, L + 1)
+    tokens = catalogue.item_tokens[rows.clamp(min=0)].long()  # (B, M, L + 1)
     logits = model.token_scores(state, tokens)  # (B, M, L + 1, V)
     log_p, found = sequence_log_probs(
         logits.reshape(batch * m, *logits.shape[2:]),

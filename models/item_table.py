@@ -31,8 +31,9 @@ import torch
 
 from models.decoding import Catalogue
 from models.dense_index import DenseIndex
+from models.device_index import DeviceIndex, narrow_int
 from models.overlay_index import OverlayIndex, merge_rows
-from models.prefix_index import DeviceIndex, PrefixIndex
+from models.prefix_index import PrefixIndex
 
 # Spare rows the tables grow by at the least (`ItemTable._append_rows`).
 MIN_SPARE_ROWS = 1024
@@ -79,7 +80,7 @@ class ItemTable:
         base_id_free: np.ndarray | None = None,
         dense_index: DenseIndex | None = None,
     ) -> None:
-        """vectors: (N + 1, C) float; tokens: (N + 1, L + 1) int64 (row 0 zeros);
+        """vectors: (N + 1, C) float; tokens: (N + 1, L + 1) ints (row 0 zeros);
         base_index: the prefix index over rows 1..N's tokens; base_id_free: optional
         (N + 1,) bool, the bundle's items without an id embedding (no training
         interactions). Items added later never have one. dense_index: optional approximate
@@ -90,7 +91,10 @@ class ItemTable:
         # table (at 1M items a copy of the vectors alone is 256 MB per POST /items).
         # `vectors` and `tokens` are views of the first n_rows.
         self._vector_buf = torch.as_tensor(vectors, dtype=torch.float32).to(self.device)
-        self._token_buf = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
+        # Tokens in the narrowest type that holds the vocabulary (int16 for every shipped
+        # shape): 8 bytes per item instead of 32; readers widen the rows they gather.
+        tokens = narrow_int(np.asarray(tokens, dtype=np.int64), base_index.vocab_size)
+        self._token_buf = torch.as_tensor(tokens, device=self.device)
         self.vectors, self.tokens = self._vector_buf, self._token_buf
         if self.vectors.shape[0] != self.tokens.shape[0]:
             raise ValueError(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.prefix_index import DeviceIndex, PrefixIndex, build_prefix_index, check_items
+from models.device_index import DeviceIndex
+from models.prefix_index import PrefixIndex, build_prefix_index, check_items
 
 
 class OverlayIndex:

@@ -6,11 +6,10 @@ The index is the trie of those rows, stored the way a decoding kernel wants it:
 * BUILDER (here, NumPy, offline): `build_prefix_index` turns (N, depth) rows into CSR
   arrays over trie nodes. Vectorised: one lexsort, then per-depth unique prefixes found by
   comparing adjacent sorted rows (loops run over the depth only, never over items).
-* DEVICE TABLES (`PrefixIndex.to_tensors`): per depth k, a padded (n_nodes_k + 1, W_k)
-  table of (token, child) pairs, W_k = max_branch[k], pad token -1, with one extra padding
-  row at the end that a missing node (-1) is clamped to. Padding per depth (not to the global
-  maximum) keeps memory bounded for 1M items; the root, whose branching can be a whole
-  codebook block, is also given as a dense (vocab_size,) mask and child map.
+* DEVICE TABLES (`PrefixIndex.to_tensors`, layout in `models.device_index`): per depth,
+  the same CSR with local node ids, in the narrowest integer types that hold them, plus
+  each node's leaf run; the root, whose branching can be a whole codebook block, also as
+  a dense (vocab_size,) mask and child map.
 Items added at serving time live in a second, small index beside this one
 (`models.overlay_index`); teacher forcing reads the same trie as per-depth path tables
 (`models.path_tables`).
@@ -29,9 +28,7 @@ import numpy as np
 import torch
 
 from models.arrays import int_array
-
-PAD_TOKEN = -1  # token of a padding slot in the device tables
-NO_CHILD = -1  # child of a padding slot; also "no such node" in the decoder
+from models.device_index import NO_CHILD, PAD_TOKEN, DeviceIndex, DeviceLevel, narrow_int
 
 
 def check_items(
@@ -62,52 +59,14 @@ def check_items(
 
 
 @dataclass(frozen=True)
-class DeviceIndex:
-    """A PrefixIndex as tensors on one device, read by `models.beam_search`.
-
-    depth: D = L + 1; vocab_size: V.
-    root_mask: (V,) bool, valid first tokens.
-    root_child: (V,) int64, the depth-1 node (local id) of each first token, or the item id
-        when D == 1; -1 for invalid tokens.
-    tokens[k - 1], children[k - 1] for k = 1 .. D - 1: (n_k + 1, W_k) int64 tables of the
-        nodes of depth k (row = local node id, local id = global id - level_ptr[k]),
-        W_k = max(1, max_branch[k]); slot j holds the node's j-th child token (ascending)
-        and its child: a local node id of depth k + 1, or an item id when k = D - 1.
-        Unused slots hold token -1 / child -1. Row n_k is the padding row (all -1): the
-        decoder clamps a missing node (-1) to it, so gathers never go out of range.
-    leaf_lo[k - 1], leaf_hi[k - 1] for k = 1 .. D - 1: (n_k + 1,) int64, the items below
-        each node of depth k are the leaves at positions [lo, hi) of the trie's leaf order
-        (items in lexicographic order of their tokens); the padding row is the empty
-        [0, 0). With them, "does some allowed item lie below this prefix" is two
-        searchsorted calls over a request's sorted allowed leaf positions
-        (`models.beam_search`, `allowed`), whatever the catalogue size.
-    leaf_ids: (n_items,) int64 the item ids in ascending order; leaf_pos: (n_items,) int64
-        the leaf position of each of them (item id -> position by one searchsorted).
-    """
-
-    depth: int
-    vocab_size: int
-    root_mask: torch.Tensor
-    root_child: torch.Tensor
-    tokens: tuple[torch.Tensor, ...]
-    children: tuple[torch.Tensor, ...]
-    leaf_lo: tuple[torch.Tensor, ...] = ()
-    leaf_hi: tuple[torch.Tensor, ...] = ()
-    leaf_ids: torch.Tensor | None = None
-    leaf_pos: torch.Tensor | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.root_mask.device
-
-
-@dataclass(frozen=True)
 class PrefixIndex:
     """Immutable trie over (N, depth) item rows, CSR layout; build with `build_prefix_index`.
 
-    row_ptr: (n_nodes + 1,) int64; edges of node n are row_ptr[n]:row_ptr[n + 1].
-    child_token: (n_edges,) int64, sorted by token within a node.
-    child_node: (n_edges,) int64, global child node id; the item id at the last depth.
+    row_ptr: (n_nodes + 1,); edges of node n are row_ptr[n]:row_ptr[n + 1].
+    child_token: (n_edges,), sorted by token within a node.
+    child_node: (n_edges,), global child node id; the item id at the last depth.
+    (These three in the narrowest integer type that holds them, `narrow_int`; older
+    bundles hold int64. Every result computed from them is int64.)
     max_branch: (depth,) int64, max children of any node of each depth (0 if none).
     root_mask: (vocab_size,) bool, valid first tokens.
     level_ptr: (depth + 1,) int64; nodes of depth k are level_ptr[k]:level_ptr[k + 1].
@@ -152,7 +111,8 @@ class PrefixIndex:
         for k in range(self.depth):
             want = np.where(node >= 0, node, 0) * self.vocab_size + rows[:, k]
             pos = np.minimum(np.searchsorted(key, want), key.shape[0] - 1)  # clamped
-            node = np.where((node >= 0) & (key[pos] == want), self.child_node[pos], -1)
+            child = self.child_node[pos].astype(np.int64)  # narrow storage: widen first
+            node = np.where((node >= 0) & (key[pos] == want), child, -1)
         return node
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +124,7 @@ class PrefixIndex:
         incoming[self.child_node[:n_internal_edges]] = np.arange(n_internal_edges)
         parent = self._edge_parent()
         edge = np.arange(n_internal_edges, self.child_token.shape[0])  # (N,) leaf edges
-        ids = self.child_node[edge]
+        ids = self.child_node[edge].astype(np.int64)
         rows = np.empty((edge.shape[0], self.depth), dtype=np.int64)
         for k in range(self.depth - 1, -1, -1):
             rows[:, k] = self.child_token[edge]
@@ -173,64 +133,58 @@ class PrefixIndex:
         return rows, ids
 
     def to_tensors(self, device: torch.device | str = "cpu") -> DeviceIndex:
-        """The padded per-depth (token, child) tables as tensors on `device` (DeviceIndex)."""
-        parent = self._edge_parent()
-        rank = np.arange(self.child_token.shape[0]) - self.row_ptr[parent]  # slot in its node
+        """The per-depth CSR tables in narrow dtypes as tensors on `device` (DeviceIndex)."""
         root_child = np.full(self.vocab_size, NO_CHILD, dtype=np.int64)
         root_edges = slice(int(self.row_ptr[0]), int(self.row_ptr[1]))
         root_child[self.child_token[root_edges]] = self._local_child(0, self.child_node[root_edges])
-        tokens, children = [], []
-        for k in range(1, self.depth):
+        first_leaf = int(self.row_ptr[self.level_ptr[self.depth - 1]])
+        n_items = self.child_node.shape[0] - first_leaf
+
+        def tensor(values: np.ndarray, bound: int) -> torch.Tensor:
+            return torch.from_numpy(narrow_int(values, bound)).to(device)
+
+        levels: list[DeviceLevel] = []
+        leaf_ptr_below = None  # the leaf pointers of depth k + 1, built deepest first
+        for k in range(self.depth - 1, 0, -1):
             first, last = int(self.level_ptr[k]), int(self.level_ptr[k + 1])
-            width = max(1, int(self.max_branch[k]))
-            tok = np.full((last - first + 1, width), PAD_TOKEN, dtype=np.int64)
-            child = np.full((last - first + 1, width), NO_CHILD, dtype=np.int64)
-            edges = slice(int(self.row_ptr[first]), int(self.row_ptr[last]))
-            local = parent[edges] - first
-            tok[local, rank[edges]] = self.child_token[edges]
-            child[local, rank[edges]] = self._local_child(k, self.child_node[edges])
-            tokens.append(torch.from_numpy(tok).to(device))
-            children.append(torch.from_numpy(child).to(device))
-        lo, hi, leaf_ids, leaf_pos = self._leaf_ranges()
+            ptr = self.row_ptr[first : last + 1]
+            edges = slice(int(ptr[0]), int(ptr[-1]))
+            # Local pointers, plus the padding row's empty run at the end.
+            row_ptr = np.append(ptr - ptr[0], ptr[-1] - ptr[0])
+            child = self._local_child(k, self.child_node[edges])
+            # At the last depth each child is one leaf, in leaf order. Above it, every node
+            # of depth k + 1 has one incoming edge, in node order, so the local edge
+            # position IS the child's local id: a node's run starts at its first child's
+            # (the padding entries read the empty run [n_items, n_items)).
+            leaf_ptr = row_ptr if k == self.depth - 1 else leaf_ptr_below[row_ptr]
+            leaf_ptr_below = leaf_ptr
+            token = tensor(np.append(self.child_token[edges], PAD_TOKEN), self.vocab_size)
+            child_bound = int(child.max(initial=0))
+            row_t = tensor(row_ptr, int(row_ptr[-1]))
+            levels.append(
+                DeviceLevel(
+                    row_ptr=row_t,
+                    token=token,
+                    child=tensor(np.append(child, NO_CHILD), child_bound),
+                    leaf_ptr=row_t if leaf_ptr is row_ptr else tensor(leaf_ptr, n_items),
+                    width=max(1, int(self.max_branch[k])),
+                )
+            )
+        items = self.child_node[first_leaf:]
+        first_id = int(items.min()) if items.size else 0
+        leaf_of = np.full(int(items.max(initial=-1)) + 1 - first_id, -1, dtype=np.int64)
+        leaf_of[items - first_id] = np.arange(n_items)
+        leaf_items = levels[0].child[:-1] if levels else tensor(items, int(items.max(initial=0)))
         return DeviceIndex(
             depth=self.depth,
             vocab_size=self.vocab_size,
             root_mask=torch.from_numpy(self.root_mask.copy()).to(device),
             root_child=torch.from_numpy(root_child).to(device),
-            tokens=tuple(tokens),
-            children=tuple(children),
-            leaf_lo=tuple(torch.from_numpy(x).to(device) for x in lo),
-            leaf_hi=tuple(torch.from_numpy(x).to(device) for x in hi),
-            leaf_ids=torch.from_numpy(leaf_ids).to(device),
-            leaf_pos=torch.from_numpy(leaf_pos).to(device),
+            levels=tuple(reversed(levels)),
+            leaf_items=leaf_items,
+            leaf_of=tensor(leaf_of, n_items),
+            first_id=first_id,
         )
-
-    def _leaf_ranges(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-        """Per depth k = 1 .. D - 1, (n_k + 1,) lo and hi: the leaf positions [lo, hi) below
-        each node (padding row [0, 0)); and (ids ascending, their leaf positions).
-
-        Leaf edges are stored in lexicographic order of their items' tokens, so the items
-        below any node are a contiguous run of them: a last-depth node's run is its own
-        edges, a shallower node's runs from its first child's lo to its last child's hi
-        (children are consecutive node ids). Vectorised per depth."""
-        first_leaf = int(self.row_ptr[self.level_ptr[self.depth - 1]])
-        items = self.child_node[first_leaf:]
-        order = np.argsort(items, kind="stable")
-        leaf_ids, leaf_pos = items[order].astype(np.int64), order.astype(np.int64)
-        lo: list[np.ndarray] = [np.zeros(0, np.int64)] * max(0, self.depth - 1)
-        hi: list[np.ndarray] = list(lo)
-        for k in range(self.depth - 1, 0, -1):
-            first, last = int(self.level_ptr[k]), int(self.level_ptr[k + 1])
-            start, stop = self.row_ptr[first:last], self.row_ptr[first + 1 : last + 1]
-            if k == self.depth - 1:
-                k_lo, k_hi = start - first_leaf, stop - first_leaf
-            else:  # child nodes are global ids of depth k + 1: make them local
-                below = self.level_ptr[k + 1]
-                k_lo = lo[k][self.child_node[start] - below] if last > first else start
-                k_hi = hi[k][self.child_node[stop - 1] - below] if last > first else stop
-            lo[k - 1] = np.append(np.asarray(k_lo, np.int64), 0)  # + the padding row
-            hi[k - 1] = np.append(np.asarray(k_hi, np.int64), 0)
-        return lo, hi, leaf_ids, leaf_pos
 
     def _local_child(self, k: int, child: np.ndarray) -> np.ndarray:
         """Children of depth-k nodes as local ids of depth k + 1 (item ids stay as they are)."""
@@ -288,12 +242,15 @@ def build_prefix_index(item_tokens: object, item_ids: object, vocab_size: int) -
     np.cumsum(np.bincount(parents, minlength=n_nodes), out=row_ptr[1:])
     root_mask = np.zeros(vocab_size, dtype=bool)
     root_mask[edge_tokens[0]] = True
+    child_node = np.concatenate(edge_children)
+    # Stored in the narrowest integer types that hold them (int16 / int32 for any real
+    # catalogue): the service keeps this CSR beside the device tables, and ships it.
     return PrefixIndex(
         depth=depth,
         vocab_size=int(vocab_size),
-        row_ptr=row_ptr,
-        child_token=np.concatenate(edge_tokens),
-        child_node=np.concatenate(edge_children),
+        row_ptr=narrow_int(row_ptr, int(row_ptr[-1])),
+        child_token=narrow_int(np.concatenate(edge_tokens), vocab_size),
+        child_node=narrow_int(child_node, int(child_node.max(initial=0))),
         max_branch=max_branch,
         root_mask=root_mask,
         level_ptr=level_ptr,

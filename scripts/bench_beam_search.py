@@ -45,6 +45,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from models.beam_search import constrained_beam_search  # noqa: E402
+from models.device_index import narrow_int  # noqa: E402
 from models.overlay_index import OverlayIndex  # noqa: E402
 from models.prefix_index import build_prefix_index  # noqa: E402
 from models.reference_beam_search import reference_beam_search, reference_trie  # noqa: E402
@@ -165,7 +166,11 @@ def main() -> None:
         start = time.perf_counter()
         dev = index.to_tensors("cpu")
         tables_s = time.perf_counter() - start
-        table_mb = sum(t.numel() * t.element_size() * 2 for t in dev.tokens) / 2**20
+        # Memory per item of what decoding holds: the device index and the token table
+        # (int16 tokens, as `models.item_table.ItemTable` stores them), beside the host
+        # CSR the bundle ships (`PrefixIndex`, int64).
+        token_bytes = narrow_int(rows, layout.vocab_size).nbytes
+        csr_bytes = sum(a.nbytes for a in (index.row_ptr, index.child_token, index.child_node))
         model = TimedModel(table_model(index.depth, layout.vocab_size, seed=0))
         entry = {
             "n_items": n,
@@ -174,7 +179,10 @@ def main() -> None:
             "n_nodes": index.n_nodes,
             "build_s": round(build_s, 3),
             "to_tensors_s": round(tables_s, 3),
-            "table_mib": round(table_mb, 1),
+            "device_index_bytes_per_item": round(dev.nbytes / n, 1),
+            "token_table_bytes_per_item": round(token_bytes / n, 1),
+            "index_and_tokens_bytes_per_item": round((dev.nbytes + token_bytes) / n, 1),
+            "host_csr_bytes_per_item": round(csr_bytes / n, 1),
         }
         cats.append({"entry": entry, "rows": rows, "ids": ids, "dev": dev, "model": model})
     if args.overlay:

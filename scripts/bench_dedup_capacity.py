@@ -126,14 +126,8 @@ def csr_bytes(index: PrefixIndex) -> int:
 
 
 def device_bytes(index: PrefixIndex) -> int:
-    """Bytes of `PrefixIndex.to_tensors` without building it: the (V,) root mask and child
-    map, then per depth k >= 1 an (n_k + 1, max(1, max_branch[k])) table of int64 tokens
-    and one of int64 children."""
-    total = index.vocab_size * (1 + 8)
-    for k in range(1, index.depth):
-        nodes = int(index.level_ptr[k + 1] - index.level_ptr[k])
-        total += (nodes + 1) * max(1, int(index.max_branch[k])) * 16
-    return total
+    """Bytes of the tensors `PrefixIndex.to_tensors` builds (`DeviceIndex.nbytes`)."""
+    return index.to_tensors("cpu").nbytes
 
 
 def index_figures(index: PrefixIndex, n_items: int) -> dict:

@@ -154,10 +154,28 @@ def _item_vectors(
     return out
 
 
-def large_contents(
+@dataclass
+class LargeCatalogue:
+    """The random catalogue's codes, popularity, router split and served tokens, before
+    any model is run on it (what the index and token-table sizes depend on)."""
+
+    tokenizer: DualTokenizer
+    router: Router
+    inputs: ItemInputs
+    alpha: np.ndarray  # (N + 1,) the router's CF weight per row
+    n_cf: np.ndarray  # (N + 1,) CF tokens per row
+    rng: np.random.Generator  # the catalogue's generator, to draw the rest from in order
+
+    @property
+    def item_tokens(self) -> np.ndarray:
+        """(N + 1, L + 1) served tokens, row 0 padding."""
+        return self.inputs.item_tokens(self.n_cf)
+
+
+def large_catalogue(
     n_items: int, seed: int = 0, shape: LargeBundleShape | None = None
-) -> BundleContents:
-    """BundleContents of n_items random items and random modules of the shipped shape."""
+) -> LargeCatalogue:
+    """The random catalogue of the shipped code shape (module docstring), no model run."""
     shape = shape or LargeBundleShape()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -181,9 +199,19 @@ def large_contents(
         alpha = router(torch.as_tensor(popularity)).numpy().astype(np.float32)
         n_cf = router.hard_split(torch.as_tensor(alpha)).numpy()
     n_cf[0] = 0
+    return LargeCatalogue(tokenizer, router, inputs, alpha, n_cf, rng)
+
+
+def large_contents(
+    n_items: int, seed: int = 0, shape: LargeBundleShape | None = None
+) -> BundleContents:
+    """BundleContents of n_items random items and random modules of the shipped shape."""
+    shape = shape or LargeBundleShape()
+    cat = large_catalogue(n_items, seed, shape)
+    inputs, rng, rows = cat.inputs, cat.rng, n_items + 1
     generator_config = replace(  # as stage D sizes it for a catalogue (train_generator)
         default_generator_config(),
-        vocab_size=layout.vocab_size,
+        vocab_size=inputs.layout.vocab_size,
         budget=shape.budget,
         n_ids=rows,
         code_levels=shape.budget,
@@ -192,24 +220,24 @@ def large_contents(
     generator = Generator(generator_config).eval()
     train = GeneratorTrainConfig()
     return assemble_contents(
-        tokenizer=tokenizer,
-        router=router,
+        tokenizer=cat.tokenizer,
+        router=cat.router,
         generator=generator,
-        layout=layout,
+        layout=inputs.layout,
         decoding=DecodingConfig(
             beam_width=train.beam_width,
             dense_weight=shape.dense_weight,
             dense_candidates=train.dense_candidates,
         ),
         external_ids=np.array([""] + [f"item-{i}" for i in range(1, rows)]),
-        sem_codes=sem_codes,
-        cf_codes=cf_codes,
-        item_tokens=inputs.item_tokens(n_cf),
-        n_cf=n_cf,
-        alpha=alpha,
-        popularity=popularity,
-        item_vectors=_item_vectors(generator, router, inputs, alpha, rng),
-        warm=warm,
+        sem_codes=inputs.sem_codes,
+        cf_codes=inputs.cf_codes,
+        item_tokens=cat.item_tokens,
+        n_cf=cat.n_cf,
+        alpha=cat.alpha,
+        popularity=inputs.counts,
+        item_vectors=_item_vectors(generator, cat.router, inputs, cat.alpha, rng),
+        warm=inputs.warm,
         text_model_id=TEXT_MODEL_ID,
         dataset={"name": f"large-{n_items}", "fingerprint": f"random-seed{seed}"},
         categories=[""] + [f"cat-{c:02d}" for c in rng.integers(0, LARGE_CATEGORIES, n_items)],

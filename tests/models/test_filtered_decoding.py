@@ -43,13 +43,16 @@ def test_leaf_ranges_cover_exactly_the_items_below_each_node():
     index = build_prefix_index(rows, ids, vocab)
     dev = index.to_tensors()
     order = np.lexsort(rows.T[::-1])  # leaf order = lexicographic order of the rows
-    assert dev.leaf_ids.tolist() == sorted(ids.tolist())
-    leaf_of = dict(zip(dev.leaf_ids.tolist(), dev.leaf_pos.tolist(), strict=True))
-    assert [leaf_of[int(i)] for i in ids[order]] == list(range(len(ids)))
+    assert dev.leaf_items.tolist() == ids[order].tolist()
+    assert dev.leaf_positions(torch.as_tensor(ids[order])).tolist() == list(range(len(ids)))
+    absent = torch.tensor([-5, ids.max() + 1, np.setdiff1d(np.arange(ids.max()), ids)[0]])
+    assert dev.leaf_positions(absent).tolist() == [-1, -1, -1]
     for k in range(1, index.depth):
         prefixes = np.unique(rows[:, :k], axis=0)  # lexicographic = local node order
-        lo, hi = dev.leaf_lo[k - 1], dev.leaf_hi[k - 1]
-        assert lo.shape[0] == len(prefixes) + 1 and lo[-1] == hi[-1] == 0  # padding row
+        level = dev.levels[k - 1]
+        lo, hi = level.leaf_runs(torch.arange(len(prefixes) + 1))
+        assert level.pad_row == len(prefixes) and lo[-1] == hi[-1]  # padding row: empty
+        assert level.rows(torch.tensor([-1])).item() == level.pad_row
         for node, prefix in enumerate(prefixes):
             below = (rows[order][:, :k] == prefix).all(axis=1)
             assert np.flatnonzero(below).tolist() == list(range(int(lo[node]), int(hi[node])))

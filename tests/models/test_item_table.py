@@ -66,10 +66,9 @@ def snapshot(table: ItemTable) -> dict:
         "tokens": table.tokens.clone(),
         "live": table.live.clone(),
         "n_added": table.overlay.n_added,
-        "overlay_tokens": [t.clone() for t in over.tokens],
-        "overlay_children": [t.clone() for t in over.children],
+        "overlay_levels": [t.clone() for level in over.levels for t in level.tensors()],
         "overlay_root": over.root_mask.clone(),
-        "base_tokens": [t.clone() for t in base.tokens],
+        "base_levels": [t.clone() for level in base.levels for t in level.tensors()],
     }
 
 
@@ -255,7 +254,9 @@ def test_a_background_merge_changes_no_result(contents):
         np.concatenate([np.arange(1, N_ITEMS + 1), rows, [late]]),
         contents.layout.vocab_size,
     )
-    for x, y in zip(table.catalogue().index[0].tokens, full.to_tensors().tokens, strict=True):
+    merged = [t for level in table.catalogue().index[0].levels for t in level.tensors()]
+    fresh = [t for level in full.to_tensors().levels for t in level.tensors()]
+    for x, y in zip(merged, fresh, strict=True):
         assert torch.equal(x, y)
 
 

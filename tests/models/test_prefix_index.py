@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.device_index import narrow_int
 from models.overlay_index import OverlayIndex
 from models.path_tables import build_path_tables
 from models.prefix_index import PrefixIndex, build_prefix_index
@@ -96,19 +97,50 @@ def test_device_tables_match_csr():
     index = build_prefix_index(rows, ids, vocab)
     dev = index.to_tensors("cpu")
     assert torch.equal(dev.root_mask, torch.from_numpy(index.root_mask))
-    assert len(dev.tokens) == index.depth - 1
+    assert len(dev.levels) == index.depth - 1
     for k in range(1, index.depth):
-        tok, kid = dev.tokens[k - 1], dev.children[k - 1]
+        level = dev.levels[k - 1]
         n_k = index.level_ptr[k + 1] - index.level_ptr[k]
-        assert tok.shape == (n_k + 1, index.max_branch[k])  # per-depth width + padding row
-        assert (tok[-1] == -1).all() and (kid[-1] == -1).all()
+        assert level.pad_row == n_k and level.width == max(1, index.max_branch[k])
+        assert level.row_ptr.dtype == torch.int16  # a small catalogue: the narrowest type
+        tok, kid = level.children_of(level.rows(torch.tensor([level.pad_row, -1])))
+        assert tok.dtype == kid.dtype == torch.int64
+        assert (tok == -1).all() and (kid == -1).all()  # the padding row is empty
     # Walking the tables reproduces every item.
     for row, item in zip(rows, ids, strict=True):
         node = int(dev.root_child[row[0]])
         for k in range(1, index.depth):
-            slot = (dev.tokens[k - 1][node] == int(row[k])).nonzero()
-            node = int(dev.children[k - 1][node, slot[0, 0]])
+            tok, kid = dev.levels[k - 1].children_of(torch.tensor([node]))
+            slot = (tok[0] == int(row[k])).nonzero()
+            node = int(kid[0, slot[0, 0]])
         assert node == item
+
+
+def test_narrow_storage_gives_int64_results_past_int16():
+    """The CSR is stored narrow (int16 here), yet lookups and listings are int64 and do
+    not overflow where node id x vocabulary passes int16 (thousands of nodes x 400)."""
+    rows, ids, vocab = random_catalog(5, n=2000, vocab=400)
+    index = build_prefix_index(rows, ids, vocab)
+    assert index.child_token.dtype == np.int16 and index.n_nodes * vocab > 2**15
+    found = index.lookup(rows)
+    assert found.dtype == np.int64 and found.tolist() == ids.tolist()
+    listed_rows, listed_ids = index.items()
+    assert listed_ids.dtype == np.int64
+    assert sorted(map(tuple, listed_rows.tolist())) == sorted(map(tuple, rows.tolist()))
+
+
+def test_device_tables_widen_to_hold_their_values():
+    """Item ids past int16 (and past int32 in principle) get a wider child type; reads
+    are int64 whatever the storage."""
+    rows, ids, vocab = random_catalog(4)
+    big = ids + 100_000
+    dev = build_prefix_index(rows, big, vocab).to_tensors()
+    last = dev.levels[-1]
+    assert last.child.dtype == torch.int32 and dev.leaf_of.dtype == torch.int16
+    assert dev.first_id == big.min() and dev.last_id == big.max()
+    _, kid = last.children_of(torch.arange(last.pad_row))
+    assert sorted(kid[kid >= 0].tolist()) == sorted(big.tolist())
+    assert narrow_int(np.array([-1, 2**31]), 2**31).dtype == np.int64
 
 
 def test_empty_index_and_real_token_rows():

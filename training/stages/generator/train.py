@@ -36,9 +36,10 @@ import torch
 
 from models.config import check_positive_ints, check_range
 from models.decoding import Catalogue, DecodingConfig
+from models.device_index import DeviceIndex
 from models.generator import Generator, GeneratorConfig
 from models.path_tables import PathTables, build_path_tables
-from models.prefix_index import DeviceIndex, build_prefix_index
+from models.prefix_index import build_prefix_index
 from models.router import Router, RouterConfig, popularity_bands
 from training.data.preprocess import ProcessedDataset
 from training.device import seed_everything

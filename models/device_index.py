@@ -1,0 +1,162 @@
+"""The prefix index as the decoding kernel reads it: per-depth CSR tensors on one device.
+
+Built by `models.prefix_index.PrefixIndex.to_tensors`; read by `models.beam_search` and
+`models.allowed_items`. Kept apart from the builder so that the kernel's view of the trie
+(and its memory per item) is one small module.
+
+Why CSR and not padded (node, max_branch) tables: at 1M items the padded tables cost
+141 bytes per item (one depth-2 node with 12 children pads 445,942 rows to 12 slots), the
+CSR arrays in narrow dtypes about a sixth of that. The kernel still sees the same padded
+(M, W) slices: `DeviceLevel.slots` gathers a node's children from its CSR run on the fly,
+which costs a few element-wise ops on the (beams x width) block a step touches anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PAD_TOKEN = -1  # token of a padding slot
+NO_CHILD = -1  # child of a padding slot; also "no such node" in the decoder
+
+
+def narrow_int(values: np.ndarray, bound: int) -> np.ndarray:
+    """`values` as the narrowest of int16 / int32 / int64 that holds -1 .. bound."""
+    for dtype in (np.int16, np.int32):
+        if bound <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class DeviceLevel:
+    """The children of every node of one depth k (1 .. D - 1), CSR, on one device.
+
+    row_ptr: (n + 2,) node r's children are edges row_ptr[r]:row_ptr[r + 1] (local node
+        ids 0 .. n - 1); row n is the padding row, empty, that a missing node (-1) is
+        clamped to (`rows`).
+    token: (E + 1,) the child tokens, ascending within a node; child: (E + 1,) the local
+        node id of depth k + 1 of each child, or an item id at the last depth. Entry E is
+        a sentinel (-1, -1) that empty slots read.
+    leaf_ptr: (n + 2,) the items below node r are the leaves at positions
+        [leaf_ptr[r], leaf_ptr[r + 1]) of the trie's leaf order (items in lexicographic
+        order of their tokens; nodes of one depth partition it in order, so one pointer
+        array gives every run); the padding row's run is empty. At the last depth it is
+        row_ptr itself (each child is one leaf).
+    width: W, the most children of any node of this depth (>= 1).
+    Integer arrays are int16 / int32 where their values fit (`narrow_int`); everything
+    read out of them is int64.
+    """
+
+    row_ptr: torch.Tensor
+    token: torch.Tensor
+    child: torch.Tensor
+    leaf_ptr: torch.Tensor
+    width: int
+
+    @property
+    def pad_row(self) -> int:
+        return int(self.row_ptr.shape[0] - 2)
+
+    def rows(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Local node ids, -1 for none -> row ids, the padding row for none."""
+        return torch.where(nodes >= 0, nodes, self.pad_row)
+
+    def slots(self, rows: torch.Tensor) -> torch.Tensor:
+        """(M,) row ids -> (M, W) int64 edge positions of each row's children, in slot
+        order, the sentinel for slots past the row's last child."""
+        start = self.row_ptr[rows].long()
+        stop = self.row_ptr[rows + 1].long()
+        pos = start[:, None] + torch.arange(self.width, device=rows.device)
+        return torch.where(pos < stop[:, None], pos, self.token.shape[0] - 1)
+
+    def children_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M,) row ids -> ((M, W) child tokens, (M, W) children), int64, -1 padding."""
+        pos = self.slots(rows)
+        return self.token[pos].long(), self.child[pos].long()
+
+    def tokens_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """(M,) row ids -> (M, W) int64 child tokens, ascending, -1 padding."""
+        return self.token[self.slots(rows)].long()
+
+    def child_at(self, rows: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Rows and slots of the same shape -> the child in that slot (int64, -1 for a
+        slot past the row's last child)."""
+        pos = self.row_ptr[rows].long() + slot
+        valid = pos < self.row_ptr[rows + 1].long()
+        return torch.where(valid, self.child[pos.clamp(max=self.child.shape[0] - 1)].long(), -1)
+
+    def leaf_runs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ids -> (lo, hi) int64, the leaf positions [lo, hi) below each row."""
+        return self.leaf_ptr[rows].long(), self.leaf_ptr[rows + 1].long()
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.row_ptr, self.token, self.child, self.leaf_ptr)
+
+
+@dataclass(frozen=True)
+class DeviceIndex:
+    """A PrefixIndex as tensors on one device, read by `models.beam_search`.
+
+    depth: D = L + 1; vocab_size: V.
+    root_mask: (V,) bool, valid first tokens.
+    root_child: (V,) int64, the depth-1 node (local id) of each first token, or the item id
+        when D == 1; -1 for invalid tokens. The root, whose branching can be a whole
+        codebook block, is read densely, not through a level.
+    levels[k - 1] for k = 1 .. D - 1: the children of the nodes of depth k (DeviceLevel).
+    leaf_items: (n_items,) the item id at each leaf position (a view of the last level's
+        children, no copy, when D > 1).
+    leaf_of: (span,) the leaf position of item id first_id + j, -1 where that id is not in
+        the index: item id -> leaf position by one gather (ids are catalogue rows, dense).
+    """
+
+    depth: int
+    vocab_size: int
+    root_mask: torch.Tensor
+    root_child: torch.Tensor
+    levels: tuple[DeviceLevel, ...]
+    leaf_items: torch.Tensor
+    leaf_of: torch.Tensor
+    first_id: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.root_mask.device
+
+    @property
+    def empty(self) -> bool:
+        """No items: no nodes below the root (depth > 1), or no valid first token."""
+        if self.depth > 1:
+            return all(level.pad_row == 0 for level in self.levels)
+        return not bool(self.root_mask.any())
+
+    @property
+    def n_items(self) -> int:
+        return int(self.leaf_items.shape[0])
+
+    @property
+    def last_id(self) -> int:
+        """The largest item id the index could hold (first_id - 1 when empty)."""
+        return self.first_id + int(self.leaf_of.shape[0]) - 1
+
+    def leaf_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Item ids (any shape, any values) -> their int64 leaf positions, -1 for ids the
+        index does not hold."""
+        span = int(self.leaf_of.shape[0])
+        if span == 0:
+            return torch.full_like(ids, -1)
+        j = ids - self.first_id
+        inside = (j >= 0) & (j < span)
+        return torch.where(inside, self.leaf_of[j.clamp(0, span - 1)].long(), -1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor (the V-sized root maps included)."""
+        arrays = [self.root_mask, self.root_child, self.leaf_of]
+        if self.depth == 1:  # otherwise leaf_items is a view of the last level's children
+            arrays.append(self.leaf_items)
+        for level in self.levels:  # leaf_ptr is row_ptr at the last depth: count it once
+            arrays += [a for a in level.tensors() if all(a is not b for b in arrays)]
+        return sum(a.nelement() * a.element_size() for a in arrays)
