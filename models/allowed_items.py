@@ -106,7 +106,7 @@ def live_candidates(
             live |= allowed.live_nodes(over, True, 1, root_o.expand(n_req, -1))
         return live
     level_b = base.levels[t - 1]
-    kid_b = level_b.child[level_b.slots(level_b.rows(node_b).view(-1))].long()  # depth t + 1
+    _, kid_b = level_b.children_of(level_b.rows(node_b).view(-1))  # (B * W, Wb) depth t + 1
     wb = kid_b.shape[1]
     live = allowed.live_nodes(base, False, t + 1, kid_b.view(n_req, -1))
     if over is None:

@@ -263,27 +263,30 @@ def constrained_beam_search(
             rows_b = level_b.rows(node_b)
             slots = level_b.width
             # (B, W, Wk) child tokens of every beam; missing nodes read the padding row.
-            pos_b = level_b.slots(rows_b.view(-1))
-            tok = level_b.token[pos_b].long().view(n_req, width, slots)
-            cand = _score_children(logp, score, tok)
             if last:  # at the last depth, children are item ids
-                item = level_b.child[pos_b].long().view(n_req, -1)
+                tok, item = level_b.children_of(rows_b.view(-1))
+                item = item.view(n_req, -1)
+            else:
+                tok = level_b.tokens_of(rows_b.view(-1))
+            tok = tok.view(n_req, width, slots)
+            cand = _score_children(logp, score, tok)
         else:
             level_b, level_o = base.levels[t - 1], over.levels[t - 1]
             rows_b, rows_o = level_b.rows(node_b), level_o.rows(node_o)
             wb, wo = level_b.width, level_o.width
-            pos_b = level_b.slots(rows_b.view(-1))  # (B * W, Wb)
-            pos_o = level_o.slots(rows_o.view(-1))  # (B * W, Wo)
-            tok_b, tok_o = level_b.token[pos_b].long(), level_o.token[pos_o].long()
+            if last:  # leaf tokens are in one trie only; their children are item ids
+                tok_b, kid_b = level_b.children_of(rows_b.view(-1))  # (B * W, Wb)
+                tok_o, kid_o = level_o.children_of(rows_o.view(-1))  # (B * W, Wo)
+                item = torch.cat([kid_b, kid_o], dim=1).view(n_req, -1)
+            else:
+                tok_b = level_b.tokens_of(rows_b.view(-1))
+                tok_o = level_o.tokens_of(rows_o.view(-1))
             # A token in both tries is one candidate (the base slot, holding both
             # children); overlay slots whose token the base also has are dropped.
             in_b, _ = lookup_sorted(tok_b, tok_b, tok_o)
             tok = torch.cat([tok_b, torch.where(in_b, -1, tok_o)], dim=1)
             slots, tok = wb + wo, tok.view(n_req, width, wb + wo)
             cand = _score_children(logp, score, tok)
-            if last:  # leaf tokens are in one trie only; their children are item ids
-                kid_b, kid_o = level_b.child[pos_b].long(), level_o.child[pos_o].long()
-                item = torch.cat([kid_b, kid_o], dim=1).view(n_req, -1)
         cand = cand.reshape(n_req, -1)  # -inf: invalid; NaN is made invalid in _select
         if item is not None and exclude is not None:
             pos = torch.searchsorted(exclude, item.contiguous()).clamp_(max=exclude.shape[1] - 1)

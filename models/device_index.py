@@ -4,11 +4,12 @@ Built by `models.prefix_index.PrefixIndex.to_tensors`; read by `models.beam_sear
 `models.allowed_items`. Kept apart from the builder so that the kernel's view of the trie
 (and its memory per item) is one small module.
 
-Why CSR and not padded (node, max_branch) tables: at 1M items the padded tables cost
-141 bytes per item (one depth-2 node with 12 children pads 445,942 rows to 12 slots), the
-CSR arrays in narrow dtypes about a sixth of that. The kernel still sees the same padded
-(M, W) slices: `DeviceLevel.slots` gathers a node's children from its CSR run on the fly,
-which costs a few element-wise ops on the (beams x width) block a step touches anyway.
+Why not padded (node, max_branch) tables throughout: at 1M items those cost 180 bytes
+per item (one depth-2 node with 12 children pads 445,942 rows to 12 slots). A level whose
+nodes are far from full is CSR instead (narrow integer types, about a sixth of that); a
+level whose nodes are nearly full (depth 1 of a large catalogue) stays padded, since a
+padded read is one `index_select` and the search spends most of its time there. The
+kernel sees the same (M, W) slices either way (`DeviceLevel.tokens_of`, `children_of`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ import torch
 
 PAD_TOKEN = -1  # token of a padding slot
 NO_CHILD = -1  # child of a padding slot; also "no such node" in the decoder
+# A level is stored padded when its (n + 1, W) rows hold at most PAD_WASTE slots per edge
+# or PAD_MIN_SLOTS slots in all (CSR otherwise): padding then costs little memory and
+# buys the faster read. With the shipped shape that pads depth 1 at 100k-1M items and
+# every level of a 10k catalogue (bench: scripts/bench_index_memory.py).
+PAD_WASTE = 1.5
+PAD_MIN_SLOTS = 65_536
+
+
+def pad_level(n_rows: int, width: int, n_edges: int) -> bool:
+    """Whether a level of n_rows rows (padding row included) of at most `width` children,
+    n_edges in all, is stored padded (`DeviceLevel`)."""
+    slots = n_rows * width
+    return slots <= PAD_MIN_SLOTS or slots <= PAD_WASTE * (n_edges + 1)
 
 
 def narrow_int(values: np.ndarray, bound: int) -> np.ndarray:
@@ -32,14 +46,19 @@ def narrow_int(values: np.ndarray, bound: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DeviceLevel:
-    """The children of every node of one depth k (1 .. D - 1), CSR, on one device.
+    """The children of every node of one depth k (1 .. D - 1), on one device.
 
     row_ptr: (n + 2,) node r's children are edges row_ptr[r]:row_ptr[r + 1] (local node
         ids 0 .. n - 1); row n is the padding row, empty, that a missing node (-1) is
         clamped to (`rows`).
-    token: (E + 1,) the child tokens, ascending within a node; child: (E + 1,) the local
-        node id of depth k + 1 of each child, or an item id at the last depth. Entry E is
-        a sentinel (-1, -1) that empty slots read.
+    token, child: the child tokens (ascending within a node) and children (the local node
+        id of depth k + 1, or an item id at the last depth), in one of two layouts:
+        CSR, (E + 1,) each, entry E a sentinel (-1, -1) that empty slots read; or PADDED,
+        (n + 1, W) each, -1 in unused slots and in the padding row. Padded rows are one
+        `index_select` per read, CSR rows a gather of computed positions (about 6x slower
+        per element): `PrefixIndex.to_tensors` pads a level only where that costs little
+        memory (`pad_level`), i.e. where nodes have close to W children each (the first
+        depths of large catalogues, which are also where the search spends its time).
     leaf_ptr: (n + 2,) the items below node r are the leaves at positions
         [leaf_ptr[r], leaf_ptr[r + 1]) of the trie's leaf order (items in lexicographic
         order of their tokens; nodes of one depth partition it in order, so one pointer
@@ -57,6 +76,10 @@ class DeviceLevel:
     width: int
 
     @property
+    def padded(self) -> bool:
+        return self.token.dim() == 2
+
+    @property
     def pad_row(self) -> int:
         return int(self.row_ptr.shape[0] - 2)
 
@@ -64,26 +87,32 @@ class DeviceLevel:
         """Local node ids, -1 for none -> row ids, the padding row for none."""
         return torch.where(nodes >= 0, nodes, self.pad_row)
 
-    def slots(self, rows: torch.Tensor) -> torch.Tensor:
-        """(M,) row ids -> (M, W) int64 edge positions of each row's children, in slot
-        order, the sentinel for slots past the row's last child."""
+    def _slots(self, rows: torch.Tensor) -> torch.Tensor:
+        """CSR: (M,) row ids -> (M, W) int64 edge positions of each row's children, in
+        slot order, the sentinel for slots past the row's last child."""
         start = self.row_ptr[rows].long()
         stop = self.row_ptr[rows + 1].long()
         pos = start[:, None] + torch.arange(self.width, device=rows.device)
         return torch.where(pos < stop[:, None], pos, self.token.shape[0] - 1)
 
-    def children_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M,) row ids -> ((M, W) child tokens, (M, W) children), int64, -1 padding."""
-        pos = self.slots(rows)
-        return self.token[pos].long(), self.child[pos].long()
-
     def tokens_of(self, rows: torch.Tensor) -> torch.Tensor:
         """(M,) row ids -> (M, W) int64 child tokens, ascending, -1 padding."""
-        return self.token[self.slots(rows)].long()
+        if self.padded:
+            return self.token.index_select(0, rows).long()
+        return self.token[self._slots(rows)].long()
+
+    def children_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M,) row ids -> ((M, W) child tokens, (M, W) children), int64, -1 padding."""
+        if self.padded:
+            return self.token.index_select(0, rows).long(), self.child.index_select(0, rows).long()
+        pos = self._slots(rows)
+        return self.token[pos].long(), self.child[pos].long()
 
     def child_at(self, rows: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Rows and slots of the same shape -> the child in that slot (int64, -1 for a
-        slot past the row's last child)."""
+        """Rows and slots (0 <= slot < W) of the same shape -> the child in that slot
+        (int64, -1 for a slot past the row's last child)."""
+        if self.padded:
+            return self.child.view(-1)[rows * self.width + slot].long()
         pos = self.row_ptr[rows].long() + slot
         valid = pos < self.row_ptr[rows + 1].long()
         return torch.where(valid, self.child[pos.clamp(max=self.child.shape[0] - 1)].long(), -1)
@@ -107,7 +136,7 @@ class DeviceIndex:
         codebook block, is read densely, not through a level.
     levels[k - 1] for k = 1 .. D - 1: the children of the nodes of depth k (DeviceLevel).
     leaf_items: (n_items,) the item id at each leaf position (a view of the last level's
-        children, no copy, when D > 1).
+        children, no copy, when that level is CSR).
     leaf_of: (span,) the leaf position of item id first_id + j, -1 where that id is not in
         the index: item id -> leaf position by one gather (ids are catalogue rows, dense).
     """
@@ -155,7 +184,7 @@ class DeviceIndex:
     def nbytes(self) -> int:
         """Bytes of every tensor (the V-sized root maps included)."""
         arrays = [self.root_mask, self.root_child, self.leaf_of]
-        if self.depth == 1:  # otherwise leaf_items is a view of the last level's children
+        if self.depth == 1 or self.levels[-1].padded:  # else a view of the last children
             arrays.append(self.leaf_items)
         for level in self.levels:  # leaf_ptr is row_ptr at the last depth: count it once
             arrays += [a for a in level.tensors() if all(a is not b for b in arrays)]

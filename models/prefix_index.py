@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from models.arrays import int_array
-from models.device_index import NO_CHILD, PAD_TOKEN, DeviceIndex, DeviceLevel, narrow_int
+from models.device_index import (
+    NO_CHILD,
+    PAD_TOKEN,
+    DeviceIndex,
+    DeviceLevel,
+    narrow_int,
+    pad_level,
+)
 
 
 def check_items(
@@ -158,23 +165,31 @@ class PrefixIndex:
             # (the padding entries read the empty run [n_items, n_items)).
             leaf_ptr = row_ptr if k == self.depth - 1 else leaf_ptr_below[row_ptr]
             leaf_ptr_below = leaf_ptr
-            token = tensor(np.append(self.child_token[edges], PAD_TOKEN), self.vocab_size)
-            child_bound = int(child.max(initial=0))
+            width = max(1, int(self.max_branch[k]))
+            token, child = self.child_token[edges], child
+            if pad_level(last - first + 1, width, len(token)):
+                token = self._padded(row_ptr, width, token)
+                child = self._padded(row_ptr, width, child)
+            else:  # CSR, one sentinel slot at the end
+                token, child = np.append(token, PAD_TOKEN), np.append(child, NO_CHILD)
             row_t = tensor(row_ptr, int(row_ptr[-1]))
             levels.append(
                 DeviceLevel(
                     row_ptr=row_t,
-                    token=token,
-                    child=tensor(np.append(child, NO_CHILD), child_bound),
+                    token=tensor(token, self.vocab_size),
+                    child=tensor(child, int(child.max(initial=0))),
                     leaf_ptr=row_t if leaf_ptr is row_ptr else tensor(leaf_ptr, n_items),
-                    width=max(1, int(self.max_branch[k])),
+                    width=width,
                 )
             )
         items = self.child_node[first_leaf:]
         first_id = int(items.min()) if items.size else 0
         leaf_of = np.full(int(items.max(initial=-1)) + 1 - first_id, -1, dtype=np.int64)
         leaf_of[items - first_id] = np.arange(n_items)
-        leaf_items = levels[0].child[:-1] if levels else tensor(items, int(items.max(initial=0)))
+        if levels and not levels[0].padded:  # the last level's children, in leaf order
+            leaf_items = levels[0].child[:-1]
+        else:
+            leaf_items = tensor(items, int(items.max(initial=0)))
         return DeviceIndex(
             depth=self.depth,
             vocab_size=self.vocab_size,
@@ -185,6 +200,17 @@ class PrefixIndex:
             leaf_of=tensor(leaf_of, n_items),
             first_id=first_id,
         )
+
+    @staticmethod
+    def _padded(row_ptr: np.ndarray, width: int, values: np.ndarray) -> np.ndarray:
+        """CSR values of one level -> (n + 1, width) rows, -1 in unused slots and in the
+        padding row (row_ptr: (n + 2,) local pointers)."""
+        n_rows = row_ptr.shape[0] - 1
+        out = np.full((n_rows, width), -1, dtype=np.int64)
+        counts = np.diff(row_ptr)
+        node = np.repeat(np.arange(n_rows), counts)
+        out[node, np.arange(len(values)) - np.repeat(row_ptr[:-1], counts)] = values
+        return out
 
     def _local_child(self, k: int, child: np.ndarray) -> np.ndarray:
         """Children of depth-k nodes as local ids of depth k + 1 (item ids stay as they are)."""

@@ -477,3 +477,32 @@ def test_sequence_log_probs_checks_shapes():
         sequence_log_probs(torch.zeros(len(rows) + 1, 4, vocab), tokens, index)
     with pytest.raises(ValueError, match="index_tensors"):
         sequence_log_probs(torch.zeros(len(rows), 4, vocab), tokens, object())
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("seed", range(2))
+def test_csr_and_padded_levels_decode_alike(monkeypatch, seed, padded):
+    """Every level CSR or every level padded: the search, with an overlay, with excluded
+    and allowed items, and teacher forcing match the reference."""
+    monkeypatch.setattr("models.prefix_index.pad_level", lambda *_: padded)
+    rows, ids, vocab = random_catalog(seed + 60, n=200)
+    n_base = rows.shape[0] - 20
+    ov = OverlayIndex(build_prefix_index(rows[:n_base], ids[:n_base], vocab))
+    ov.add(rows[n_base:], ids[n_base:])
+    base, over = ov.to_tensors()
+    assert all(level.padded == padded for level in base.levels + over.levels)
+    step_fn = make_table_model(seed, rows.shape[1], vocab)
+    want = reference_beam_search(step_fn, rows, ids, 2, 15, 15)
+    assert_matches_reference(
+        constrained_beam_search(step_fn, (base, over), 2, 15, 15), want, rows, ids
+    )
+    exclude = torch.as_tensor(np.sort(ids[::7])[None].repeat(2, 0))
+    allowed = torch.as_tensor(np.sort(ids[1::3])[None].repeat(2, 0))
+    got = constrained_beam_search(step_fn, (base, over), 2, 15, 10, exclude, allowed=allowed)[0]
+    kept = set(ids[1::3].tolist()) - set(ids[::7].tolist())
+    assert set(got[got >= 0].tolist()) <= kept and (got >= 0).sum(dim=1).tolist() == [10, 10]
+    logits = torch.randn(
+        len(rows), rows.shape[1], vocab, generator=torch.Generator().manual_seed(seed)
+    )
+    _, found = sequence_log_probs(logits, torch.as_tensor(rows), (base, over))
+    assert found.tolist() == ids.tolist()
