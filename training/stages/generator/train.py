@@ -61,6 +61,11 @@ class GeneratorTrainConfig(LoopConfig):
     # Share of items written as new items in a step (no id, cold split). 0.1 keeps warm
     # accuracy (ML-100K validation) while giving the id-free path enough targets.
     id_dropout: float = 0.1
+    # Popularity-aware id dropout (None = off, every item at id_dropout): the least popular
+    # item is dropped at this rate, the most popular at id_dropout, linearly in popularity
+    # rank between, so tail items lean on their codes and text, which they share with
+    # better-trained neighbours. A variant (`tail-id-dropout`), not the default.
+    id_dropout_tail: float | None = None
     generative_weight: float = 1.0  # weight of -log P_gen beside the dense cross-entropy
     beam_width: int = 50  # generative candidates per request (validation and serving)
     dense_candidates: int = 50  # dense-head candidates per request
@@ -76,6 +81,8 @@ class GeneratorTrainConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "id_dropout", 0.0, 1.0, high_open=True)
+        if self.id_dropout_tail is not None:
+            check_range(self, "id_dropout_tail", 0.0, 1.0, high_open=True)
         check_range(self, "generative_weight", 0)
         check_positive_ints(self, "beam_width", "dense_candidates")
         check_range(self, "eval_users", 1, optional=True, integer=True, hint="(None = all)")
@@ -153,6 +160,20 @@ def served_model(
     return ServedModel(generator, catalogue, decoding, layout.paths(device))
 
 
+def id_drop_rates(counts: np.ndarray, config: GeneratorTrainConfig) -> np.ndarray:
+    """(N + 1,) float32 per-item id dropout rate: config.id_dropout for every item, or
+    with id_dropout_tail from that rate for the least popular item down to id_dropout for
+    the most popular, linear in popularity rank (ties share their mean rank)."""
+    n = len(counts)
+    if config.id_dropout_tail is None or n < 2:
+        return np.full(n, config.id_dropout, dtype=np.float32)
+    _, inverse, size = np.unique(counts, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(size) - size + (size - 1) / 2  # of each distinct count
+    rank = mean_rank[inverse] / (n - 1)  # 0 = least popular, 1 = most
+    rate = config.id_dropout_tail + (config.id_dropout - config.id_dropout_tail) * rank
+    return rate.astype(np.float32)
+
+
 class GeneratorStep(torch.nn.Module):
     """One training step's loss (module docstring) with the router and the generator
     inside, so DDP averages both's gradients. `set_layout` installs an epoch's layout."""
@@ -173,6 +194,7 @@ class GeneratorStep(torch.nn.Module):
         self.counts = torch.as_tensor(inputs.counts, dtype=torch.float32, device=device)
         self.bands = torch.as_tensor(popularity_bands(inputs.counts, router.config.n_bands))
         self.bands = self.bands.to(device)
+        self.drop_rate = torch.as_tensor(id_drop_rates(inputs.counts, config), device=device)
         self.paths: PathTables | None = None
         # The dense head's loss: None (full softmax) below the config's catalogue line.
         self.dense_loss = config.sampled_softmax(inputs.counts, device)
@@ -185,10 +207,8 @@ class GeneratorStep(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed next-item loss, router regulariser as a per-target mean)."""
         counts, keep = self.counts, None
-        if self.training and self.config.id_dropout > 0:
-            keep = (
-                torch.rand(counts.shape, device=counts.device) >= self.config.id_dropout
-            ).float()
+        if self.training and bool((self.drop_rate > 0).any()):
+            keep = (torch.rand(counts.shape, device=counts.device) >= self.drop_rate).float()
             counts = counts * keep  # a dropped item gets the split of a new item
         alpha = self.router(counts)
         features = self.features.weighted(self.router.code_weights(alpha))

@@ -23,6 +23,7 @@ class Variant:
     generative: bool = True  # False: no generative head in the loss or the score
     new_item_embedding: bool = False  # GeneratorConfig.new_item_embedding
     id_gate: bool = False  # GeneratorConfig.id_gate
+    id_dropout_tail: float | None = None  # GeneratorTrainConfig.id_dropout_tail
 
 
 VARIANTS: dict[str, Variant] = {
@@ -38,6 +39,8 @@ VARIANTS: dict[str, Variant] = {
     "new-item-emb": Variant(new_item_embedding=True),
     # Candidate for the tail: the router gates the id embedding as it gates CF codes.
     "id-gate": Variant(id_gate=True),
+    # Another: tail items' ids dropped more often in training (0.4 down to 0.1 by rank).
+    "tail-id-dropout": Variant(id_dropout_tail=0.4),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
