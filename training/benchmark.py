@@ -79,7 +79,7 @@ _ADDED_LATER = ("loss", "sampled_negatives", "negative_sampler", "ema_epochs", "
 def _loop_settings(config: LoopConfig) -> dict:
     settings = config.to_dict()
     for name in _ADDED_LATER:
-        if settings.get(name) == getattr(type(config), name):
+        if name in settings and settings[name] == getattr(type(config), name):
             del settings[name]
     return settings
 
