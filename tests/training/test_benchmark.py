@@ -9,6 +9,7 @@ from training.baselines import RunContext
 from training.benchmark import BenchmarkPlan, compare, compare_runs, run_benchmark, write_results
 from training.data import PreprocessConfig, SyntheticConfig, load_dataset
 from training.evaluate import MISS
+from training.stages.generator import GeneratorTrainConfig
 from training.stages.sasrec import SASRecTrainConfig
 from training.stats import paired_bootstrap, per_user_ndcg
 
@@ -149,3 +150,9 @@ def test_default_softmax_settings_keep_earlier_cells_keys():
     assert _cell_key("sasrec", 0, dataset, explicit) == key
     forced = replace(context, sasrec=SASRecTrainConfig(loss="sampled"))
     assert _cell_key("sasrec", 0, dataset, forced) != key
+    # A stage D setting added later: at its default the key stays, set it moves.
+    flexcode = _cell_key("flexcode", 0, dataset, context)
+    tail_drop = replace(context, generator=GeneratorTrainConfig(id_dropout_tail=0.4))
+    assert _cell_key("flexcode", 0, dataset, tail_drop) != flexcode
+    default = replace(context, generator=GeneratorTrainConfig(id_dropout_tail=None))
+    assert _cell_key("flexcode", 0, dataset, default) == flexcode

@@ -29,6 +29,7 @@ from training.stages.generator import (
 from training.stages.generator.evaluate import evaluate_exact, evaluate_served
 from training.stages.generator.inputs import impute_cold_cf_codes, layout_for
 from training.stages.generator.runner import default_generator_config
+from training.stages.generator.train import id_drop_rates
 from training.stages.tokenizer import (
     TokenizerSpec,
     TokenizerTrainConfig,
@@ -293,3 +294,13 @@ def test_dense_only_ablation_trains_and_reports_one_head(synthetic):
     assert not result.generative and result.decoding.dense_weight == 1.0
     results, diagnostics = report_on_test_split(result, synthetic, CPU)
     assert set(results) == {""} and diagnostics["served"]["short_lists"] == 0.0
+
+
+def test_tail_id_dropout_rates_fall_with_popularity():
+    counts = np.array([0, 5, 1, 1, 100, 3])
+    rates = id_drop_rates(counts, GeneratorTrainConfig(id_dropout=0.1, id_dropout_tail=0.4))
+    assert rates[4] == pytest.approx(0.1) and rates[0] == pytest.approx(0.4)  # extremes
+    assert rates[2] == rates[3]  # tied counts share their rank
+    assert (np.diff(rates[np.argsort(counts, kind="stable")]) <= 1e-7).all()  # monotone
+    flat = id_drop_rates(counts, GeneratorTrainConfig(id_dropout=0.1))
+    assert (flat == np.float32(0.1)).all()
