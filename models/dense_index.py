@@ -43,6 +43,9 @@ import torch
 from models.config import Config, check_choice, check_positive_ints
 
 DENSE_INDEX_MODES = ("auto", "exact", "ann")
+# How the lists store the vectors: "flat" as float32 (IVF-Flat), "sq8" one byte per
+# dimension (IVF-SQ8: a quarter of the memory; the decoder rescores candidates exactly).
+DENSE_INDEX_CODECS = ("flat", "sq8")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class DenseIndexConfig(Config):
     widen: a request left with fewer eligible dense candidates than it needs asks again
         for `widen` x M rows; still short, it is scanned exactly.
     train_per_list: k-means sample size per list (faiss warns below 39).
+    codec: how the lists hold the vectors, `DENSE_INDEX_CODECS`.
     """
 
     mode: str = "auto"
@@ -73,9 +77,11 @@ class DenseIndexConfig(Config):
     train_per_list: int = 64
     niter: int = 10
     seed: int = 0
+    codec: str = "flat"
 
     def __post_init__(self) -> None:
         check_choice(self, "mode", DENSE_INDEX_MODES)
+        check_choice(self, "codec", DENSE_INDEX_CODECS)
         check_positive_ints(self, "min_rows", "nprobe", "candidates", "widen", "train_per_list")
         check_positive_ints(self, "niter")
         if self.nlist < 0:
@@ -109,7 +115,7 @@ class DenseIndex:
     build_s: seconds the build took.
     """
 
-    index: faiss.IndexIVFFlat
+    index: faiss.IndexIVF
     n_rows: int
     nlist: int
     nprobe: int
@@ -119,8 +125,9 @@ class DenseIndex:
 
     @property
     def nbytes(self) -> int:
-        """Memory held: the vectors' copy, their ids and the centroids."""
-        return int(self.index.ntotal) * (self.index.d * 4 + 8) + self.nlist * self.index.d * 4
+        """Memory held: the vectors' codes, their ids and the centroids."""
+        per_row = int(self.index.code_size) + 8
+        return int(self.index.ntotal) * per_row + self.nlist * self.index.d * 4
 
     def set_nprobe(self, nprobe: int) -> None:
         """Lists scanned per query from now on (benchmarks sweep it)."""
@@ -157,7 +164,12 @@ def build_dense_index(
         raise ValueError("a dense index needs at least one item row")
     nlist = config.lists_for(n_items)
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    if config.codec == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = config.niter
     index.cp.seed = config.seed
     # A small catalogue (mode "ann" in tests) trains on all the rows it has; faiss would

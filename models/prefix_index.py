@@ -140,7 +140,8 @@ class PrefixIndex:
         return rows, ids
 
     def to_tensors(self, device: torch.device | str = "cpu") -> DeviceIndex:
-        """The per-depth CSR tables in narrow dtypes as tensors on `device` (DeviceIndex)."""
+        """The per-depth tables (CSR, or padded where cheap: `models.device_index`) in
+        narrow integer types, as tensors on `device`."""
         root_child = np.full(self.vocab_size, NO_CHILD, dtype=np.int64)
         root_edges = slice(int(self.row_ptr[0]), int(self.row_ptr[1]))
         root_child[self.child_token[root_edges]] = self._local_child(0, self.child_node[root_edges])
@@ -166,7 +167,7 @@ class PrefixIndex:
             leaf_ptr = row_ptr if k == self.depth - 1 else leaf_ptr_below[row_ptr]
             leaf_ptr_below = leaf_ptr
             width = max(1, int(self.max_branch[k]))
-            token, child = self.child_token[edges], child
+            token = self.child_token[edges]
             if pad_level(last - first + 1, width, len(token)):
                 token = self._padded(row_ptr, width, token)
                 child = self._padded(row_ptr, width, child)

@@ -21,6 +21,8 @@ the served path's output on random text: C = 64):
     ratio within one run means anything);
   - the index's build time (k-means + assignment, one thread) and memory.
 
+--codec sq8 measures the lists holding one byte per dimension instead of float32.
+
 With --bundle PATH (a bundle root or version directory) the same measures run on that
 bundle instead: a TRAINED one (`flexcode train pipeline`) shows the recall on item vectors
 that cluster by taste, which random bundles cannot.
@@ -51,7 +53,11 @@ if str(ROOT) not in sys.path:
 from models.bundle import load_bundle  # noqa: E402
 from models.decoding import Catalogue, recommend_top_k  # noqa: E402
 from models.dense_candidates import index_dense_candidates  # noqa: E402
-from models.dense_index import DenseIndexConfig, build_dense_index  # noqa: E402
+from models.dense_index import (  # noqa: E402
+    DENSE_INDEX_CODECS,
+    DenseIndexConfig,
+    build_dense_index,
+)
 from scripts.bench_filters import bundle_for  # noqa: E402
 
 N_CANDIDATES = 50  # the shipped bundles' dense_candidates
@@ -126,10 +132,10 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
     generator = bundle.generator.eval()
     vectors = torch.as_tensor(bundle.item_vectors, dtype=torch.float32)
     before = rss_mb()
-    index = build_dense_index(vectors, DenseIndexConfig(mode="ann"))
+    index = build_dense_index(vectors, DenseIndexConfig(mode="ann", codec=args.codec))
     grown = rss_mb() - before
     print(
-        f"N={n_items}: IVF-Flat {index.nlist} lists built in {index.build_s:.1f} s, "
+        f"N={n_items}: IVF ({args.codec}) {index.nlist} lists built in {index.build_s:.1f} s, "
         f"{index.nbytes / 2**20:.0f} MB (RSS +{grown:.0f} MB)",
         flush=True,
     )
@@ -144,6 +150,7 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
         "items": n_items,
         "dim": int(vectors.shape[1]),
         "nlist": index.nlist,
+        "codec": args.codec,
         "build_s": round(index.build_s, 2),
         "index_mb": round(index.nbytes / 2**20, 1),
         "rss_growth_mb": round(grown, 1),
@@ -192,6 +199,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
+    parser.add_argument(
+        "--codec", default="flat", choices=DENSE_INDEX_CODECS, help="how the lists hold vectors"
+    )
     parser.add_argument("--bundle-root", type=Path, default=ROOT / "bundles" / "bench")
     parser.add_argument(
         "--bundle", type=Path, default=None, help="measure this (trained) bundle, not --sizes"
