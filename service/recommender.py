@@ -96,7 +96,8 @@ class Recommender:
         if self.dense_index_config.wanted(bundle.n_items, device):
             index = build_dense_index(bundle.item_vectors, self.dense_index_config)
             logger.info(
-                "dense index: IVF-Flat, %d lists, nprobe %d, over %d items, built in %.1f s",
+                "dense index: IVF-%s, %d lists, nprobe %d, over %d items, built in %.1f s",
+                self.dense_index_config.codec.upper(),
                 index.nlist,
                 index.nprobe,
                 bundle.n_items,

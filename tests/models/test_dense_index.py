@@ -70,10 +70,10 @@ def test_config_checks_and_the_automatic_choice():
         DenseIndexConfig(nprobe=0)
 
 
-def test_exhaustive_probing_finds_the_exact_top_rows():
+def test_exhaustive_probing_of_the_flat_codec_finds_the_exact_top_rows():
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((501, 16)).astype(np.float32)
-    index = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST))
+    index = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="flat"))
     assert index.n_rows == 501 and index.nprobe == NLIST
     states = torch.as_tensor(rng.standard_normal((8, 16)).astype(np.float32))
     rows, scores = index.search(states, 50)
@@ -88,8 +88,8 @@ def test_the_sq8_codec_keeps_the_exact_top_rows_in_a_quarter_of_the_memory():
     its top 50 (the decoder rescores those exactly), at about a quarter of the bytes."""
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((2001, 32)).astype(np.float32)
-    flat = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST))
-    sq8 = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="sq8"))
+    flat = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="flat"))
+    sq8 = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST))  # default
     states = torch.as_tensor(rng.standard_normal((16, 32)).astype(np.float32))
     want = (states @ torch.as_tensor(vectors[1:]).T).topk(10, dim=1).indices + 1
     rows, _ = sq8.search(states, 50)
