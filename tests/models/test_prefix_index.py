@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -229,3 +231,20 @@ def test_path_tables_follow_each_rows_own_path(seed):
             assert kids[kids >= 0].tolist() == index.child_token[lo:hi].tolist()
     with pytest.raises(ValueError, match="duplicate"):
         build_path_tables(table, np.arange(1, n + 2))
+
+
+def test_an_int64_index_from_an_older_bundle_reads_the_same():
+    """Bundles written before the narrow CSR hold int64 arrays: same lookups, same tables."""
+    rows, ids, vocab = random_catalog(6)
+    narrow = build_prefix_index(rows, ids, vocab)
+    wide = dataclasses.replace(
+        narrow,
+        row_ptr=narrow.row_ptr.astype(np.int64),
+        child_token=narrow.child_token.astype(np.int64),
+        child_node=narrow.child_node.astype(np.int64),
+    )
+    np.testing.assert_array_equal(wide.lookup(rows), narrow.lookup(rows))
+    a, b = wide.to_tensors(), narrow.to_tensors()
+    for x, y in zip(a.levels, b.levels, strict=True):
+        for s, t in zip(x.tensors(), y.tensors(), strict=True):
+            assert s.dtype == t.dtype and torch.equal(s, t)
