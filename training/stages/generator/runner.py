@@ -74,6 +74,8 @@ def train_variant(
         generator_config = replace(generator_config, new_item_embedding=True)
     if spec.id_gate:
         generator_config = replace(generator_config, id_gate=True)
+    if spec.dropout is not None:
+        generator_config = replace(generator_config, dropout=spec.dropout)
     return train_generator(
         dataset,
         inputs,
