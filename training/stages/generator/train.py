@@ -194,7 +194,9 @@ class GeneratorStep(torch.nn.Module):
         self.counts = torch.as_tensor(inputs.counts, dtype=torch.float32, device=device)
         self.bands = torch.as_tensor(popularity_bands(inputs.counts, router.config.n_bands))
         self.bands = self.bands.to(device)
-        self.drop_rate = torch.as_tensor(id_drop_rates(inputs.counts, config), device=device)
+        drop_rate = id_drop_rates(inputs.counts, config)
+        self.drop_rate = torch.as_tensor(drop_rate, device=device)
+        self.drops_ids = bool((drop_rate > 0).any())  # decided once, not per step
         self.paths: PathTables | None = None
         # The dense head's loss: None (full softmax) below the config's catalogue line.
         self.dense_loss = config.sampled_softmax(inputs.counts, device)
@@ -207,7 +209,7 @@ class GeneratorStep(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed next-item loss, router regulariser as a per-target mean)."""
         counts, keep = self.counts, None
-        if self.training and bool((self.drop_rate > 0).any()):
+        if self.training and self.drops_ids:
             keep = (torch.rand(counts.shape, device=counts.device) >= self.drop_rate).float()
             counts = counts * keep  # a dropped item gets the split of a new item
         alpha = self.router(counts)
