@@ -171,6 +171,19 @@ class Generator(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.apply(init_weights)
 
+    def init_id_embeddings(self, table: np.ndarray | torch.Tensor) -> None:
+        """Start the id table from an (n_ids, hidden) table (row 0 stays the zero "no id"
+        row), e.g. SASRec's trained item embeddings."""
+        table = torch.as_tensor(np.asarray(table, dtype=np.float32))
+        if tuple(table.shape) != tuple(self.id_emb.weight.shape):
+            raise ValueError(
+                f"id table of shape {tuple(table.shape)} for an id embedding of shape "
+                f"{tuple(self.id_emb.weight.shape)} (the generator's hidden must be SASRec's)"
+            )
+        with torch.no_grad():
+            self.id_emb.weight.copy_(table.to(self.id_emb.weight.device))
+            self.id_emb.weight[0].zero_()
+
     # --- training ------------------------------------------------------------------
     def forward(
         self,

@@ -127,6 +127,16 @@ def test_id_keep_removes_the_id_part():
     torch.testing.assert_close(plain[[2, 5, 7]] - dropped[[2, 5, 7]], gen.id_emb.weight[[2, 5, 7]])
 
 
+def test_id_embeddings_start_from_a_given_table():
+    gen = model()
+    table = np.random.default_rng(1).standard_normal((N_ITEMS + 1, 16)).astype(np.float32)
+    gen.init_id_embeddings(table)
+    torch.testing.assert_close(gen.id_emb.weight[1:], torch.as_tensor(table[1:]))
+    assert torch.equal(gen.id_emb.weight[0], torch.zeros(16))  # row 0 still means "no id"
+    with pytest.raises(ValueError, match="hidden"):
+        gen.init_id_embeddings(table[:, :8])
+
+
 def test_new_item_embedding_goes_to_id_free_rows_only():
     gen = model(new_item_embedding=True)
     features, _, _, _ = catalogue()

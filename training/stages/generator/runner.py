@@ -76,6 +76,9 @@ def train_variant(
         generator_config = replace(generator_config, id_gate=True)
     if spec.dropout is not None:
         generator_config = replace(generator_config, dropout=spec.dropout)
+    id_init = None
+    if spec.id_init_from_sasrec:
+        id_init = np.load(Path(pipeline_dir) / "sasrec" / "cf_embeddings.npy")
     return train_generator(
         dataset,
         inputs,
@@ -85,6 +88,7 @@ def train_variant(
         device,
         progress=progress,
         distributed=distributed,
+        id_init=id_init,
     )
 
 

@@ -234,10 +234,13 @@ def train_generator(
     device: torch.device,
     progress: bool = True,
     distributed: DistContext | None = None,
+    id_init: np.ndarray | None = None,
 ) -> GeneratorResult:
     """Train stage D (module docstring); returns the best validation epoch's model with its
     layout and the dense weight chosen on validation. distributed: see `training.loop.fit`
-    (every rank trains; rank 0 validates; all return the same result)."""
+    (every rank trains; rank 0 validates; all return the same result). id_init: an
+    (N + 1, hidden) table the id embeddings start from (stage A's item table), instead of
+    the random initialisation."""
     dist_ctx = distributed or single_process(device)
     seed_everything(train_config.seed)
     if router_config.budget != inputs.budget:
@@ -254,6 +257,8 @@ def train_generator(
     if router.learned:
         router.init_slope(inputs.counts)
     generator = Generator(generator_config).to(device)
+    if id_init is not None:
+        generator.init_id_embeddings(id_init)
     step = GeneratorStep(generator, router, inputs, train_config, device)
     if dist_ctx.distributed:
         torch.manual_seed(train_config.seed + dist_ctx.rank)  # same init, own dropout masks
