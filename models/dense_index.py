@@ -49,8 +49,15 @@ from models.config import Config, check_choice, check_positive_ints
 
 DENSE_INDEX_MODES = ("auto", "exact", "ann")
 # How the lists store the vectors: "flat" as float32 (IVF-Flat), "sq8" one byte per
-# dimension (IVF-SQ8: a quarter of the memory; the decoder rescores candidates exactly).
-DENSE_INDEX_CODECS = ("flat", "sq8")
+# dimension (IVF-SQ8: a quarter of the memory), "pq4fs" half a byte per dimension
+# (IVF-PQ fast scan: C / 2 sub-quantizers of 16 centroids each, scanned with SIMD lookup
+# tables). The decoder rescores every candidate exactly, so a coarser code costs recall
+# only through which rows make the candidate list.
+DENSE_INDEX_CODECS = ("flat", "sq8", "pq4fs")
+# Rows asked of the index per request when `DenseIndexConfig.candidates` is 0: PQ scores
+# misorder near neighbours more than 8-bit ones, so it hands over a longer list (its scan
+# is cheap, and the exact rescoring of 1,024 rows is one small matrix product).
+DEFAULT_CANDIDATES = {"flat": 256, "sq8": 256, "pq4fs": 1024}
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class DenseIndexConfig(Config):
     nprobe: lists scanned per request; the recall/latency knob (BENCHMARKS.md).
     candidates: M, rows asked of the index per request before blocked rows (history,
         retired, filtered out) are dropped; at least 4 x the dense candidates needed.
+        0 = the codec's `DEFAULT_CANDIDATES`.
     widen: a request left with fewer eligible dense candidates than it needs asks again
         for `widen` x M rows; still short, it is scanned exactly.
     train_per_list: k-means sample size per list (faiss warns below 39).
@@ -77,7 +85,7 @@ class DenseIndexConfig(Config):
     min_rows: int = 200_000
     nlist: int = 0
     nprobe: int = 128
-    candidates: int = 256
+    candidates: int = 0
     widen: int = 16
     train_per_list: int = 64
     niter: int = 10
@@ -87,10 +95,18 @@ class DenseIndexConfig(Config):
     def __post_init__(self) -> None:
         check_choice(self, "mode", DENSE_INDEX_MODES)
         check_choice(self, "codec", DENSE_INDEX_CODECS)
-        check_positive_ints(self, "min_rows", "nprobe", "candidates", "widen", "train_per_list")
+        check_positive_ints(self, "min_rows", "nprobe", "widen", "train_per_list")
         check_positive_ints(self, "niter")
-        if self.nlist < 0:
-            raise ValueError(f"DenseIndexConfig.nlist must be >= 0 (0 = auto), got {self.nlist}")
+        for name in ("nlist", "candidates"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"DenseIndexConfig.{name} must be >= 0 (0 = auto), got {getattr(self, name)}"
+                )
+
+    @property
+    def candidates_asked(self) -> int:
+        """M: the field, or the codec's default when it is 0."""
+        return self.candidates or DEFAULT_CANDIDATES[self.codec]
 
     def wanted(self, n_items: int, device: torch.device | str = "cpu") -> bool:
         """Whether a catalogue of n_items bundle items on `device` gets the index."""
@@ -174,6 +190,12 @@ def build_dense_index(
         index = faiss.IndexIVFScalarQuantizer(
             quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
         )
+    elif config.codec == "pq4fs":
+        if dim % 2:
+            raise ValueError(f"the pq4fs codec needs an even vector width, got {dim}")
+        index = faiss.IndexIVFPQFastScan(
+            quantizer, dim, nlist, dim // 2, 4, faiss.METRIC_INNER_PRODUCT
+        )
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = config.niter
@@ -190,7 +212,7 @@ def build_dense_index(
         n_rows=n_items + 1,
         nlist=nlist,
         nprobe=nlist,
-        candidates=config.candidates,
+        candidates=config.candidates_asked,
         widen=config.widen,
     )
     out.set_nprobe(config.nprobe)

@@ -21,7 +21,10 @@ the served path's output on random text: C = 64):
     ratio within one run means anything);
   - the index's build time (k-means + assignment, one thread) and memory.
 
---codec sq8 measures the lists holding one byte per dimension instead of float32.
+--codec sq8 measures the lists holding one byte per dimension instead of float32, --codec
+pq4fs half a byte (PQ fast scan; it hands the decoder 1,024 candidates, not 256); several
+codecs (--codec sq8,pq4fs) are measured on the same bundle, states and requests, the
+latency rounds of each codec in the same alternating order.
 
 With --bundle PATH (a bundle root or version directory) the same measures run on that
 bundle instead: a TRAINED one (`flexcode train pipeline`) shows the recall on item vectors
@@ -98,29 +101,32 @@ def recall(got: torch.Tensor, want: torch.Tensor, k: int) -> float:
     return float(np.mean(hits) / k)
 
 
-def time_decoding(args, generator, exact: Catalogue, approx: Catalogue, decoding) -> dict:
+def time_decoding(args, generator, catalogues: dict[str, Catalogue], decoding) -> dict:
+    """Median latency of `recommend_top_k` per catalogue ("exact" and one per codec), the
+    catalogues taking turns in an order that rotates every round."""
     rng = np.random.default_rng(1)
-    n = exact.n_rows - 1
+    n = catalogues["exact"].n_rows - 1
     config = replace(decoding, dense_weight=1.0)
+    names = list(catalogues)
     out = {}
     for batch in args.batch:
-        times: dict[str, list[float]] = {"exact": [], "index": []}
+        times: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(args.warmup + args.rounds):
             hist = torch.as_tensor(rng.integers(1, n + 1, (batch, args.history)))
-            order = [("exact", exact), ("index", approx)]
-            for name, cat in order if round_ % 2 else order[::-1]:
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
                 started = time.perf_counter()
-                recommend_top_k(generator, hist, cat, args.k, config, exclude=hist)
+                recommend_top_k(generator, hist, catalogues[name], args.k, config, exclude=hist)
                 if round_ >= args.warmup:
                     times[name].append(time.perf_counter() - started)
         med = {name: float(np.median(t)) for name, t in times.items()}
-        out[str(batch)] = {
-            "exact_ms": round(1000 * med["exact"], 2),
-            "index_ms": round(1000 * med["index"], 2),
-            "exact_p90_ms": round(1000 * float(np.percentile(times["exact"], 90)), 2),
-            "index_p90_ms": round(1000 * float(np.percentile(times["index"], 90)), 2),
-            "speedup": round(med["exact"] / med["index"], 2),
-        }
+        row = {}
+        for name, t in times.items():
+            row[f"{name}_ms"] = round(1000 * med[name], 2)
+            row[f"{name}_p90_ms"] = round(1000 * float(np.percentile(t, 90)), 2)
+            if name != "exact":
+                row[f"{name}_speedup"] = round(med["exact"] / med[name], 2)
+        out[str(batch)] = row
     return out
 
 
@@ -131,56 +137,61 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
     n_items = bundle.n_items
     generator = bundle.generator.eval()
     vectors = torch.as_tensor(bundle.item_vectors, dtype=torch.float32)
-    before = rss_mb()
-    index = build_dense_index(vectors, DenseIndexConfig(mode="ann", codec=args.codec))
-    grown = rss_mb() - before
-    print(
-        f"N={n_items}: IVF ({args.codec}) {index.nlist} lists built in {index.build_s:.1f} s, "
-        f"{index.nbytes / 2**20:.0f} MB (RSS +{grown:.0f} MB)",
-        flush=True,
-    )
     exact = Catalogue(
         item_vectors=vectors,
         item_tokens=torch.as_tensor(bundle.item_tokens, dtype=torch.int64),
         index=bundle.prefix_index.to_tensors(),
     )
-    approx = replace(exact, dense_index=index)
-    states = make_states(generator, vectors, args.states, args.history, seed=0)
-    result: dict = {
-        "items": n_items,
-        "dim": int(vectors.shape[1]),
-        "nlist": index.nlist,
-        "codec": args.codec,
-        "build_s": round(index.build_s, 2),
-        "index_mb": round(index.nbytes / 2**20, 1),
-        "rss_growth_mb": round(grown, 1),
-        "recall": {},
-        "latency": {},
-    }
-    wants = {kind: exact_top(s, vectors, N_CANDIDATES) for kind, s in states.items()}
-    for nprobe in args.nprobe:
-        index.set_nprobe(nprobe)
-        row: dict = {}
-        for kind, s in states.items():
-            found = index_dense_candidates(s, approx, None, None, N_CANDIDATES)
-            row[kind] = {
-                "recall@10": round(recall(found.rows, wants[kind], 10), 3),
-                "recall@50": round(recall(found.rows, wants[kind], 50), 3),
-                "exact_fallback": round(float(found.exact.float().mean()), 3),
-            }
-        result["recall"][str(nprobe)] = row
-        line = "  ".join(
-            f"{kind} r@10 {r['recall@10']:.3f} r@50 {r['recall@50']:.3f}" for kind, r in row.items()
+    result: dict = {"items": n_items, "dim": int(vectors.shape[1]), "codecs": {}}
+    indexes, catalogues = {}, {"exact": exact}
+    for codec in args.codec:
+        before = rss_mb()
+        index = build_dense_index(vectors, DenseIndexConfig(mode="ann", codec=codec))
+        grown = rss_mb() - before
+        indexes[codec], catalogues[codec] = index, replace(exact, dense_index=index)
+        result["nlist"] = index.nlist
+        result["codecs"][codec] = {
+            "build_s": round(index.build_s, 2),
+            "index_mb": round(index.nbytes / 2**20, 1),
+            "rss_growth_mb": round(grown, 1),
+            "candidates_asked": index.candidates,
+            "recall": {},
+        }
+        print(
+            f"N={n_items}: IVF ({codec}) {index.nlist} lists built in {index.build_s:.1f} s, "
+            f"{index.nbytes / 2**20:.0f} MB (RSS +{grown:.0f} MB), "
+            f"{index.candidates} candidates asked",
+            flush=True,
         )
-        print(f"  nprobe {nprobe:4d}: {line}", flush=True)
+    states = make_states(generator, vectors, args.states, args.history, seed=0)
+    wants = {kind: exact_top(s, vectors, N_CANDIDATES) for kind, s in states.items()}
+    result["latency"] = {}
+    for nprobe in args.nprobe:
+        for codec, index in indexes.items():
+            index.set_nprobe(nprobe)
+            row: dict = {}
+            for kind, s in states.items():
+                found = index_dense_candidates(s, catalogues[codec], None, None, N_CANDIDATES)
+                row[kind] = {
+                    "recall@10": round(recall(found.rows, wants[kind], 10), 3),
+                    "recall@50": round(recall(found.rows, wants[kind], 50), 3),
+                    "exact_fallback": round(float(found.exact.float().mean()), 3),
+                }
+            result["codecs"][codec]["recall"][str(nprobe)] = row
+            line = "  ".join(
+                f"{kind} r@10 {r['recall@10']:.3f} r@50 {r['recall@50']:.3f}"
+                for kind, r in row.items()
+            )
+            print(f"  {codec:6s} nprobe {nprobe:4d}: {line}", flush=True)
         if nprobe in args.time_nprobe:
-            lat = time_decoding(args, generator, exact, approx, bundle.decoding)
+            lat = time_decoding(args, generator, catalogues, bundle.decoding)
             result["latency"][str(nprobe)] = lat
             for batch, t in lat.items():
+                parts = ", ".join(
+                    f"{c} {t[f'{c}_ms']:.2f} ms (x{t[f'{c}_speedup']:.1f})" for c in indexes
+                )
                 print(
-                    f"    batch {batch:>2s}: exact {t['exact_ms']:.2f} ms, index "
-                    f"{t['index_ms']:.2f} ms (x{t['speedup']:.1f} faster)",
-                    flush=True,
+                    f"    batch {batch:>2s}: exact {t['exact_ms']:.2f} ms, {parts}", flush=True
                 )
     return result
 
@@ -200,7 +211,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
     parser.add_argument(
-        "--codec", default="flat", choices=DENSE_INDEX_CODECS, help="how the lists hold vectors"
+        "--codec",
+        default="sq8",
+        help=f"how the lists hold vectors, comma-separated, of {', '.join(DENSE_INDEX_CODECS)}",
     )
     parser.add_argument("--bundle-root", type=Path, default=ROOT / "bundles" / "bench")
     parser.add_argument(
@@ -211,6 +224,10 @@ def main() -> None:
     args.batch = [int(b) for b in args.batch.split(",")]
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     args.time_nprobe = {int(p) for p in args.time_nprobe.split(",")}
+    args.codec = args.codec.split(",")
+    unknown = set(args.codec) - set(DENSE_INDEX_CODECS)
+    if unknown:
+        parser.error(f"unknown codec(s) {sorted(unknown)}; choose from {DENSE_INDEX_CODECS}")
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     sizes = [None] if args.bundle is not None else [int(n) for n in args.sizes.split(",")]

@@ -111,6 +111,7 @@ async def build_engine(
         mode=settings.dense_index,
         min_rows=settings.dense_index_min_rows,
         nprobe=settings.dense_index_nprobe,
+        codec=settings.dense_index_codec,
     )
     recommender = await asyncio.to_thread(
         Recommender,

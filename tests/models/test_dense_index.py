@@ -89,7 +89,7 @@ def test_the_sq8_codec_keeps_the_exact_top_rows_in_a_quarter_of_the_memory():
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((2001, 32)).astype(np.float32)
     flat = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="flat"))
-    sq8 = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST))  # default
+    sq8 = build_dense_index(vectors, DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="sq8"))
     states = torch.as_tensor(rng.standard_normal((16, 32)).astype(np.float32))
     want = (states @ torch.as_tensor(vectors[1:]).T).topk(10, dim=1).indices + 1
     rows, _ = sq8.search(states, 50)
@@ -97,6 +97,27 @@ def test_the_sq8_codec_keeps_the_exact_top_rows_in_a_quarter_of_the_memory():
     assert sq8.nbytes < 0.4 * flat.nbytes
     with pytest.raises(ValueError, match="codec"):
         DenseIndexConfig(codec="pq")
+
+
+def test_the_pq_fast_scan_codec_hands_over_a_longer_list_that_holds_the_exact_top_rows():
+    """Half a byte per dimension: coarser scores than SQ8, so the index asks for 1,024 rows
+    by default, and the exact top 10 must be among its top 200 here (of 2,000)."""
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((2001, 32)).astype(np.float32)
+    config = DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="pq4fs")
+    assert config.candidates_asked == 1024 and DenseIndexConfig(codec="sq8").candidates_asked == 256
+    assert DenseIndexConfig(codec="pq4fs", candidates=300).candidates_asked == 300
+    pq = build_dense_index(vectors, config)
+    sq8 = build_dense_index(vectors, replace(config, codec="sq8"))
+    assert pq.candidates == 1024
+    states = torch.as_tensor(rng.standard_normal((16, 32)).astype(np.float32))
+    want = (states @ torch.as_tensor(vectors[1:]).T).topk(10, dim=1).indices + 1
+    rows, scores = pq.search(states, 200)
+    assert all(set(w.tolist()) <= set(r.tolist()) for w, r in zip(want, rows, strict=True))
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
+    assert pq.nbytes < 0.75 * sq8.nbytes  # 16 bytes of codes + 8 of id against 32 + 8
+    with pytest.raises(ValueError, match="even"):
+        build_dense_index(vectors[:, :31].copy(), config)
 
 
 @pytest.mark.parametrize("dense_weight", [0.5, 1.0])

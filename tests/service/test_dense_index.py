@@ -13,8 +13,9 @@ pytestmark = pytest.mark.anyio
 HISTORY = ["item-1", "item-5", "item-9"]
 
 
-async def test_the_index_serves_k_items_with_added_items_and_filters(make_settings) -> None:
-    settings = make_settings(dense_index="ann", dense_index_nprobe=1)
+@pytest.mark.parametrize("codec", ["sq8", "pq4fs"])
+async def test_the_index_serves_k_items_with_added_items_and_filters(make_settings, codec) -> None:
+    settings = make_settings(dense_index="ann", dense_index_nprobe=1, dense_index_codec=codec)
     async with running_app(settings) as (client, _):
         new = [{"item_id": f"fresh-{i}", "title": f"Fresh title {i}"} for i in range(5)]
         assert (await client.post("/items", json={"items": new})).status_code == 200
@@ -40,3 +41,7 @@ async def test_the_index_is_built_only_when_asked_or_large(make_settings) -> Non
         assert app.state.engine._rec.table.dense_index is None  # 60 items: the exact scan
     async with running_app(make_settings(dense_index="ann")) as (_, app):
         assert app.state.engine._rec.table.dense_index is not None
+    settings = make_settings(dense_index="ann", dense_index_codec="pq4fs")
+    async with running_app(settings) as (_, app):
+        index = app.state.engine._rec.table.dense_index
+        assert "PQ" in type(index.index).__name__ and index.candidates == 1024
