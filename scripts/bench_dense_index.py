@@ -190,9 +190,7 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
                 parts = ", ".join(
                     f"{c} {t[f'{c}_ms']:.2f} ms (x{t[f'{c}_speedup']:.1f})" for c in indexes
                 )
-                print(
-                    f"    batch {batch:>2s}: exact {t['exact_ms']:.2f} ms, {parts}", flush=True
-                )
+                print(f"    batch {batch:>2s}: exact {t['exact_ms']:.2f} ms, {parts}", flush=True)
     return result
 
 
