@@ -42,6 +42,15 @@ def blocked_at(
     return bad
 
 
+def _live_at(rows: torch.Tensor, catalogue: Catalogue) -> torch.Tensor:
+    """(B, M) rows (-1 allowed) -> (B, M) bool: a real row that is live (in the
+    normaliser), whether or not a request may be shown it."""
+    live = rows > 0
+    if catalogue.live is not None:
+        live &= catalogue.live[rows.clamp(min=0)]
+    return live
+
+
 def _pad_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
     """[(request indices (b,), rows (b, M_i))] -> (batch, max M_i) int64, -1 padding."""
     width = max(p.shape[1] for _, p in parts)
@@ -57,12 +66,15 @@ class DenseFound:
 
     rows: (B, n) int64 the best eligible rows, -1 padding.
     pool: (B, P) int64 every row whose logit was computed (the normaliser's rows), -1 pad.
+    pool_log_z: (B,) float log-sum-exp of the live pool rows' exact logits, kept so the
+        scorer does not gather the pool's vectors again (-inf for exact requests).
     exact: (B,) bool the requests scanned exactly (the index found too few).
     exact_log_z: (B,) float the exact log Z of those requests (0 elsewhere).
     """
 
     rows: torch.Tensor
     pool: torch.Tensor
+    pool_log_z: torch.Tensor
     exact: torch.Tensor
     exact_log_z: torch.Tensor
 
@@ -92,6 +104,7 @@ def index_dense_candidates(
     todo = torch.arange(batch, device=device)
     found: list[tuple[torch.Tensor, torch.Tensor]] = []
     pools: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pool_log_z = torch.full((batch,), NEG_INF, dtype=torch.float32, device=device)
     for _ in range(2):  # the first ask, then one widened
         sub_ex = None if exclude is None else exclude[todo]
         sub_allowed = None if allowed is None else allowed[todo]
@@ -104,6 +117,10 @@ def index_dense_candidates(
         enough = (rows > 0).sum(dim=1) >= n_dense
         found.append((todo[enough], rows[enough]))
         pools.append((todo[enough], pool[enough]))
+        live = _live_at(pool[enough], catalogue)
+        pool_log_z[todo[enough]] = torch.logsumexp(
+            logits[enough].masked_fill(~live, NEG_INF), dim=1
+        )
         todo = todo[~enough]
         if not len(todo) or m >= index.index.ntotal:
             break
@@ -124,7 +141,9 @@ def index_dense_candidates(
         pools.append((todo, rows))
         exact[todo] = True
         exact_log_z[todo] = torch.logsumexp(logits.masked_fill(dead[None], NEG_INF), dim=1)
-    return DenseFound(_pad_rows(found, batch), _pad_rows(pools, batch), exact, exact_log_z)
+    return DenseFound(
+        _pad_rows(found, batch), _pad_rows(pools, batch), pool_log_z, exact, exact_log_z
+    )
 
 
 def index_log_probs(
@@ -133,16 +152,18 @@ def index_log_probs(
     """(B, M) candidate rows -> (B, M) log P_dense as the index path returns it: the exact
     logit minus log Z over the live rows whose logits were computed (pool and candidates;
     a lower bound of the exact log Z), or minus the exact log Z for requests scanned
-    exactly; -inf for empty slots and dead rows."""
-    union = dedupe(torch.cat([dense.pool, rows], dim=1))
-    live = union > 0
-    if catalogue.live is not None:
-        live &= catalogue.live[union.clamp(min=0)]
-    logits = _row_logits(state, catalogue.item_vectors, union).masked_fill(~live, NEG_INF)
-    log_z = torch.where(dense.exact, dense.exact_log_z, torch.logsumexp(logits, dim=1))
+    exactly; -inf for empty slots and dead rows.
+
+    The pool's part of log Z was summed when the pool was scored (`DenseFound.pool_log_z`);
+    only the candidates not in the pool (the beam's, each counted once) are added here, so
+    the pool's vectors (1,000+ random rows of the item table) are not gathered twice."""
+    logits = _row_logits(state, catalogue.item_vectors, rows)
+    live = _live_at(rows, catalogue)
+    pool = dense.pool.sort(dim=1).values
+    at = torch.searchsorted(pool, rows).clamp(max=pool.shape[1] - 1)
+    fresh = live & (pool.gather(1, at) != rows) & (dedupe(rows) == rows)
+    extra = torch.logsumexp(logits.masked_fill(~fresh, NEG_INF), dim=1)
+    log_z = torch.logaddexp(dense.pool_log_z, extra)
+    log_z = torch.where(dense.exact, dense.exact_log_z, log_z)
     log_z = log_z.masked_fill(torch.isneginf(log_z), 0.0)  # no live row: nothing eligible
-    dead = rows <= 0
-    if catalogue.live is not None:
-        dead |= ~catalogue.live[rows.clamp(min=0)]
-    out = _row_logits(state, catalogue.item_vectors, rows) - log_z[:, None]
-    return out.masked_fill(dead, NEG_INF)
+    return (logits - log_z[:, None]).masked_fill(~live, NEG_INF)

@@ -7,10 +7,11 @@ w = 1 request (BENCHMARKS.md). Above a catalogue size the decoder takes the dens
 candidates from this index instead, and computes their exact logits.
 
 * BUILDER (here, NumPy + faiss, at load): `build_dense_index` puts the bundle's item
-  vectors (rows 1..N) in a faiss IVF-SQ8 index under the inner product: k-means on a
-  sample gives `nlist` centroids, every row goes to the list of its best centroid. Rows
-  added at serving time are NOT put in it (the decoder scans them exactly: few), so the
-  index never changes after the build and needs no lock.
+  vectors (rows 1..N) in a faiss inverted-file index under the inner product: k-means on
+  a sample gives `nlist` centroids, every row goes to the list of its best centroid, its
+  list holding it in the config's codec (`DENSE_INDEX_CODECS`). Rows added at serving
+  time are NOT put in it (the decoder scans them exactly: few), so the index never
+  changes after the build and needs no lock.
 * KERNEL (`DenseIndex.search`): (B, C) states -> the top M rows of the `nprobe` lists
   whose centroids score best, and their inner products.
 

@@ -14,6 +14,7 @@ import torch
 
 from models import decoding
 from models.decoding import DecodingConfig, find_candidates, recommend_top_k
+from models.dense_candidates import index_dense_candidates, index_log_probs
 from models.dense_index import DenseIndexConfig, build_dense_index
 from models.item_table import ItemTable
 from models.prefix_index import build_prefix_index
@@ -173,6 +174,39 @@ def test_few_lists_probed_still_give_k_eligible_rows(contents, dense_weight):
         assert set(got) <= eligible and len(set(got)) == len(got)
         assert len(got) == min(k, len(eligible))
         assert torch.isfinite(scores[b, : len(got)]).all()
+
+
+def test_the_index_path_normalises_over_the_pool_and_the_other_candidates_once(contents):
+    """log P_dense on the index path = exact logit - log-sum-exp over the live rows of the
+    pool and the candidates together, each row once (candidates outside the pool, repeats,
+    padding included), although the pool's logits are not recomputed. (No added rows:
+    their large vectors would swamp the normaliser, and the repeats with it.)"""
+    cat = make_table(contents, nprobe=2).catalogue()
+    history = histories(3, seed=7)
+    state = contents.generator.user_state(cat.item_vectors[history], history != 0)
+    found = index_dense_candidates(state, cat, history, None, 5)
+    assert not found.exact.any()
+    with torch.no_grad():
+        logits = state @ cat.item_vectors.T
+    # The best live rows the index left out: they weigh in the normaliser, and counted
+    # twice (the repeats) they would move it.
+    outside = logits.clone()
+    outside[:, 0] = float("-inf")
+    outside.scatter_(1, found.pool.clamp(min=0), float("-inf"))
+    others = outside.topk(6, dim=1).indices
+    rows = torch.cat([found.rows, others, others[:, :2], found.pool[:, :2]], dim=1)
+    rows[0, -1] = -1  # padding
+    got = index_log_probs(state, cat, rows, found)
+    for b in range(3):
+        union = set(found.pool[b].tolist()) | set(rows[b].tolist())
+        union = [r for r in union if r > 0]
+        assert set(rows[b].tolist()) - set(found.pool[b].tolist())  # some rows are fresh
+        log_z = torch.logsumexp(logits[b, union], dim=0)
+        for j, r in enumerate(rows[b].tolist()):
+            if r > 0:
+                torch.testing.assert_close(got[b, j], logits[b, r] - log_z)
+            else:
+                assert torch.isneginf(got[b, j])
 
 
 def test_added_rows_are_candidates_without_being_indexed(contents):
