@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # Inverted lists scanned per request: recall against latency (BENCHMARKS.md).
     dense_index_nprobe: int = Field(128, ge=1, le=65_536)
     # How the index's lists hold the vectors (models/dense_index.py, DENSE_INDEX_CODECS).
-    dense_index_codec: Literal["flat", "sq8", "pq4fs"] = "sq8"
+    dense_index_codec: Literal["flat", "sq8", "pq4fs"] = "pq4fs"
     max_items_per_request: int = Field(256, ge=1, le=100_000)
     # POST /events: most events in one request, and the newest events kept per user
     # (older ones are dropped as new ones arrive; /recommend reads them all).

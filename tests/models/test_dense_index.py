@@ -39,7 +39,11 @@ def make_table(contents, nprobe: int | None, grow: bool = False) -> ItemTable:
     )
     dense = None
     if nprobe is not None:
-        config = DenseIndexConfig(mode="ann", nlist=NLIST, nprobe=nprobe, candidates=8)
+        # Flat lists: with every list probed they rank exactly, which the tests of the
+        # decoding logic below rely on (the codecs have tests of their own above).
+        config = DenseIndexConfig(
+            mode="ann", nlist=NLIST, nprobe=nprobe, candidates=8, codec="flat"
+        )
         dense = build_dense_index(contents.item_vectors, config)
     table = ItemTable(contents.item_vectors, contents.item_tokens, index, dense_index=dense)
     if grow:
