@@ -21,10 +21,10 @@ the served path's output on random text: C = 64):
     ratio within one run means anything);
   - the index's build time (k-means + assignment, one thread) and memory.
 
---codec sq8 measures the lists holding one byte per dimension instead of float32, --codec
-pq4fs half a byte (PQ fast scan; it hands the decoder 1,024 candidates, not 256); several
-codecs (--codec sq8,pq4fs) are measured on the same bundle, states and requests, the
-latency rounds of each codec in the same alternating order.
+--codec picks how the lists hold the vectors: pq4fs (the default, as served: half a byte
+per dimension, PQ fast scan, 1,024 candidates handed to the decoder), sq8 (one byte, 256
+candidates), flat (float32); several (--codec sq8,pq4fs) are measured on the same bundle,
+states and requests, their latency rounds taking turns.
 
 With --bundle PATH (a bundle root or version directory) the same measures run on that
 bundle instead: a TRAINED one (`flexcode train pipeline`) shows the recall on item vectors
@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
     parser.add_argument(
         "--codec",
-        default="sq8",
+        default="pq4fs",
         help=f"how the lists hold vectors, comma-separated, of {', '.join(DENSE_INDEX_CODECS)}",
     )
     parser.add_argument("--bundle-root", type=Path, default=ROOT / "bundles" / "bench")
