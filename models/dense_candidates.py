@@ -24,6 +24,15 @@ def _row_logits(state: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor) 
     return torch.einsum("bc,bmc->bm", state.float(), picked)
 
 
+def _live_at(rows: torch.Tensor, catalogue: Catalogue) -> torch.Tensor:
+    """(B, M) rows (-1 allowed) -> (B, M) bool: a real row that is live (in the
+    normaliser), whether or not a request may be shown it."""
+    live = rows > 0
+    if catalogue.live is not None:
+        live &= catalogue.live[rows.clamp(min=0)]
+    return live
+
+
 def blocked_at(
     rows: torch.Tensor,
     catalogue: Catalogue,
@@ -33,22 +42,11 @@ def blocked_at(
     """(B, M) rows (-1 allowed) -> (B, M) bool: `blocked_rows` read at those rows only
     (empty slots and padding blocked), without building the (B, R) mask."""
     safe = rows.clamp(min=0)
-    bad = rows <= 0
-    if catalogue.live is not None:
-        bad |= ~catalogue.live[safe]
+    bad = ~_live_at(rows, catalogue)
     bad |= excluded_mask(exclude, rows)
     if allowed is not None:
         bad |= ~allowed.gather(1, safe)
     return bad
-
-
-def _live_at(rows: torch.Tensor, catalogue: Catalogue) -> torch.Tensor:
-    """(B, M) rows (-1 allowed) -> (B, M) bool: a real row that is live (in the
-    normaliser), whether or not a request may be shown it."""
-    live = rows > 0
-    if catalogue.live is not None:
-        live &= catalogue.live[rows.clamp(min=0)]
-    return live
 
 
 def _pad_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
