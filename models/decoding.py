@@ -71,6 +71,7 @@ from models.config import Config, check_positive_ints, check_range
 from models.dense_candidates import blocked_at, index_dense_candidates, index_log_probs
 from models.device_index import DeviceIndex
 from models.row_sets import NEG_INF, blocked_rows, dedupe, rows_of
+from models.take import take_rows
 
 if TYPE_CHECKING:  # faiss is loaded only where an index is built (the service)
     from models.dense_index import DenseIndex
@@ -141,7 +142,7 @@ def generative_log_probs(
     """(B, C) states, (B, M) candidate rows -> (B, M) log P_gen(row) by teacher forcing
     under the restricted softmax; -inf for rows whose tokens are not in the index."""
     batch, m = rows.shape
-    tokens = catalogue.item_tokens[rows.clamp(min=0)].long()  # (B, M, L + 1)
+    tokens = take_rows(catalogue.item_tokens, rows.clamp(min=0)).long()  # (B, M, L + 1)
     logits = model.token_scores(state, tokens)  # (B, M, L + 1, V)
     log_p, found = sequence_log_probs(
         logits.reshape(batch * m, *logits.shape[2:]),
@@ -256,7 +257,7 @@ def find_candidates(
     generative = config.dense_weight < 1.0 if generative is None else generative
     vectors = catalogue.item_vectors
     batch = history.shape[0]
-    state = model.user_state(vectors[history], history != 0)  # (B, C)
+    state = model.user_state(take_rows(vectors, history), history != 0)  # (B, C)
     n_dense = min(max(config.dense_candidates, top_k), catalogue.n_rows)
     # The index path (module docstring, large catalogues); the share needs every row's
     # logit for its two normalisers, so it keeps the exact scan.
@@ -264,6 +265,11 @@ def find_candidates(
     blocked: torch.Tensor | None = None  # (B, R), built only where needed
     if indexed:
         dense_found = index_dense_candidates(state, catalogue, exclude, allowed, n_dense)
+        if not generative:
+            # The index's rows are the only candidates: unique, blocked ones already out,
+            # already scored. The general path below would dedupe, block and score them
+            # again: a third of a 1M-item request's decoding (BENCHMARKS.md).
+            return Candidates(dense_found.rows, None, dense_found.log_probs, dense_found.eligible)
         found = [dense_found.rows]
         offsets = None
     else:
@@ -372,7 +378,7 @@ def exact_log_probs(
     diagnostics and validation. Row 0 and non-live rows are -inf. new_item_share: as in
     `DecodingConfig`."""
     vectors = catalogue.item_vectors
-    state = model.user_state(vectors[history], history != 0)
+    state = model.user_state(take_rows(vectors, history), history != 0)
     dense, offsets = share_offsets(state, catalogue, new_item_share)
     dead = torch.isneginf(dense[0])
     gen = None

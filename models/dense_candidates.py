@@ -6,12 +6,14 @@ exactly, so it still gets k results whenever k eligible rows exist."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from models.row_sets import NEG_INF, blocked_rows, dedupe, excluded_mask
+from models.row_sets import NEG_INF, blocked_rows, dedupe, excluded_mask, rows_of
+from models.take import take_rows
 
 if TYPE_CHECKING:
     from models.decoding import Catalogue
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 def _row_logits(state: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """(B, C) states, (R, C) item vectors, (B, M) rows (-1 allowed) -> (B, M) state . v_row,
     exactly, for the listed rows only (-1 slots read row 0)."""
-    picked = vectors.float()[rows.clamp(min=0)]  # (B, M, C)
+    picked = take_rows(vectors, rows.clamp(min=0)).float()  # (B, M, C)
     return torch.einsum("bc,bmc->bm", state.float(), picked)
 
 
@@ -29,7 +31,7 @@ def _live_at(rows: torch.Tensor, catalogue: Catalogue) -> torch.Tensor:
     normaliser), whether or not a request may be shown it."""
     live = rows > 0
     if catalogue.live is not None:
-        live &= catalogue.live[rows.clamp(min=0)]
+        live &= take_rows(catalogue.live, rows.clamp(min=0))
     return live
 
 
@@ -38,24 +40,36 @@ def blocked_at(
     catalogue: Catalogue,
     exclude: torch.Tensor | None,
     allowed: torch.Tensor | None,
+    live: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, M) rows (-1 allowed) -> (B, M) bool: `blocked_rows` read at those rows only
-    (empty slots and padding blocked), without building the (B, R) mask."""
+    (empty slots and padding blocked), without building the (B, R) mask. live: the
+    rows' `_live_at`, when the caller has it already."""
     safe = rows.clamp(min=0)
-    bad = ~_live_at(rows, catalogue)
+    bad = ~(_live_at(rows, catalogue) if live is None else live)
     bad |= excluded_mask(exclude, rows)
     if allowed is not None:
         bad |= ~allowed.gather(1, safe)
     return bad
 
 
-def _pad_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
-    """[(request indices (b,), rows (b, M_i))] -> (batch, max M_i) int64, -1 padding."""
+def _pad_rows(
+    parts: list[tuple[torch.Tensor, torch.Tensor]], batch: int, fill: float = -1
+) -> torch.Tensor:
+    """[(request indices (b,), values (b, M_i))] -> (batch, max M_i) of the values' dtype
+    (row ids or logits), `fill` padding."""
     width = max(p.shape[1] for _, p in parts)
-    out = torch.full((batch, width), -1, dtype=torch.int64, device=parts[0][1].device)
+    first = parts[0][1]
+    if len(parts) == 1 and first.shape[0] == batch:  # every request, in order: as is
+        return first
+    out = torch.full((batch, width), fill, dtype=first.dtype, device=first.device)
     for which, part in parts:
         out[which, : part.shape[1]] = part
     return out
+
+
+# Bundle rows read per request to estimate a filter's allowed share (a strided sample).
+ALLOWED_SAMPLE = 16_384
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,9 @@ class DenseFound:
         scorer does not gather the pool's vectors again (-inf for exact requests).
     exact: (B,) bool the requests scanned exactly (the index found too few).
     exact_log_z: (B,) float the exact log Z of those requests (0 elsewhere).
+    log_probs: (B, n) float log P_dense of `rows` as `index_log_probs` gives it for them
+        (they are all in the pool), -inf where a slot is empty or blocked.
+    eligible: (B, n) bool a slot holding a row the request may be shown.
     """
 
     rows: torch.Tensor
@@ -75,6 +92,8 @@ class DenseFound:
     pool_log_z: torch.Tensor
     exact: torch.Tensor
     exact_log_z: torch.Tensor
+    log_probs: torch.Tensor
+    eligible: torch.Tensor
 
 
 def index_dense_candidates(
@@ -88,7 +107,13 @@ def index_dense_candidates(
     top M bundle rows plus every added row, blocked rows dropped, the best n_dense by
     exact logits. Requests with fewer than n_dense eligible rows ask again for widen x M
     rows; still short, they are scanned exactly (a full scan for those requests only, so
-    k results whenever k eligible rows exist)."""
+    k results whenever k eligible rows exist).
+
+    A filter (`allowed`) changes the ask. A request allowed at most M bundle rows (an
+    allowlist) scores exactly those rows and the added ones, without the index: the
+    index would return few of them, and the request would end in the full scan. Broader
+    filters ask the index for M / s rows (s the smallest allowed share in the batch, at
+    most widen x M), so the first ask usually leaves n_dense eligible rows."""
     index = catalogue.dense_index
     assert index is not None
     batch, device = state.shape[0], state.device
@@ -102,25 +127,55 @@ def index_dense_candidates(
     todo = torch.arange(batch, device=device)
     found: list[tuple[torch.Tensor, torch.Tensor]] = []
     pools: list[tuple[torch.Tensor, torch.Tensor]] = []
+    found_logits: list[tuple[torch.Tensor, torch.Tensor]] = []  # -inf: empty or blocked
     pool_log_z = torch.full((batch,), NEG_INF, dtype=torch.float32, device=device)
-    for _ in range(2):  # the first ask, then one widened
-        sub_ex = None if exclude is None else exclude[todo]
-        sub_allowed = None if allowed is None else allowed[todo]
-        ann_rows, _ = index.search(state[todo], m)
-        pool = torch.cat([ann_rows, added[None].expand(len(todo), -1)], dim=1)
-        logits = _row_logits(state[todo], vectors, pool)
-        bad = blocked_at(pool, catalogue, sub_ex, sub_allowed)
+
+    def score_pool(which: torch.Tensor, pool: torch.Tensor, final: bool) -> torch.Tensor:
+        """Exact logits of the (b, P) pool rows of requests `which`; the best n_dense
+        eligible rows of each request that has that many (every request if `final`) are
+        recorded. -> (b,) bool the requests recorded."""
+        whole = len(which) == batch  # used as they are: re-indexing costs as much as
+        sub_state = state if whole else state[which]  # the logits of one request
+        sub_ex = exclude if whole or exclude is None else exclude[which]
+        sub_allowed = allowed if whole or allowed is None else allowed[which]
+        if len(added):
+            pool = torch.cat([pool, added[None].expand(len(which), -1)], dim=1)
+        logits = _row_logits(sub_state, vectors, pool)
+        live = _live_at(pool, catalogue)
+        bad = blocked_at(pool, catalogue, sub_ex, sub_allowed, live=live)
         best = logits.masked_fill(bad, NEG_INF).topk(min(n_dense, pool.shape[1]), dim=1)
         rows = torch.where(best.values > NEG_INF, pool.gather(1, best.indices), -1)
-        enough = (rows > 0).sum(dim=1) >= n_dense
-        found.append((todo[enough], rows[enough]))
-        pools.append((todo[enough], pool[enough]))
-        live = _live_at(pool[enough], catalogue)
-        pool_log_z[todo[enough]] = torch.logsumexp(
-            logits[enough].masked_fill(~live, NEG_INF), dim=1
+        done = (rows > 0).sum(dim=1) >= n_dense
+        if final:
+            done = torch.ones_like(done)
+        keep = slice(None) if bool(done.all()) else done  # a view, not a copy
+        found.append((which[keep], rows[keep]))
+        pools.append((which[keep], pool[keep]))
+        found_logits.append((which[keep], best.values[keep]))
+        pool_log_z[which[keep]] = torch.logsumexp(
+            logits[keep].masked_fill(~live[keep], NEG_INF), dim=1
         )
-        todo = todo[~enough]
-        if not len(todo) or m >= index.index.ntotal:
+        return done
+
+    if allowed is not None:
+        # Each request's allowed share, from every stride-th bundle row: counting the
+        # whole (B, R) mask cost 55-115 ms per batch of 32 at 1M rows. A wrong guess
+        # costs time only; either way every allowed row can still be found.
+        stride = max(1, index.n_rows // ALLOWED_SAMPLE)
+        seen = allowed[:, 1 : index.n_rows : stride]
+        share = seen.sum(dim=1).clamp(min=1) / max(seen.shape[1], 1)
+        few = share * (index.n_rows - 1) <= m
+        if bool(few.any()):
+            score_pool(todo[few], rows_of(allowed[few, : index.n_rows]), final=True)
+            todo, share = todo[~few], share[~few]
+        if len(todo):
+            m = min(math.ceil(m / float(share.min())), m * index.widen)
+    for _ in range(2):  # the first ask, then one widened
+        if not len(todo):
+            break
+        ann_rows, _ = index.search(state if len(todo) == batch else state[todo], m)
+        todo = todo[~score_pool(todo, ann_rows, final=False)]
+        if m >= index.index.ntotal:
             break
         m *= index.widen
     exact = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -130,17 +185,25 @@ def index_dense_candidates(
         sub_allowed = None if allowed is None else allowed[todo]
         logits = state[todo].float() @ vectors.float().T
         blocked = blocked_rows(len(todo), catalogue, sub_ex, device, sub_allowed)
-        rows = logits.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1).indices
+        best = logits.masked_fill(blocked, NEG_INF).topk(n_dense, dim=1)
+        rows = best.indices
         dead = torch.zeros(catalogue.n_rows, dtype=torch.bool, device=device)
         dead[0] = True
         if catalogue.live is not None:
             dead |= ~catalogue.live
         found.append((todo, rows))
         pools.append((todo, rows))
+        found_logits.append((todo, best.values))
         exact[todo] = True
         exact_log_z[todo] = torch.logsumexp(logits.masked_fill(dead[None], NEG_INF), dim=1)
+    rows = _pad_rows(found, batch)
+    logits = _pad_rows(found_logits, batch, fill=NEG_INF)
+    eligible = logits > NEG_INF
+    log_z = torch.where(exact, exact_log_z, pool_log_z)
+    log_z = log_z.masked_fill(torch.isneginf(log_z), 0.0)  # no live row: nothing eligible
+    log_probs = (logits - log_z[:, None]).masked_fill(~eligible, NEG_INF)
     return DenseFound(
-        _pad_rows(found, batch), _pad_rows(pools, batch), pool_log_z, exact, exact_log_z
+        rows, _pad_rows(pools, batch), pool_log_z, exact, exact_log_z, log_probs, eligible
     )
 
 

@@ -17,7 +17,8 @@ candidates from this index instead, and computes their exact logits.
 
 Why an inverted-file index and not HNSW (measured on 2 shared CPU cores, one thread,
 C = 64, random vectors; BENCHMARKS.md, "The dense head's candidates at 1M items"): IVF with 1,024
-lists builds in about 3 s at 1M items (1 s k-means, 2 s assignment), HNSW (M = 32,
+lists builds in about 3 s at 1M items (1 s k-means, 2 s assignment; 2,048 lists, the
+default there now, 7.6 s), HNSW (M = 32,
 efConstruction 40) took 11 s at 100k and grows faster than linearly, minutes at 1M. The
 service builds the index when it loads a bundle (beside the serving version during a
 swap), so a build of seconds needs no bundle format change; an HNSW index would have to
@@ -29,11 +30,14 @@ against 0.873 at nprobe 128: the decoder rescores 1,024 PQ candidates exactly wh
 hands over 256), a third of SQ8's memory (23 MB against 69 MB) and a search 3.7x faster
 (0.83 against 3.09 ms per request at nprobe 128, one thread; BENCHMARKS.md, "PQ fast-scan
 lists"). SQ8 (a quarter of Flat's 252 MB, 17-20% faster than Flat) and Flat stay choices
-(`codec`).
+(`codec`). Since then the defaults moved to 2,048 lists at 1M, nprobe 192 and 512 PQ
+candidates: recall@10 0.900 against 0.871, the search a third cheaper ("Where the
+1M-item request's time went").
 
 Why not for small catalogues: at 100k items the exact scan takes 2 ms, and the index
 needs half its lists probed for 96% recall, which costs as much (BENCHMARKS.md); at 1M
-the default nprobe keeps 87% of the exact top 10 at a quarter of the latency. Below
+the default nprobe keeps 90% of the exact top 10 (random vectors, the hard case) at a
+tenth of the latency. Below
 `min_rows` (200k), `mode="auto"` keeps the exact scan, bit for bit what evaluation
 measured.
 """
@@ -59,8 +63,9 @@ DENSE_INDEX_MODES = ("auto", "exact", "ann")
 DENSE_INDEX_CODECS = ("flat", "sq8", "pq4fs")
 # Rows asked of the index per request when `DenseIndexConfig.candidates` is 0: PQ scores
 # misorder near neighbours more than 8-bit ones, so it hands over a longer list (its scan
-# is cheap, and the exact rescoring of 1,024 rows is one small matrix product).
-DEFAULT_CANDIDATES = {"flat": 256, "sq8": 256, "pq4fs": 1024}
+# is cheap, and the exact rescoring of 512 rows is one small matrix product). 1,024 kept
+# 0.3 points more of the exact top 10 at 1M items and cost 15% more at batch 32.
+DEFAULT_CANDIDATES = {"flat": 256, "sq8": 256, "pq4fs": 512}
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,10 @@ class DenseIndexConfig(Config):
     mode: "exact" scans every row; "ann" uses the index at any size; "auto" uses it when
         the bundle has at least `min_rows` items and the device is a CPU (on a GPU the
         scan is one matrix product, cheap even at 1M rows).
-    nlist: inverted lists; 0 = about sqrt(N), a power of two between 64 and 1,024 (more
-        lists make the k-means slower than the load should wait for: 4,096 took 14 s at
-        1M on one core, 1,024 took 1 s).
+    nlist: inverted lists; 0 = about 2 sqrt(N), a power of two between 64 and 2,048
+        (more lists make the load wait for the k-means: at 1M on one core 1,024 lists
+        built in 3.8 s, 2,048 in 7.6 s, 4,096 in 14-22 s; for the same recall 2,048 lists
+        scan half the rows 1,024 do, BENCHMARKS.md).
     nprobe: lists scanned per request; the recall/latency knob (BENCHMARKS.md).
     candidates: M, rows asked of the index per request before blocked rows (history,
         retired, filtered out) are dropped; at least 4 x the dense candidates needed.
@@ -87,7 +93,7 @@ class DenseIndexConfig(Config):
     mode: str = "auto"
     min_rows: int = 200_000
     nlist: int = 0
-    nprobe: int = 128
+    nprobe: int = 192
     candidates: int = 0
     widen: int = 16
     train_per_list: int = 64
@@ -123,8 +129,8 @@ class DenseIndexConfig(Config):
         """nlist for a catalogue of n_items (the field, or its automatic value)."""
         if self.nlist:
             return min(self.nlist, n_items)
-        auto = 2 ** round(math.log2(max(1.0, math.sqrt(n_items))))
-        return int(min(max(auto, 64), 1024, n_items))
+        auto = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n_items))))
+        return int(min(max(auto, 64), 2048, n_items))
 
 
 @dataclass

@@ -22,9 +22,10 @@ the served path's output on random text: C = 64):
   - the index's build time (k-means + assignment, one thread) and memory.
 
 --codec picks how the lists hold the vectors: pq4fs (the default, as served: half a byte
-per dimension, PQ fast scan, 1,024 candidates handed to the decoder), sq8 (one byte, 256
+per dimension, PQ fast scan, 512 candidates handed to the decoder), sq8 (one byte, 256
 candidates), flat (float32); several (--codec sq8,pq4fs) are measured on the same bundle,
-states and requests, their latency rounds taking turns.
+states and requests, their latency rounds taking turns. --nlist and --candidates (lists,
+0 = the served automatic choice) multiply the indexes measured the same way.
 
 With --bundle PATH (a bundle root or version directory) the same measures run on that
 bundle instead: a TRAINED one (`flexcode train pipeline`) shows the recall on item vectors
@@ -101,6 +102,25 @@ def recall(got: torch.Tensor, want: torch.Tensor, k: int) -> float:
     return float(np.mean(hits) / k)
 
 
+def index_configs(args: argparse.Namespace) -> list[tuple[str, DenseIndexConfig]]:
+    """(name, config) of every index measured: each codec x --nlist x --candidates (0 =
+    the automatic choice); named by the codec alone when only the codec varies."""
+    out = []
+    for codec in args.codec:
+        for nlist in args.nlist:
+            for candidates in args.candidates:
+                name = codec
+                if len(args.nlist) > 1 or nlist:
+                    name += f"-L{nlist or 'auto'}"
+                if len(args.candidates) > 1 or candidates:
+                    name += f"-M{candidates or 'auto'}"
+                config = DenseIndexConfig(
+                    mode="ann", codec=codec, nlist=nlist, candidates=candidates
+                )
+                out.append((name, config))
+    return out
+
+
 def time_decoding(args, generator, catalogues: dict[str, Catalogue], decoding) -> dict:
     """Median latency of `recommend_top_k` per catalogue ("exact" and one per codec), the
     catalogues taking turns in an order that rotates every round."""
@@ -144,13 +164,14 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
     )
     result: dict = {"items": n_items, "dim": int(vectors.shape[1]), "codecs": {}}
     indexes, catalogues = {}, {"exact": exact}
-    for codec in args.codec:
+    for name, config in index_configs(args):
         before = rss_mb()
-        index = build_dense_index(vectors, DenseIndexConfig(mode="ann", codec=codec))
+        index = build_dense_index(vectors, config)
         grown = rss_mb() - before
-        indexes[codec], catalogues[codec] = index, replace(exact, dense_index=index)
-        result["nlist"] = index.nlist
-        result["codecs"][codec] = {
+        indexes[name], catalogues[name] = index, replace(exact, dense_index=index)
+        result["codecs"][name] = {
+            "codec": config.codec,
+            "nlist": index.nlist,
             "build_s": round(index.build_s, 2),
             "index_mb": round(index.nbytes / 2**20, 1),
             "rss_growth_mb": round(grown, 1),
@@ -158,7 +179,7 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
             "recall": {},
         }
         print(
-            f"N={n_items}: IVF ({codec}) {index.nlist} lists built in {index.build_s:.1f} s, "
+            f"N={n_items}: IVF ({name}) {index.nlist} lists built in {index.build_s:.1f} s, "
             f"{index.nbytes / 2**20:.0f} MB (RSS +{grown:.0f} MB), "
             f"{index.candidates} candidates asked",
             flush=True,
@@ -167,22 +188,22 @@ def run_size(args: argparse.Namespace, n_items: int | None) -> dict:
     wants = {kind: exact_top(s, vectors, N_CANDIDATES) for kind, s in states.items()}
     result["latency"] = {}
     for nprobe in args.nprobe:
-        for codec, index in indexes.items():
+        for name, index in indexes.items():
             index.set_nprobe(nprobe)
             row: dict = {}
             for kind, s in states.items():
-                found = index_dense_candidates(s, catalogues[codec], None, None, N_CANDIDATES)
+                found = index_dense_candidates(s, catalogues[name], None, None, N_CANDIDATES)
                 row[kind] = {
                     "recall@10": round(recall(found.rows, wants[kind], 10), 3),
                     "recall@50": round(recall(found.rows, wants[kind], 50), 3),
                     "exact_fallback": round(float(found.exact.float().mean()), 3),
                 }
-            result["codecs"][codec]["recall"][str(nprobe)] = row
+            result["codecs"][name]["recall"][str(nprobe)] = row
             line = "  ".join(
                 f"{kind} r@10 {r['recall@10']:.3f} r@50 {r['recall@50']:.3f}"
                 for kind, r in row.items()
             )
-            print(f"  {codec:6s} nprobe {nprobe:4d}: {line}", flush=True)
+            print(f"  {name:16s} nprobe {nprobe:4d}: {line}", flush=True)
         if nprobe in args.time_nprobe:
             lat = time_decoding(args, generator, catalogues, bundle.decoding)
             result["latency"][str(nprobe)] = lat
@@ -213,6 +234,14 @@ def main() -> None:
         default="pq4fs",
         help=f"how the lists hold vectors, comma-separated, of {', '.join(DENSE_INDEX_CODECS)}",
     )
+    parser.add_argument(
+        "--nlist", default="0", help="inverted lists, comma-separated (0 = automatic)"
+    )
+    parser.add_argument(
+        "--candidates",
+        default="0",
+        help="rows asked of the index per request, comma-separated (0 = the codec's default)",
+    )
     parser.add_argument("--bundle-root", type=Path, default=ROOT / "bundles" / "bench")
     parser.add_argument(
         "--bundle", type=Path, default=None, help="measure this (trained) bundle, not --sizes"
@@ -223,6 +252,8 @@ def main() -> None:
     args.nprobe = [int(p) for p in args.nprobe.split(",")]
     args.time_nprobe = {int(p) for p in args.time_nprobe.split(",")}
     args.codec = args.codec.split(",")
+    args.nlist = [int(n) for n in args.nlist.split(",")]
+    args.candidates = [int(m) for m in args.candidates.split(",")]
     unknown = set(args.codec) - set(DENSE_INDEX_CODECS)
     if unknown:
         parser.error(f"unknown codec(s) {sorted(unknown)}; choose from {DENSE_INDEX_CODECS}")

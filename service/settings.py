@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     dense_index: Literal["auto", "exact", "ann"] = "auto"
     dense_index_min_rows: int = Field(200_000, ge=1)
     # Inverted lists scanned per request: recall against latency (BENCHMARKS.md).
-    dense_index_nprobe: int = Field(128, ge=1, le=65_536)
+    dense_index_nprobe: int = Field(192, ge=1, le=65_536)
     # How the index's lists hold the vectors (models/dense_index.py, DENSE_INDEX_CODECS).
     dense_index_codec: Literal["flat", "sq8", "pq4fs"] = "pq4fs"
     max_items_per_request: int = Field(256, ge=1, le=100_000)

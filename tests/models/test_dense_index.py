@@ -67,7 +67,7 @@ def test_config_checks_and_the_automatic_choice():
     assert not auto.wanted(1_000_000, "cuda")  # a GPU scans all rows in one matmul
     assert DenseIndexConfig(mode="ann").wanted(10)
     assert not DenseIndexConfig(mode="exact").wanted(10**7)
-    assert auto.lists_for(1_000_000) == 1024 and auto.lists_for(100_000) == 256
+    assert auto.lists_for(1_000_000) == 2048 and auto.lists_for(100_000) == 512
     assert auto.lists_for(100) == 64 and auto.lists_for(10) == 10
     with pytest.raises(ValueError, match="mode"):
         DenseIndexConfig(mode="hnsw")
@@ -105,16 +105,16 @@ def test_the_sq8_codec_keeps_the_exact_top_rows_in_a_quarter_of_the_memory():
 
 
 def test_the_pq_fast_scan_codec_hands_over_a_longer_list_that_holds_the_exact_top_rows():
-    """Half a byte per dimension: coarser scores than SQ8, so the index asks for 1,024 rows
+    """Half a byte per dimension: coarser scores than SQ8, so the index asks for 512 rows
     by default, and the exact top 10 must be among its top 200 here (of 2,000)."""
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((2001, 32)).astype(np.float32)
     config = DenseIndexConfig(nlist=NLIST, nprobe=NLIST, codec="pq4fs")
-    assert config.candidates_asked == 1024 and DenseIndexConfig(codec="sq8").candidates_asked == 256
+    assert config.candidates_asked == 512 and DenseIndexConfig(codec="sq8").candidates_asked == 256
     assert DenseIndexConfig(codec="pq4fs", candidates=300).candidates_asked == 300
     pq = build_dense_index(vectors, config)
     sq8 = build_dense_index(vectors, replace(config, codec="sq8"))
-    assert pq.candidates == 1024
+    assert pq.candidates == 512
     states = torch.as_tensor(rng.standard_normal((16, 32)).astype(np.float32))
     want = (states @ torch.as_tensor(vectors[1:]).T).topk(10, dim=1).indices + 1
     rows, scores = pq.search(states, 200)
@@ -229,15 +229,16 @@ def test_added_rows_are_candidates_without_being_indexed(contents):
 
 
 def test_a_request_the_index_cannot_serve_is_scanned_exactly(contents, monkeypatch):
-    """An allowlist of rows the probed list does not hold: the request falls back to the
-    exact scan, and then its candidates and log P_dense are the exact ones."""
+    """An allowlist of rows the probed list does not hold, too long to score directly
+    (more than the rows asked of the index): the request falls back to the exact scan,
+    and then its candidates and log P_dense are the exact ones."""
     table = make_table(contents, nprobe=1)
     cat = table.catalogue()
     history = histories(2, seed=6)
     state = contents.generator.user_state(cat.item_vectors[history], history != 0)
     probed, _ = cat.dense_index.search(state, N_ITEMS)
     allowed = torch.zeros(2, cat.n_rows, dtype=torch.bool)
-    outside = sorted(set(range(1, N_ITEMS + 1)) - set(probed[0].tolist()))[:4]
+    outside = sorted(set(range(1, N_ITEMS + 1)) - set(probed[0].tolist()))[:40]
     allowed[0, outside] = True
     allowed[1] = True
     allowed[1, 0] = False
@@ -249,6 +250,66 @@ def test_a_request_the_index_cannot_serve_is_scanned_exactly(contents, monkeypat
     got = recommend_top_k(contents.generator, history, cat, 3, config, allowed=allowed)
     assert torch.equal(got[0][0], want[0][0])
     torch.testing.assert_close(got[1][0], want[1][0])
+
+
+def test_without_the_generative_head_the_index_rows_are_served_as_found(contents):
+    """w = 1 returns the index's candidates as `index_dense_candidates` scored them,
+    without the general path's dedupe, blocking and rescoring: the same rows, eligibility
+    and log P_dense as that path computes, for indexed and exactly scanned requests alike
+    (request 0 allows 40 rows outside the probed list, 38 of them withdrawn, so it is
+    scanned exactly and one of its three slots holds a blocked row; request 1 excludes
+    its history)."""
+    table = make_table(contents, nprobe=1, grow=True)
+    cat = table.catalogue()
+    history = histories(2, seed=6)
+    state = contents.generator.user_state(cat.item_vectors[history], history != 0)
+    probed, _ = cat.dense_index.search(state, N_ITEMS)
+    allowed = torch.ones(2, cat.n_rows, dtype=torch.bool)
+    allowed[0] = False
+    outside = sorted(set(range(1, N_ITEMS + 1)) - set(probed[0].tolist()))[:40]
+    allowed[0, outside] = True
+    table.set_withdrawn(np.asarray(outside[2:]), True)
+    cat = table.catalogue()
+    exclude = torch.full((2, 6), -1, dtype=torch.int64)
+    exclude[1] = history[1]
+    config = DecodingConfig(dense_weight=1.0, dense_candidates=3)
+    got = find_candidates(contents.generator, history, cat, config, exclude, 3, allowed=allowed)
+    found = index_dense_candidates(state, cat, exclude, allowed, 3)
+    assert found.exact.tolist() == [True, False]
+    assert torch.equal(got.rows, found.rows) and got.generative is None
+    want_eligible = ~decoding.blocked_at(found.rows, cat, exclude, allowed)
+    assert torch.equal(got.eligible, want_eligible) and want_eligible.sum(dim=1).tolist() == [2, 3]
+    want = index_log_probs(state, cat, found.rows, found)
+    torch.testing.assert_close(got.dense[want_eligible], want[want_eligible])
+    assert torch.isneginf(got.dense[~want_eligible]).all()
+
+
+def test_a_short_allowlist_is_scored_row_by_row_without_the_index(contents):
+    """An allowlist no longer than the rows asked of the index: its rows (and the added
+    ones) are the pool, scored exactly, never the full scan; the ranking is the exact
+    scan's, and log P_dense is normalised over the pool."""
+    cat = make_table(contents, nprobe=1, grow=True).catalogue()
+    history = histories(2, seed=8)
+    state = contents.generator.user_state(cat.item_vectors[history], history != 0)
+    allowed = torch.zeros(2, cat.n_rows, dtype=torch.bool)
+    allowed[0, [5, 17, 40, 41, 200, 299]] = True  # 6 rows, fewer than the 12 asked
+    allowed[1] = True
+    allowed[1, 0] = False
+    allowed[0, N_ITEMS + 1] = True  # an added row: a candidate either way
+    found = index_dense_candidates(state, cat, None, allowed, 3)
+    assert not found.exact.any()
+    pool = set(found.pool[0].tolist()) - {-1}
+    assert pool == {5, 17, 40, 41, 200, 299, *range(N_ITEMS + 1, N_ITEMS + 5)}  # all added
+    config = DecodingConfig(dense_weight=1.0, dense_candidates=3)
+    exact = replace(cat, dense_index=None)
+    want = recommend_top_k(contents.generator, history[:1], exact, 3, config, allowed=allowed[:1])
+    got = recommend_top_k(contents.generator, history[:1], cat, 3, config, allowed=allowed[:1])
+    assert torch.equal(got[0], want[0])
+    with torch.no_grad():
+        logits = state[0] @ cat.item_vectors.T
+    live = [r for r in pool if bool(cat.live[r])]
+    rows = [r for r in got[0][0].tolist()]
+    torch.testing.assert_close(got[1][0], logits[rows] - torch.logsumexp(logits[live], dim=0))
 
 
 def test_the_new_item_share_keeps_the_exact_scan(contents):

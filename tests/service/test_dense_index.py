@@ -44,4 +44,4 @@ async def test_the_index_is_built_only_when_asked_or_large(make_settings) -> Non
     settings = make_settings(dense_index="ann", dense_index_codec="pq4fs")
     async with running_app(settings) as (_, app):
         index = app.state.engine._rec.table.dense_index
-        assert "PQ" in type(index.index).__name__ and index.candidates == 1024
+        assert "PQ" in type(index.index).__name__ and index.candidates == 512
