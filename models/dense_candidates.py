@@ -134,8 +134,10 @@ def index_dense_candidates(
         """Exact logits of the (b, P) pool rows of requests `which`; the best n_dense
         eligible rows of each request that has that many (every request if `final`) are
         recorded. -> (b,) bool the requests recorded."""
-        whole = len(which) == batch  # used as they are: re-indexing costs as much as
-        sub_state = state if whole else state[which]  # the logits of one request
+        # Every request: the batch's tensors as they are (for a lone request, picking
+        # its rows again cost as much as its logits).
+        whole = len(which) == batch
+        sub_state = state if whole else state[which]
         sub_ex = exclude if whole or exclude is None else exclude[which]
         sub_allowed = allowed if whole or allowed is None else allowed[which]
         if len(added):

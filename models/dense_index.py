@@ -16,13 +16,13 @@ candidates from this index instead, and computes their exact logits.
   whose centroids score best, and their inner products.
 
 Why an inverted-file index and not HNSW (measured on 2 shared CPU cores, one thread,
-C = 64, random vectors; BENCHMARKS.md, "The dense head's candidates at 1M items"): IVF with 1,024
-lists builds in about 3 s at 1M items (1 s k-means, 2 s assignment; 2,048 lists, the
-default there now, 7.6 s), HNSW (M = 32,
-efConstruction 40) took 11 s at 100k and grows faster than linearly, minutes at 1M. The
-service builds the index when it loads a bundle (beside the serving version during a
-swap), so a build of seconds needs no bundle format change; an HNSW index would have to
-be built by the export and stored in the bundle.
+C = 64, random vectors; BENCHMARKS.md, "The dense head's candidates at 1M items"): IVF
+with 1,024 lists builds in about 3 s at 1M items (1 s k-means, 2 s assignment; 2,048
+lists, the default there now, 7.6 s), HNSW (M = 32, efConstruction 40) took 11 s at
+100k and grows faster than linearly, minutes at 1M. The service builds the index when
+it loads a bundle (beside the serving version during a swap), so a build of seconds needs
+no bundle format change; an HNSW index would have to be built by the export and stored
+in the bundle.
 
 Why PQ fast-scan lists (`pq4fs`, half a byte per dimension) by default: at 1M items, on
 the same 1,024 lists and nprobe, the same recall of the exact top 10 as SQ8 lists (0.871
@@ -37,9 +37,8 @@ candidates: recall@10 0.900 against 0.871, the search a third cheaper ("Where th
 Why not for small catalogues: at 100k items the exact scan takes 2 ms, and the index
 needs half its lists probed for 96% recall, which costs as much (BENCHMARKS.md); at 1M
 the default nprobe keeps 90% of the exact top 10 (random vectors, the hard case) at a
-tenth of the latency. Below
-`min_rows` (200k), `mode="auto"` keeps the exact scan, bit for bit what evaluation
-measured.
+tenth of the latency. Below `min_rows` (200k), `mode="auto"` keeps the exact scan, bit
+for bit what evaluation measured.
 """
 
 from __future__ import annotations
