@@ -286,6 +286,9 @@ def benchmark(
     sasrec_ffn: Annotated[
         str | None, typer.Option(help="SASRec feed-forward: gelu or swiglu (default: gelu)")
     ] = None,
+    sasrec_layers: Annotated[
+        int | None, typer.Option(help="SASRec blocks (default: SASRecConfig's, 2)")
+    ] = None,
     sasrec_loss: LossOpt = "auto",
     sasrec_sampled_negatives: NegativesOpt = DEFAULT_SAMPLED_NEGATIVES,
     run_dir: Annotated[
@@ -338,7 +341,8 @@ def benchmark(
         # keep earlier runs' cells reusable.
         sasrec_model={"max_len": sasrec_max_len}
         | ({} if sasrec_dropout is None else {"dropout": sasrec_dropout})
-        | ({} if sasrec_ffn is None else {"ffn": sasrec_ffn}),
+        | ({} if sasrec_ffn is None else {"ffn": sasrec_ffn})
+        | ({} if sasrec_layers is None else {"n_layers": sasrec_layers}),
         run_dir=out / "models" if save_models else None,
         pipeline_dir=run_dir,
         generator=GeneratorTrainConfig(

@@ -76,6 +76,8 @@ def train_variant(
         generator_config = replace(generator_config, id_gate=True)
     if spec.dropout is not None:
         generator_config = replace(generator_config, dropout=spec.dropout)
+    if spec.n_layers is not None:
+        generator_config = replace(generator_config, n_layers=spec.n_layers)
     id_init = None
     if spec.id_init_from_sasrec:
         id_init = np.load(Path(pipeline_dir) / "sasrec" / "cf_embeddings.npy")
