@@ -25,7 +25,7 @@ class Variant:
     id_gate: bool = False  # GeneratorConfig.id_gate
     id_dropout_tail: float | None = None  # GeneratorTrainConfig.id_dropout_tail
     dropout: float | None = None  # GeneratorConfig.dropout (None: the default, 0.1)
-    n_layers: int | None = None  # GeneratorConfig.n_layers (None: the default, 2)
+    n_layers: int | None = None  # GeneratorConfig.n_layers (None: the default, 3)
     # Start the id table from stage A's SASRec item table (the CF embeddings the tokenizer
     # coded) instead of N(0, 0.02): the dense head starts where SASRec ended.
     id_init_from_sasrec: bool = False
@@ -48,8 +48,9 @@ VARIANTS: dict[str, Variant] = {
     "tail-id-dropout": Variant(id_dropout_tail=0.4),
     # The generator's block dropout at 0.2, the default until 0.1 held on two stage A-C runs.
     "dropout-0.2": Variant(dropout=0.2),
-    # Capacity, never tuned for the generator: a third history-encoder block.
-    "layers-3": Variant(n_layers=3),
+    # The history encoder's two blocks, the default until the third held on two stage
+    # A-C runs (the variant `layers-3` of those runs is today's `flexcode`).
+    "layers-2": Variant(n_layers=2),
     # Candidate: the generator's id embeddings warm-started from SASRec's item table.
     "sasrec-id-init": Variant(id_init_from_sasrec=True),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
