@@ -30,7 +30,7 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +41,8 @@ from training.baselines import MODEL_RUNNERS, RunContext
 from training.data.preprocess import GROUPS, ProcessedDataset
 from training.evaluate import METRICS, EvalResult, summarise
 from training.loop import LoopConfig
+from training.stages.generator import VARIANTS
+from training.stages.generator.runner import default_generator_config
 from training.stats import paired_bootstrap, per_user_ndcg
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,10 @@ def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunCont
         "generator": _loop_settings(context.generator),
         "pipeline_dir": str(context.pipeline_dir),
     }
+    if model in VARIANTS:
+        # The generator's architecture defaults: a changed default (a third encoder block
+        # since the fifth session) must not reuse cells trained with the old one.
+        settings["generator_model"] = asdict(default_generator_config())
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return f"{model}-seed{seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
 

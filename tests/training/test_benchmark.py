@@ -156,3 +156,25 @@ def test_default_softmax_settings_keep_earlier_cells_keys():
     assert _cell_key("flexcode", 0, dataset, tail_drop) != flexcode
     default = replace(context, generator=GeneratorTrainConfig(id_dropout_tail=None))
     assert _cell_key("flexcode", 0, dataset, default) == flexcode
+
+
+def test_a_changed_generator_default_does_not_reuse_flexcode_cells(monkeypatch):
+    """The key holds the generator's architecture defaults (GeneratorConfig), so cells
+    trained before a default changed (2 encoder blocks, then 3) are not read back as the
+    new configuration's; SASRec's keys do not move."""
+    import training.benchmark as benchmark
+    from training.stages.generator.runner import default_generator_config
+
+    dataset = load_dataset(
+        "synthetic",
+        PreprocessConfig(),
+        SyntheticConfig(n_items=300, n_interactions=3000),
+        cache_dir=None,
+    )
+    context = RunContext(device=torch.device("cpu"))
+    flexcode = benchmark._cell_key("flexcode", 0, dataset, context)
+    sasrec = benchmark._cell_key("sasrec", 0, dataset, context)
+    two_blocks = replace(default_generator_config(), n_layers=2)
+    monkeypatch.setattr(benchmark, "default_generator_config", lambda: two_blocks)
+    assert benchmark._cell_key("flexcode", 0, dataset, context) != flexcode
+    assert benchmark._cell_key("sasrec", 0, dataset, context) == sasrec
