@@ -135,15 +135,21 @@ def test_compare_runs_pairs_users_across_two_output_directories(tmp_path):
         compare_runs(tmp_path / "a", "flexcode", tmp_path / "c", "sasrec")
 
 
-def test_default_softmax_settings_keep_earlier_cells_keys():
-    from training.benchmark import _cell_key
-
-    dataset = load_dataset(
+@pytest.fixture(scope="module")
+def small_dataset():
+    """A small synthetic catalogue: what the cell-key tests hash."""
+    return load_dataset(
         "synthetic",
         PreprocessConfig(),
         SyntheticConfig(n_items=300, n_interactions=3000),
         cache_dir=None,
     )
+
+
+def test_default_softmax_settings_keep_earlier_cells_keys(small_dataset):
+    from training.benchmark import _cell_key
+
+    dataset = small_dataset
     context = RunContext(device=torch.device("cpu"))
     key = _cell_key("sasrec", 0, dataset, context)
     explicit = replace(context, sasrec=SASRecTrainConfig(loss="auto"))
@@ -158,19 +164,14 @@ def test_default_softmax_settings_keep_earlier_cells_keys():
     assert _cell_key("flexcode", 0, dataset, default) == flexcode
 
 
-def test_a_changed_generator_default_does_not_reuse_flexcode_cells(monkeypatch):
+def test_a_changed_generator_default_does_not_reuse_flexcode_cells(small_dataset, monkeypatch):
     """The key holds the generator's architecture defaults (GeneratorConfig), so cells
     trained before a default changed (2 encoder blocks, then 3) are not read back as the
     new configuration's; SASRec's keys do not move."""
     import training.benchmark as benchmark
     from training.stages.generator.runner import default_generator_config
 
-    dataset = load_dataset(
-        "synthetic",
-        PreprocessConfig(),
-        SyntheticConfig(n_items=300, n_interactions=3000),
-        cache_dir=None,
-    )
+    dataset = small_dataset
     context = RunContext(device=torch.device("cpu"))
     flexcode = benchmark._cell_key("flexcode", 0, dataset, context)
     sasrec = benchmark._cell_key("sasrec", 0, dataset, context)
