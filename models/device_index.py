@@ -51,10 +51,13 @@ class DeviceLevel:
     row_ptr: (n + 2,) node r's children are edges row_ptr[r]:row_ptr[r + 1] (local node
         ids 0 .. n - 1); row n is the padding row, empty, that a missing node (-1) is
         clamped to (`rows`).
-    token, child: the child tokens (ascending within a node) and children (the local node
-        id of depth k + 1, or an item id at the last depth), in one of two layouts:
-        CSR, (E + 1,) each, entry E a sentinel (-1, -1) that empty slots read; or PADDED,
-        (n + 1, W) each, -1 in unused slots and in the padding row. Padded rows are one
+    token, child: the child tokens (ascending within a node) and, at the last depth only,
+        the children (item ids), in one of two layouts: CSR, (E + 1,) each, entry E a
+        sentinel (-1, -1) that empty slots read; or PADDED, (n + 1, W) each, -1 in unused
+        slots and in the padding row. Above the last depth `child` is None: the builder
+        numbers the nodes of depth k + 1 in the order of their incoming edges, so the
+        child in edge position e is local node e, computed from row_ptr, never stored
+        (it was a third of the index's bytes). Padded rows are one
         `index_select` per read, CSR rows a gather of computed positions (about 6x slower
         per element): `PrefixIndex.to_tensors` pads a level only where that costs little
         memory (`pad_level`), i.e. where nodes have close to W children each (the first
@@ -71,7 +74,7 @@ class DeviceLevel:
 
     row_ptr: torch.Tensor
     token: torch.Tensor
-    child: torch.Tensor
+    child: torch.Tensor | None
     leaf_ptr: torch.Tensor
     width: int
 
@@ -104,17 +107,26 @@ class DeviceLevel:
     def children_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M,) row ids -> ((M, W) child tokens, (M, W) children), int64, -1 padding."""
         if self.padded:
-            return self.token.index_select(0, rows).long(), self.child.index_select(0, rows).long()
+            tok = self.token.index_select(0, rows).long()
+            if self.child is not None:
+                return tok, self.child.index_select(0, rows).long()
+            first = self.row_ptr.index_select(0, rows).long()
+            pos = first[:, None] + torch.arange(self.width, device=rows.device)
+            return tok, torch.where(tok >= 0, pos, NO_CHILD)
         pos = self._slots(rows)
-        return self.token[pos].long(), self.child[pos].long()
+        if self.child is not None:
+            return self.token[pos].long(), self.child[pos].long()
+        return self.token[pos].long(), torch.where(pos < self.token.shape[0] - 1, pos, NO_CHILD)
 
     def child_at(self, rows: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """Rows and slots (0 <= slot < W) of the same shape -> the child in that slot
         (int64, -1 for a slot past the row's last child)."""
-        if self.padded:
+        if self.padded and self.child is not None:
             return self.child.view(-1)[rows * self.width + slot].long()
         pos = self.row_ptr[rows].long() + slot
         valid = pos < self.row_ptr[rows + 1].long()
+        if self.child is None:
+            return torch.where(valid, pos, NO_CHILD)
         return torch.where(valid, self.child[pos.clamp(max=self.child.shape[0] - 1)].long(), -1)
 
     def leaf_runs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +134,8 @@ class DeviceLevel:
         return self.leaf_ptr[rows].long(), self.leaf_ptr[rows + 1].long()
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.row_ptr, self.token, self.child, self.leaf_ptr)
+        stored = (self.row_ptr, self.token, self.child, self.leaf_ptr)
+        return tuple(t for t in stored if t is not None)
 
 
 @dataclass(frozen=True)

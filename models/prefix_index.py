@@ -166,19 +166,30 @@ class PrefixIndex:
             # (the padding entries read the empty run [n_items, n_items)).
             leaf_ptr = row_ptr if k == self.depth - 1 else leaf_ptr_below[row_ptr]
             leaf_ptr_below = leaf_ptr
+            last_depth = k == self.depth - 1
+            if not last_depth and not np.array_equal(child, np.arange(len(child))):
+                # The device level computes these children from row_ptr (DeviceLevel).
+                raise ValueError(
+                    f"prefix index: the nodes of depth {k + 1} are not numbered in the order "
+                    "of their incoming edges (not an index build_prefix_index made)"
+                )
             width = max(1, int(self.max_branch[k]))
             token = self.child_token[edges]
-            if pad_level(last - first + 1, width, len(token)):
+            padded = pad_level(last - first + 1, width, len(token))
+            child_t = None
+            if padded:
                 token = self._padded(row_ptr, width, token)
                 child = self._padded(row_ptr, width, child)
             else:  # CSR, one sentinel slot at the end
                 token, child = np.append(token, PAD_TOKEN), np.append(child, NO_CHILD)
+            if last_depth:  # item ids; above, the children are computed (DeviceLevel)
+                child_t = tensor(child, int(child.max(initial=0)))
             row_t = tensor(row_ptr, int(row_ptr[-1]))
             levels.append(
                 DeviceLevel(
                     row_ptr=row_t,
                     token=tensor(token, self.vocab_size),
-                    child=tensor(child, int(child.max(initial=0))),
+                    child=child_t,
                     leaf_ptr=row_t if leaf_ptr is row_ptr else tensor(leaf_ptr, n_items),
                     width=width,
                 )

@@ -67,7 +67,7 @@ def measure(n_items: int, seed: int) -> dict:
         "device_index_parts": {
             "row_ptr": size([lv.row_ptr for lv in dev.levels]),
             "child_token": size([lv.token for lv in dev.levels]),
-            "child": size([lv.child for lv in dev.levels]),
+            "child": size([lv.child for lv in dev.levels if lv.child is not None]),
             "leaf_ptr": size([lv.leaf_ptr for lv in dev.levels[:-1]]),  # the last is row_ptr
             "leaf_of": size([dev.leaf_of]),
             "root_maps": size([dev.root_mask, dev.root_child]),

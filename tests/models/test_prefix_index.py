@@ -118,6 +118,44 @@ def test_device_tables_match_csr():
         assert node == item
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_inner_levels_store_no_children_and_compute_the_stored_ones(monkeypatch, padded):
+    """Above the last depth a child is its edge position (the builder's node numbering),
+    so the device tables keep no child array there; the children they compute are the
+    host CSR's, slot by slot, in the padded and the CSR layout alike."""
+    monkeypatch.setattr("models.prefix_index.pad_level", lambda *_: padded)
+    rows, ids, vocab = random_catalog(3, n=400, vocab=30)
+    index = build_prefix_index(rows, ids, vocab)
+    dev = index.to_tensors("cpu")
+    for k in range(1, index.depth):
+        level = dev.levels[k - 1]
+        assert level.padded == padded
+        assert (level.child is None) == (k < index.depth - 1)
+        nodes = np.arange(index.level_ptr[k], index.level_ptr[k + 1])
+        tok, kid = level.children_of(torch.from_numpy(nodes - index.level_ptr[k]))
+        for r, node in enumerate(nodes):
+            edges = slice(int(index.row_ptr[node]), int(index.row_ptr[node + 1]))
+            want = index.child_node[edges].astype(np.int64)
+            if k < index.depth - 1:
+                want = want - index.level_ptr[k + 1]
+            n = len(want)
+            assert kid[r, :n].tolist() == want.tolist() and (kid[r, n:] == -1).all()
+            assert tok[r, :n].tolist() == index.child_token[edges].tolist()
+            slots = torch.arange(level.width)
+            at = level.child_at(torch.full_like(slots, r), slots)
+            assert at.tolist() == kid[r].tolist()
+
+
+def test_an_index_numbered_otherwise_is_refused_on_the_device():
+    rows, ids, vocab = random_catalog(3, n=50)
+    index = build_prefix_index(rows, ids, vocab)
+    first = int(index.row_ptr[index.level_ptr[1]])  # the first edge out of depth 1
+    swapped = index.child_node.copy()
+    swapped[[first, first + 1]] = swapped[[first + 1, first]]
+    with pytest.raises(ValueError, match="not numbered in the order"):
+        dataclasses.replace(index, child_node=swapped).to_tensors()
+
+
 def test_narrow_storage_gives_int64_results_past_int16():
     """The CSR is stored narrow (int16 here), yet lookups and listings are int64 and do
     not overflow where node id x vocabulary passes int16 (thousands of nodes x 400)."""
