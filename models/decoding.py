@@ -36,14 +36,14 @@ below (a two-part normaliser: each part's log Z shifts the two parts against eac
 other, which does change the ranking) the exact scan is used. Evaluation never builds an
 index: it ranks the whole catalogue.
 
-Business-rule filters (`allowed`, a per-request (B, R) row mask: an allowlist, a
-denylist, item attributes) act inside step 2, not after step 4: the dense head's
-candidates are the best ALLOWED rows, and the beam search only follows prefixes with an
-allowed item below them (`constrained_beam_search`, `allowed`), so a filtered request
-still gets k results whenever k allowed, eligible rows exist. Scores are not
-renormalised over the allowed rows: a filter decides what may be returned, not how
-likely the model finds it. w = 0 ranks by the generative head only, w = 1 by the
-dense head only.
+Business-rule filters (`allowed`, a per-request (B, R) row mask, or (B, P) row lists
+for short allowlists: an allowlist, a denylist, item attributes) act inside step 2, not
+after step 4: the dense head's candidates are the best ALLOWED rows, and the beam
+search only follows prefixes with an allowed item below them (`constrained_beam_search`,
+`allowed`), so a filtered request still gets k results whenever k allowed, eligible
+rows exist. Scores are not renormalised over the allowed rows: a filter decides what
+may be returned, not how likely the model finds it. w = 0 ranks by the generative head
+only, w = 1 by the dense head only.
 
 New-item share (optional, `DecodingConfig.new_item_share` = pi): items without an id of
 their own (added at serving time, or never seen in training) are scored by codes and text
@@ -70,7 +70,7 @@ from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.config import Config, check_positive_ints, check_range
 from models.dense_candidates import blocked_at, index_dense_candidates, index_log_probs
 from models.device_index import DeviceIndex
-from models.row_sets import NEG_INF, blocked_rows, dedupe, rows_of
+from models.row_sets import NEG_INF, blocked_rows, dedupe, is_row_list, rows_of
 from models.take import take_rows
 
 if TYPE_CHECKING:  # faiss is loaded only where an index is built (the service)
@@ -226,6 +226,23 @@ def shared_log_softmax(
 
 
 @torch.no_grad()
+def check_allowed(allowed: torch.Tensor, batch: int, n_rows: int) -> None:
+    """ValueError unless `allowed` is a filter in one of its two forms for B requests
+    over R catalogue rows: a (B, R) bool mask, or (B, P) int64 rows below R, -1 padding."""
+    if allowed.ndim == 2 and allowed.shape[0] == batch:
+        if allowed.dtype == torch.bool and allowed.shape[1] == n_rows:
+            return
+        if allowed.dtype == torch.int64 and (
+            allowed.numel() == 0 or (int(allowed.min()) >= -1 and int(allowed.max()) < n_rows)
+        ):
+            return
+    raise ValueError(
+        f"allowed must be a bool tensor ({batch}, {n_rows}), one row mask per request over "
+        f"the catalogue's rows, or an int64 tensor ({batch}, P) of rows in [0, {n_rows}), "
+        f"-1 padding; got {allowed.dtype} {tuple(allowed.shape)}"
+    )
+
+
 def find_candidates(
     model: ServingModel,
     history: torch.Tensor,
@@ -240,20 +257,16 @@ def find_candidates(
 
     exclude: optional (B, E) int64 rows never to return, -1 padding. top_k: at least this
     many dense candidates are taken. generative: whether to run the beam search and score
-    log P_gen (default: when config.dense_weight < 1). allowed: optional (B, R) bool, the
-    only rows request b may get (business-rule filters); the dense candidates are the
-    best allowed rows and the beam follows only prefixes with an allowed row below them.
+    log P_gen (default: when config.dense_weight < 1). allowed: optional, the only rows
+    request b may get (business-rule filters): a (B, R) bool mask, or (B, P) int64 row
+    lists, -1 padding, for short allowlists (`models.row_sets`); the dense candidates
+    are the best allowed rows and the beam follows only prefixes with an allowed row
+    below them.
     """
     if exclude is not None and (exclude.dtype != torch.int64 or exclude.ndim != 2):
         raise ValueError("exclude must be an int64 tensor (B, E) of item rows, -1 padding")
-    if allowed is not None and (
-        allowed.dtype != torch.bool or tuple(allowed.shape) != (history.shape[0], catalogue.n_rows)
-    ):
-        raise ValueError(
-            f"allowed must be a bool tensor ({history.shape[0]}, {catalogue.n_rows}): one "
-            f"row mask per request over the catalogue's rows, got {allowed.dtype} "
-            f"{tuple(allowed.shape)}"
-        )
+    if allowed is not None:
+        check_allowed(allowed, history.shape[0], catalogue.n_rows)
     generative = config.dense_weight < 1.0 if generative is None else generative
     vectors = catalogue.item_vectors
     batch = history.shape[0]
@@ -289,7 +302,9 @@ def find_candidates(
         # With a filter the beam gets the rows it may return (exclusions and dead rows
         # taken out too), so it prunes prefixes whose allowed rows are all excluded.
         beam_allowed = None
-        if allowed is not None:
+        if is_row_list(allowed):  # the lists less what is blocked anyway
+            beam_allowed = allowed.masked_fill(blocked_at(allowed, catalogue, exclude, None), -1)
+        elif allowed is not None:
             if blocked is None:
                 blocked = blocked_rows(batch, catalogue, exclude, state.device, allowed)
             open_rows = ~blocked
@@ -358,7 +373,7 @@ def recommend_top_k(
     mixed score of the module docstring, -inf padding).
 
     exclude: optional (B, E) int64 rows never to return (e.g. the history), -1 padding.
-    allowed: optional (B, R) bool, the only rows each request may get (filters).
+    allowed: optional, the only rows each request may get (filters; `find_candidates`).
     """
     candidates = find_candidates(model, history, catalogue, config, exclude, top_k, allowed=allowed)
     return top_k_of(candidates, config.dense_weight, top_k)

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.row_sets import NEG_INF, blocked_rows, dedupe, excluded_mask, rows_of
+from models.row_sets import (
+    NEG_INF,
+    allowed_at,
+    blocked_rows,
+    dedupe,
+    is_row_list,
+    listed_mask,
+    rows_of,
+)
 from models.take import take_rows
 
 if TYPE_CHECKING:
@@ -45,11 +53,10 @@ def blocked_at(
     """(B, M) rows (-1 allowed) -> (B, M) bool: `blocked_rows` read at those rows only
     (empty slots and padding blocked), without building the (B, R) mask. live: the
     rows' `_live_at`, when the caller has it already."""
-    safe = rows.clamp(min=0)
     bad = ~(_live_at(rows, catalogue) if live is None else live)
-    bad |= excluded_mask(exclude, rows)
+    bad |= listed_mask(exclude, rows)
     if allowed is not None:
-        bad |= ~allowed.gather(1, safe)
+        bad |= ~allowed_at(allowed, rows)
     return bad
 
 
@@ -109,9 +116,10 @@ def index_dense_candidates(
     rows; still short, they are scanned exactly (a full scan for those requests only, so
     k results whenever k eligible rows exist).
 
-    A filter (`allowed`) changes the ask. A request allowed at most M bundle rows (an
-    allowlist) scores exactly those rows and the added ones, without the index: the
-    index would return few of them, and the request would end in the full scan. Broader
+    A filter (`allowed`, either form: `models.row_sets`) changes the ask. Row lists (a
+    short allowlist), and masks allowing at most M bundle rows, are scored exactly,
+    those rows and the added ones, without the index: the index would return few of
+    them, and the request would end in the full scan. Broader
     filters ask the index for M / s rows (s the smallest allowed share in the batch, at
     most widen x M), so the first ask usually leaves n_dense eligible rows."""
     index = catalogue.dense_index
@@ -159,7 +167,11 @@ def index_dense_candidates(
         )
         return done
 
-    if allowed is not None:
+    if is_row_list(allowed):  # short allowlists: their rows are the pool, no index
+        listed = allowed.masked_fill(allowed >= index.n_rows, -1)  # added rows: see above
+        score_pool(todo, listed, final=True)
+        todo = todo[:0]
+    elif allowed is not None:
         # Each request's allowed share, from every stride-th bundle row: counting the
         # whole (B, R) mask cost 55-115 ms per batch of 32 at 1M rows. A wrong guess
         # costs time only; either way every allowed row can still be found.

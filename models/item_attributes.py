@@ -178,12 +178,11 @@ class ItemAttributes:
     def allowed(self, rule: RowFilter) -> np.ndarray:
         """(R,) bool, the rows the rule allows (liveness, retirements and the history's
         exclusions are the decoder's business, not checked here)."""
-        if rule.include_rows is None:
-            mask = np.ones(self.n_rows, dtype=bool)
-        else:
+        if rule.include_rows is not None:
             mask = np.zeros(self.n_rows, dtype=bool)
-            rows = np.asarray(rule.include_rows, dtype=np.int64)
-            mask[rows[(rows > 0) & (rows < self.n_rows)]] = True
+            mask[self.allowed_list(rule)] = True
+            return mask
+        mask = np.ones(self.n_rows, dtype=bool)
         if rule.exclude_rows is not None and len(rule.exclude_rows):
             rows = np.asarray(rule.exclude_rows, dtype=np.int64)
             mask[rows[(rows > 0) & (rows < self.n_rows)]] = False
@@ -198,3 +197,23 @@ class ItemAttributes:
                 mask &= self.added_at < rule.added_before
         mask[0] = False
         return mask
+
+    def allowed_list(self, rule: RowFilter) -> np.ndarray:
+        """(P,) int64 ascending, the rows an allowlist rule allows: its own rows that pass
+        the rule's other criteria, each tested on those rows only, so a short allowlist
+        never costs a catalogue-sized mask. ValueError for a rule without an allowlist."""
+        if rule.include_rows is None:
+            raise ValueError("allowed_list needs a rule with include_rows")
+        rows = np.unique(np.asarray(rule.include_rows, dtype=np.int64))
+        rows = rows[(rows > 0) & (rows < self.n_rows)]
+        if rule.exclude_rows is not None and len(rule.exclude_rows):
+            rows = rows[~np.isin(rows, np.asarray(rule.exclude_rows, dtype=np.int64))]
+        if rule.categories is not None:
+            rows = rows[np.isin(rows, self.category_rows(rule.categories))]
+        added = self.added_at[rows]
+        with np.errstate(invalid="ignore"):  # NaN (padding) compares False: never allowed
+            if rule.added_after is not None:
+                rows, added = rows[added >= rule.added_after], added[added >= rule.added_after]
+            if rule.added_before is not None:
+                rows = rows[added < rule.added_before]
+        return rows

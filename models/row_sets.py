@@ -1,7 +1,12 @@
 """Per-request row sets for decoding: which catalogue rows a request may not get
 (padding, dead rows, its exclusions, what its filter does not allow), as masks or
 sorted id lists. Shared by the served decoding (`models.decoding`) and the dense index
-path (`models.dense_candidates`)."""
+path (`models.dense_candidates`).
+
+A filter (`allowed`) comes in one of two forms: a (B, R) bool row mask (a category, a
+denylist: many rows), or (B, P) int64 row lists, -1 padding (a short allowlist: a mask
+would cost a catalogue-sized tensor per request, which at 1M rows was most of a
+filtered batch's time)."""
 
 from __future__ import annotations
 
@@ -15,13 +20,27 @@ if TYPE_CHECKING:
 NEG_INF = float("-inf")
 
 
-def excluded_mask(exclude: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-    """(B, E) excluded ids (-1 padding), (B, M) candidate rows -> (B, M) bool excluded."""
-    if exclude is None or exclude.shape[1] == 0:
+def listed_mask(listed: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """(B, E) row lists (-1 padding), (B, M) candidate rows -> (B, M) bool: the row is
+    in its request's list (a -1 slot matches padding: callers block empty slots)."""
+    if listed is None or listed.shape[1] == 0:
         return torch.zeros_like(rows, dtype=torch.bool)
-    ex = exclude.sort(dim=1).values
+    ex = listed.sort(dim=1).values
     pos = torch.searchsorted(ex, rows.contiguous()).clamp_(max=ex.shape[1] - 1)
     return ex.gather(1, pos) == rows
+
+
+def is_row_list(allowed: torch.Tensor | None) -> bool:
+    """Whether a filter came as (B, P) int64 row lists rather than a (B, R) bool mask."""
+    return allowed is not None and allowed.dtype == torch.int64
+
+
+def allowed_at(allowed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A filter in either form, (B, M) rows (-1 allowed) -> (B, M) bool: the filter
+    allows the row (never an empty slot)."""
+    if is_row_list(allowed):
+        return listed_mask(allowed, rows) & (rows > 0)
+    return allowed.gather(1, rows.clamp(min=0)) & (rows >= 0)
 
 
 def dedupe(rows: torch.Tensor) -> torch.Tensor:
@@ -42,9 +61,13 @@ def blocked_rows(
     allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, R) bool rows never to return: padding, dead rows, each request's exclusions
-    and, with a (B, R) `allowed` mask, every row it does not allow."""
+    and, with a filter (either form), every row it does not allow."""
     if allowed is None:
         blocked = torch.zeros(batch, catalogue.n_rows, dtype=torch.bool, device=device)
+    elif is_row_list(allowed):
+        listed = allowed.to(device)
+        blocked = torch.ones(batch, catalogue.n_rows, dtype=torch.bool, device=device)
+        blocked.scatter_(1, listed.clamp(min=0), listed < 0)  # -1 padding lands on row 0
     else:
         blocked = ~allowed.to(device)
     if exclude is not None and exclude.shape[1]:

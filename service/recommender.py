@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.bundle import Bundle
-from models.decoding import ServingModel, recommend_top_k
+from models.decoding import SPARSE_ALLOWED_MAX, ServingModel, recommend_top_k
 from models.dense_index import DenseIndexConfig, build_dense_index
 from models.item_attributes import ItemAttributes, RowFilter
 from models.item_table import ItemTable
@@ -63,6 +63,18 @@ class ItemView:
 class AddedState:
     row: int  # internal id in the item table
     record: ItemRecord
+
+
+def filter_form(rule: RowFilter | None) -> str:
+    """How a request's filter reaches the decoder: "none"; "list", row lists (an
+    allowlist of at most SPARSE_ALLOWED_MAX rows, whatever else the rule says, since it
+    can only narrow the list); "mask", a (R,) row mask (categories, denylists, times:
+    rules that may allow most of the catalogue)."""
+    if rule is None:
+        return "none"
+    if rule.include_rows is not None and len(rule.include_rows) <= SPARSE_ALLOWED_MAX:
+        return "list"
+    return "mask"
 
 
 class Recommender:
@@ -201,12 +213,13 @@ class Recommender:
     # --- recommendation ---
     def recommend_batch(self, queries: list[RecQuery]) -> list[RecResult]:
         """Groups by beam width (a request's result never depends on its batch mates'
-        settings) and by whether it is filtered (unfiltered requests never pay for the
-        allowed-row masks), and runs one user-state + decoding call per group."""
+        settings) and by the form its filter takes (unfiltered requests never pay for
+        filters, short allowlists never for catalogue-sized masks: `filter_form`), and
+        runs one user-state + decoding call per group."""
         results: list[RecResult | None] = [None] * len(queries)
-        groups: dict[tuple[int, bool], list[int]] = {}
+        groups: dict[tuple[int, str], list[int]] = {}
         for i, q in enumerate(queries):
-            groups.setdefault((q.beam_width, q.rule is not None), []).append(i)
+            groups.setdefault((q.beam_width, filter_form(q.rule)), []).append(i)
         for (width, _), members in groups.items():
             found = self._search([queries[i] for i in members], width)
             for i, res in zip(members, found, strict=True):
@@ -227,7 +240,10 @@ class Recommender:
         k = max(q.k for q in queries)
         catalogue = self.table.catalogue()
         allowed = None
-        if any(q.rule is not None for q in queries):
+        forms = {filter_form(q.rule) for q in queries}
+        if forms == {"list"}:
+            allowed = torch.as_tensor(self.allowed_lists(queries, catalogue.n_rows))
+        elif forms != {"none"}:
             allowed = torch.as_tensor(self.allowed_rows(queries, catalogue.n_rows))
         rows, scores = recommend_top_k(
             self.generator,
@@ -254,6 +270,16 @@ class Recommender:
             if q.rule is not None:
                 allowed[b] = self.attributes.allowed(q.rule)[:n_rows]
         return allowed
+
+    def allowed_lists(self, queries: list[RecQuery], n_rows: int) -> np.ndarray:
+        """(B, P) int64, each query's allowlist as the rows below n_rows it allows (-1
+        padding); every query must have one (`filter_form` "list")."""
+        lists = [self.attributes.allowed_list(q.rule) for q in queries]
+        lists = [rows[rows < n_rows] for rows in lists]
+        out = np.full((len(lists), max(1, max(map(len, lists)))), -1, dtype=np.int64)
+        for b, rows in enumerate(lists):
+            out[b, : len(rows)] = rows
+        return out
 
     def popular_items(
         self, k: int, exclude: np.ndarray, rule: RowFilter | None = None

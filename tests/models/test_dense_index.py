@@ -312,6 +312,32 @@ def test_a_short_allowlist_is_scored_row_by_row_without_the_index(contents):
     torch.testing.assert_close(got[1][0], logits[rows] - torch.logsumexp(logits[live], dim=0))
 
 
+@pytest.mark.parametrize("dense_weight", [0.0, 0.5, 1.0])
+def test_allowlist_row_lists_rank_as_their_mask_on_the_index_path(contents, dense_weight):
+    """Short allowlists as (B, P) row lists (what the service sends): the pool is their
+    rows and the added ones, exactly as for the mask of the same sets, so the rows and
+    scores are the mask's; a retired row and excluded rows listed are never returned."""
+    cat = make_table(contents, nprobe=1, grow=True).catalogue()
+    history = histories(4, seed=9)
+    lists = torch.full((4, 8), -1, dtype=torch.int64)
+    lists[0, :3] = torch.tensor([5, 17, 40])
+    lists[1, :6] = torch.tensor([299, 41, 200, N_ITEMS + 1, N_ITEMS + 2, 7])
+    lists[2, :8] = torch.tensor([11, 12, 13, 14, 15, 16, 18, 19])
+    exclude = torch.full((4, 2), -1, dtype=torch.int64)
+    exclude[2] = torch.tensor([12, 13])
+    mask = torch.zeros(4, cat.n_rows, dtype=torch.bool)
+    mask.scatter_(1, lists.clamp(min=0), lists >= 0)
+    mask[:, 0] = False
+    config = DecodingConfig(beam_width=3, dense_weight=dense_weight, dense_candidates=3)
+    args = (contents.generator, history, cat, 4, config)
+    got = recommend_top_k(*args, exclude=exclude, allowed=lists)
+    want = recommend_top_k(*args, exclude=exclude, allowed=mask)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert N_ITEMS + 2 not in got[0].tolist() and not ({12, 13} & set(got[0][2].tolist()))
+    assert (got[0][3] == -1).all() and (got[0][0] > 0).sum() == 3
+
+
 def test_the_new_item_share_keeps_the_exact_scan(contents):
     cat = make_table(contents, nprobe=1, grow=True).catalogue()
     exact = replace(cat, dense_index=None)

@@ -177,17 +177,49 @@ def test_decoding_with_a_mask_returns_k_allowed_rows(
         assert (rows[b, len(got) :] == -1).all()
 
 
+@pytest.mark.parametrize("dense_weight", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("grow", [False, True])
+def test_row_lists_decode_as_the_same_rows_as_a_mask(contents, dense_weight, grow):
+    """A short allowlist reaches decoding as (B, P) row lists (no catalogue-sized mask):
+    the same rows and scores as the mask of the same sets, exclusions and dead rows
+    (listed, never returned) included, and an empty list gives nothing."""
+    table = make_table(contents, grow)
+    cat = table.catalogue()
+    live = torch.nonzero(cat.live).squeeze(1).numpy()
+    sizes = [3, 5, len(live) - 2, 0]
+    lists = allowed_ids(live, sizes, seed=4)
+    if grow:
+        lists[1, 0] = N_ITEMS + 2  # a dead (replaced) row
+    exclude = torch.full((4, 2), -1, dtype=torch.int64)
+    exclude[2] = lists[2, :2]
+    config = DecodingConfig(beam_width=3, dense_weight=dense_weight, dense_candidates=2)
+    got = recommend_top_k(
+        contents.generator, HISTORY, cat, 5, config, exclude=exclude, allowed=lists
+    )
+    want = recommend_top_k(
+        contents.generator,
+        HISTORY,
+        cat,
+        5,
+        config,
+        exclude=exclude,
+        allowed=as_mask(lists, cat.n_rows),
+    )
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert (got[0][3] == -1).all()
+
+
 def test_decoding_mask_checks_its_shape(contents):
     cat = make_table(contents).catalogue()
-    with pytest.raises(ValueError, match="bool tensor"):
-        recommend_top_k(
-            contents.generator,
-            HISTORY,
-            cat,
-            3,
-            DecodingConfig(),
-            allowed=torch.ones(4, cat.n_rows - 1, dtype=torch.bool),
-        )
+    for bad in (
+        torch.ones(4, cat.n_rows - 1, dtype=torch.bool),
+        torch.full((4, 2), cat.n_rows, dtype=torch.int64),  # a row past the catalogue
+        torch.full((3, 2), 1, dtype=torch.int64),
+        torch.ones(4, 2, dtype=torch.int32),
+    ):
+        with pytest.raises(ValueError, match="bool tensor"):
+            recommend_top_k(contents.generator, HISTORY, cat, 3, DecodingConfig(), allowed=bad)
 
 
 def test_unfiltered_decoding_is_unchanged_by_an_all_true_mask(contents):

@@ -61,6 +61,28 @@ def test_masks_of_every_rule_and_added_rows():
         attrs.add(np.array([9]), [()], [1.0])
 
 
+def test_an_allowlist_rule_lists_the_rows_its_mask_allows():
+    """The list form (what a short allowlist reaches the decoder as) allows exactly the
+    mask's rows, whatever the rule's other criteria; repeats and unknown rows dropped."""
+    attrs = make_attributes()
+    attrs.add(np.array([6, 7]), [["b", "New"], ()], [2000.0, 3000.0])
+    include = np.array([7, 2, 6, 3, 2, 0, 99, 1])
+    rules = [
+        RowFilter(include_rows=include),
+        RowFilter(include_rows=include, exclude_rows=np.array([3, 7])),
+        RowFilter(include_rows=include, categories=("b", "new")),
+        RowFilter(include_rows=include, added_after=1500.0, added_before=3000.0),
+        RowFilter(include_rows=np.zeros(0, dtype=np.int64)),
+    ]
+    for rule in rules:
+        listed = attrs.allowed_list(rule)
+        assert listed.dtype == np.int64
+        assert listed.tolist() == np.flatnonzero(attrs.allowed(rule)).tolist()
+    assert attrs.allowed_list(rules[2]).tolist() == [2, 3, 6]
+    with pytest.raises(ValueError, match="include_rows"):
+        attrs.allowed_list(RowFilter(categories=("a",)))
+
+
 def test_bundle_keeps_categories_and_old_bundles_read_as_none(tmp_path):
     contents = tiny_contents(n_items=20)
     path = write_bundle(tmp_path / "new", contents, now=datetime.now(timezone.utc))

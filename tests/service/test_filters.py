@@ -9,6 +9,7 @@ import asyncio
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 from tests.service.conftest import REDIS_URL, running_app
@@ -240,3 +241,37 @@ async def test_openapi_states_the_filter_bounds(make_settings) -> None:
         item_filter = doc["components"]["schemas"]["ItemFilter"]
         assert item_filter["additionalProperties"] is False
         assert item_filter["properties"]["added_after"]["anyOf"][0]["format"] == "date-time"
+
+
+async def test_a_batch_of_mixed_filters_answers_each_request_as_alone(
+    make_settings, monkeypatch
+) -> None:
+    """Short allowlists reach the decoder as row lists, other filters as row masks
+    (`filter_form`): one micro-batch mixing them (an allowlist narrowed by a category,
+    an allowlist too long for a list, a category, none) gives each request what it gets
+    alone, and the allowlists only rows they allow."""
+    from models.item_attributes import RowFilter
+    from service import recommender as rec_module
+    from service.recommender import RecQuery, filter_form
+
+    monkeypatch.setattr(rec_module, "SPARSE_ALLOWED_MAX", 8)
+    async with running_app(make_settings()) as (_, app):
+        rec = app.state.engine._rec
+        history = rec.resolve(HISTORY)
+        rules = [
+            RowFilter(include_rows=np.array([2, 3, 4, 8, 12, 16, 20]), categories=("cat-0",)),
+            RowFilter(include_rows=np.arange(10, 40)),
+            RowFilter(categories=("Comedy",)),
+            None,
+            RowFilter(include_rows=np.array([30, 31, 9])),
+        ]
+        assert [filter_form(r) for r in rules] == ["list", "mask", "mask", "none", "list"]
+        queries = [RecQuery(history, history, 5, 4, rule) for rule in rules]
+        together = rec.recommend_batch(queries)
+        for query, got in zip(queries, together, strict=True):
+            alone = rec.recommend_batch([query])[0]
+            assert got.item_ids == alone.item_ids
+            np.testing.assert_allclose(got.scores, alone.scores, rtol=1e-5)
+        want = ["item-12", "item-16", "item-20", "item-4", "item-8"]  # cat-0: rows 4k
+        assert sorted(together[0].item_ids) == want
+        assert sorted(together[4].item_ids) == ["item-30", "item-31", "item-9"]
