@@ -75,6 +75,15 @@ def _pad_rows(
     return out
 
 
+def _allowed_only(pool: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(B, P) rows (-1 allowed), (B, R) bool mask -> (B, P') the allowed rows of each
+    request, in pool order, -1 padding (P' the largest count, at least 1)."""
+    ok = allowed.gather(1, pool.clamp(min=0)) & (pool > 0)
+    width = max(1, int(ok.sum(dim=1).max())) if pool.shape[0] else 1
+    order = (~ok).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
+    return torch.where(ok.gather(1, order), pool.gather(1, order), -1)
+
+
 # Bundle rows read per request to estimate a filter's allowed share (a strided sample).
 ALLOWED_SAMPLE = 16_384
 
@@ -188,6 +197,12 @@ def index_dense_candidates(
         if not len(todo):
             break
         ann_rows, _ = index.search(state if len(todo) == batch else state[todo], m)
+        if allowed is not None:
+            # A filter asked for M / s rows: only its allowed ones are scored (at 1M
+            # items a category filter's batch spent 40% of its time gathering the
+            # vectors of rows it could not return). The pool, and so the normaliser,
+            # is then the allowed rows found plus the added ones, as for an allowlist.
+            ann_rows = _allowed_only(ann_rows, allowed if len(todo) == batch else allowed[todo])
         todo = todo[~score_pool(todo, ann_rows, final=False)]
         if m >= index.index.ntotal:
             break

@@ -338,6 +338,41 @@ def test_allowlist_row_lists_rank_as_their_mask_on_the_index_path(contents, dens
     assert (got[0][3] == -1).all() and (got[0][0] > 0).sum() == 3
 
 
+def test_a_broad_filter_scores_only_the_allowed_rows_the_index_found(contents):
+    """A filter allowing too many rows to score directly (a category) asks the index for
+    more rows; only the allowed ones among them are scored and normalise log P_dense
+    (plus every added row, allowed or not, as for any request), and the ranking is the
+    exact scan's when every list is probed."""
+    cat = make_table(contents, nprobe=NLIST, grow=True).catalogue()
+    history = histories(2, seed=10)
+    state = contents.generator.user_state(cat.item_vectors[history], history != 0)
+    allowed = torch.zeros(2, cat.n_rows, dtype=torch.bool)
+    allowed[0, 1:N_ITEMS:3] = True  # a third of the bundle
+    allowed[1, 1:] = True
+    found = index_dense_candidates(state, cat, history, allowed, 3)
+    assert not found.exact.any()
+    added = set(range(N_ITEMS + 1, N_ITEMS + 5))
+    pool = set(found.pool[0].tolist()) - {-1}
+    assert pool - added and all(r in added or bool(allowed[0, r]) for r in pool)
+    assert len(set(found.pool[1].tolist()) - {-1} - added) > len(pool - added)
+    with torch.no_grad():
+        logits = state[0] @ cat.item_vectors.T
+    live = [r for r in pool if bool(cat.live[r])]
+    rows = [r for r in found.rows[0].tolist() if r > 0]
+    torch.testing.assert_close(
+        found.log_probs[0, : len(rows)], logits[rows] - torch.logsumexp(logits[live], dim=0)
+    )
+    config = DecodingConfig(dense_weight=1.0, dense_candidates=3)
+    exact = replace(cat, dense_index=None)
+    want = recommend_top_k(
+        contents.generator, history, exact, 3, config, exclude=history, allowed=allowed
+    )
+    got = recommend_top_k(
+        contents.generator, history, cat, 3, config, exclude=history, allowed=allowed
+    )
+    assert torch.equal(got[0], want[0])
+
+
 def test_the_new_item_share_keeps_the_exact_scan(contents):
     cat = make_table(contents, nprobe=1, grow=True).catalogue()
     exact = replace(cat, dense_index=None)
