@@ -10,6 +10,9 @@ nodes are far from full is CSR instead (narrow integer types, about a sixth of t
 level whose nodes are nearly full (depth 1 of a large catalogue) stays padded, since a
 padded read is one `index_select` and the search spends most of its time there. The
 kernel sees the same (M, W) slices either way (`DeviceLevel.tokens_of`, `children_of`).
+Only the last depth stores its children (item ids): above it a child's local id is its
+edge position (`DeviceLevel`), so storing it would spend a third of the index's bytes
+on an identity.
 """
 
 from __future__ import annotations
