@@ -177,6 +177,12 @@ class DenseIndex:
         return rows_t, scores_t.masked_fill(rows_t < 0, float("-inf"))
 
 
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads of this thread's faiss searches from now on (faiss keeps its own
+    thread pool, apart from torch's: `service/threads.py` sets both per micro-batch)."""
+    faiss.omp_set_num_threads(max(1, int(threads)))
+
+
 def build_dense_index(
     item_vectors: np.ndarray | torch.Tensor, config: DenseIndexConfig | None = None
 ) -> DenseIndex:

@@ -240,6 +240,13 @@ def main() -> None:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "device": args.device,
         },
+        # The server inherits these (torch threads, FLEXCODE_* settings): they change
+        # the figures, so they are part of the result.
+        "environment": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("FLEXCODE_") or k == "OMP_NUM_THREADS"
+        },
         "bundle": {
             "shape": "scripts/make_large_bundle.py (shipped tokenizer, budget, generator)",
             "dense_weight": args.dense_weight,

@@ -31,6 +31,7 @@ from service.recommender import Recommender
 from service.routes import admin, events, health, items, recommend
 from service.settings import Settings
 from service.swap import BundleSwapper
+from service.threads import threads_by_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +136,18 @@ async def build_engine(
             settings.default_beam_width or bundle.decoding.beam_width, settings.max_beam_width
         ),
         max_beam_width=settings.max_beam_width,
+        batch_fn=_batch_fn(recommender, settings, device),
     )
     return engine, encoder
+
+
+def _batch_fn(recommender: Recommender, settings: Settings, device: torch.device):
+    """The micro-batch function: on a CPU with the torch backend, small batches on one
+    torch thread and larger ones on all (service/threads.py); else the recommender's."""
+    if device.type != "cpu" or settings.backend != "torch":
+        return None
+    threads = settings.torch_threads or torch.get_num_threads()
+    return threads_by_batch_size(recommender.recommend_batch, threads, settings.parallel_batch_min)
 
 
 @asynccontextmanager

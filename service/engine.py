@@ -82,6 +82,7 @@ class Engine:
         batch_max_wait_s: float,
         default_beam_width: int,
         max_beam_width: int,
+        batch_fn: Callable[[list[RecQuery]], Sequence[RecResult]] | None = None,
     ) -> None:
         self._rec = recommender
         self._store = store
@@ -91,7 +92,7 @@ class Engine:
         self.max_beam_width = max_beam_width
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexcode-infer")
         self._batcher: MicroBatcher[RecQuery, RecResult] = MicroBatcher(
-            recommender.recommend_batch,
+            batch_fn or recommender.recommend_batch,
             self._executor,
             batch_max_size,
             batch_max_wait_s,

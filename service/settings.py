@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     redis_backoff_max_s: float = Field(5.0, gt=0)
     # Torch intra-op threads for inference; 0 = leave torch's default.
     torch_threads: int = Field(0, ge=0)
+    # Micro-batches of fewer requests run on one torch thread, larger ones on all
+    # (service/threads.py; CPU, torch backend).
+    parallel_batch_min: int = Field(4, ge=1, le=4096)
     # Seconds between looks at the bundle root's LATEST (a new version is loaded beside
     # the serving one and swapped in); 0 = only on POST /admin/reload.
     bundle_poll_s: float = Field(30.0, ge=0)
