@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from service.new_items import ItemTokenizer, TextEncoderLike
 from service.openapi import install_openapi
-from service.recommender import Recommender
+from service.recommender import Recommender, RecQuery, RecResult
 from service.routes import admin, events, health, items, recommend
 from service.settings import Settings
 from service.swap import BundleSwapper
@@ -141,9 +141,12 @@ async def build_engine(
     return engine, encoder
 
 
-def _batch_fn(recommender: Recommender, settings: Settings, device: torch.device):
+def _batch_fn(
+    recommender: Recommender, settings: Settings, device: torch.device
+) -> Callable[[list[RecQuery]], Sequence[RecResult]] | None:
     """The micro-batch function: on a CPU with the torch backend, small batches on one
-    torch thread and larger ones on all (service/threads.py); else the recommender's."""
+    thread and larger ones on all, torch and faiss alike (service/threads.py); None
+    elsewhere (the engine then calls the recommender's own)."""
     if device.type != "cpu" or settings.backend != "torch":
         return None
     threads = settings.torch_threads or torch.get_num_threads()
