@@ -62,3 +62,17 @@ def resolve_filters(
         added_before=filters.added_before,
     )
     return rule, unknown
+
+
+def denylist_only(rule: RowFilter) -> bool:
+    """Whether the rule is nothing but a denylist: then it is more exclusions, which the
+    decoder drops by a sorted-list lookup, instead of a catalogue-sized row mask per
+    request (at 1M items a denylist of 100 cost 1.4x an unfiltered batch of 32 as a
+    mask)."""
+    return (
+        rule.exclude_rows is not None
+        and rule.include_rows is None
+        and rule.categories is None
+        and rule.added_after is None
+        and rule.added_before is None
+    )

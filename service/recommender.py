@@ -25,6 +25,7 @@ from models.item_attributes import ItemAttributes, RowFilter
 from models.item_table import ItemTable
 from service.catalog import ItemRecord, Retirement
 from service.catalog.item_cache import bundle_entries
+from service.filters import denylist_only
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,23 @@ class AddedState:
 def filter_form(rule: RowFilter | None) -> str:
     """How a request's filter reaches the decoder: "none"; "list", row lists (an
     allowlist of at most SPARSE_ALLOWED_MAX rows, whatever else the rule says, since it
-    can only narrow the list); "mask", a (R,) row mask (categories, denylists, times:
-    rules that may allow most of the catalogue)."""
+    can only narrow the list); "mask", a (R,) row mask (categories, times, and denylists
+    with them: rules that may allow most of the catalogue). A denylist alone never gets
+    here as a rule: `recommend_batch` folds it into the exclusions first."""
     if rule is None:
         return "none"
     if rule.include_rows is not None and len(rule.include_rows) <= SPARSE_ALLOWED_MAX:
         return "list"
     return "mask"
+
+
+def _denylist_as_exclusions(query: RecQuery) -> RecQuery:
+    """A query whose only rule is a denylist, as the same query with those rows excluded
+    and no rule (`denylist_only`); any other query as it is."""
+    if query.rule is None or not denylist_only(query.rule):
+        return query
+    exclude = np.union1d(query.exclude, query.rule.exclude_rows).astype(np.int64)
+    return replace(query, exclude=exclude, rule=None)
 
 
 class Recommender:
@@ -216,6 +227,7 @@ class Recommender:
         settings) and by the form its filter takes (unfiltered requests never pay for
         filters, short allowlists never for catalogue-sized masks: `filter_form`), and
         runs one user-state + decoding call per group."""
+        queries = [_denylist_as_exclusions(q) for q in queries]
         results: list[RecResult | None] = [None] * len(queries)
         groups: dict[tuple[int, str], list[int]] = {}
         for i, q in enumerate(queries):

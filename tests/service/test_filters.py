@@ -275,3 +275,26 @@ async def test_a_batch_of_mixed_filters_answers_each_request_as_alone(
         want = ["item-12", "item-16", "item-20", "item-4", "item-8"]  # cat-0: rows 4k
         assert sorted(together[0].item_ids) == want
         assert sorted(together[4].item_ids) == ["item-30", "item-31", "item-9"]
+
+
+async def test_a_denylist_alone_is_more_exclusions_not_a_row_mask(make_settings) -> None:
+    """A request whose only rule is a denylist reaches the decoder as exclusions (no
+    catalogue-sized mask is built): the denied items never come back, k still do, the
+    ranking of the rest is the unfiltered one, and the popularity fallback obeys it."""
+    async with running_app(make_settings()) as (client, app):
+        rec = app.state.engine._rec
+
+        def no_masks(*_args, **_kwargs):
+            raise AssertionError("a denylist alone built a row mask")
+
+        rec.allowed_rows = no_masks
+        top = ids_of(await client.post("/recommend", json={"history": HISTORY, "k": 20}))
+        r = await client.post(
+            "/recommend", json={"history": HISTORY, "k": 10, "exclude_items": top[:5]}
+        )
+        assert ids_of(r) == top[5:15]
+        r = await client.post(
+            "/recommend", json={"history": ["ghost"], "k": 5, "exclude_items": ["item-1"]}
+        )
+        assert r.json()["fallback"] == "popularity"
+        assert len(ids_of(r)) == 5 and "item-1" not in ids_of(r)
