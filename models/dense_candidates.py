@@ -78,10 +78,8 @@ def _pad_rows(
 def _allowed_only(pool: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """(B, P) rows (-1 allowed), (B, R) bool mask -> (B, P') the allowed rows of each
     request, in pool order, -1 padding (P' the largest count, at least 1)."""
-    ok = allowed.gather(1, pool.clamp(min=0)) & (pool > 0)
-    width = max(1, int(ok.sum(dim=1).max())) if pool.shape[0] else 1
-    order = (~ok).to(torch.int8).argsort(dim=1, stable=True)[:, :width]
-    return torch.where(ok.gather(1, order), pool.gather(1, order), -1)
+    at = rows_of(allowed.gather(1, pool.clamp(min=0)) & (pool > 0))  # pool positions
+    return torch.where(at >= 0, pool.gather(1, at.clamp(min=0)), -1)
 
 
 # Bundle rows read per request to estimate a filter's allowed share (a strided sample).

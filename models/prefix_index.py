@@ -176,13 +176,13 @@ class PrefixIndex:
             width = max(1, int(self.max_branch[k]))
             token = self.child_token[edges]
             padded = pad_level(last - first + 1, width, len(token))
+            # Padded rows, or CSR with one sentinel slot at the end.
+            token = self._padded(row_ptr, width, token) if padded else np.append(token, PAD_TOKEN)
             child_t = None
-            if padded:
-                token = self._padded(row_ptr, width, token)
-                child = self._padded(row_ptr, width, child)
-            else:  # CSR, one sentinel slot at the end
-                token, child = np.append(token, PAD_TOKEN), np.append(child, NO_CHILD)
             if last_depth:  # item ids; above, the children are computed (DeviceLevel)
+                child = (
+                    self._padded(row_ptr, width, child) if padded else np.append(child, NO_CHILD)
+                )
                 child_t = tensor(child, int(child.max(initial=0)))
             row_t = tensor(row_ptr, int(row_ptr[-1]))
             levels.append(
