@@ -3,21 +3,23 @@
 The index comes from `models.prefix_index` (built offline by NumPy); here every step is a
 few fixed-shape tensor ops over (B requests, W beams, W_k child slots): index_select the
 padded child-token rows of every beam's node (a missing node reads the padding row), gather
-the model's scores at those tokens, mask padding slots with -inf (-inf and NaN scores are
-invalid too), renormalise them over the valid children (`restrict`: the softmax of each
-step is over the tokens that can follow the prefix, so a finished sequence's score is
-log P(item)), add the beam scores, and keep the best W of the W * W_k candidates
-per request with one topk; only the W picked candidates then have their child read
-(table[row, slot]). The first step runs over the dense (V,) root mask instead. There is no
-Python loop over requests, beams or items; the only loop is over the L + 1 depths.
+the model's scores at those tokens (padding slots read the PAD column, set to -inf; -inf
+and NaN scores are invalid too), renormalise them over the valid children (`restrict`: the
+softmax of each step is over the tokens that can follow the prefix, so a finished
+sequence's score is log P(item)), add the beam scores, and keep the best W of the W * W_k
+candidates per request with one topk; only the W picked candidates then have their child
+read (table[row, slot]). The first step runs over the dense (V,) root mask instead. There
+is no Python loop over requests, beams or items; the only loop is over the L + 1 depths.
 
 Cost per step: O(B * W * W_k) for the token gather, scoring and topk, plus O(B * W) for
 the picked beams: independent of the catalogue size N except through W_k, the largest
-branching at that depth, which the token layout bounds (with K = 256 codes, W_1 is 45 for
-10k items and saturates near 512 from 1M items on). Below the root the tables stay padded
-CSR: a dense (n_1, V) mask would cost O(B * W * V) per step, more than B * W * W_1, and the
-children of a depth-1 node spread over several codebook blocks (a window of ~1,500 tokens
-for ~500 children), so a dense window is no smaller either.
+branching at that depth, which the token layout bounds: with the shipped shape (K = 512
+codes, L = 3, the dominant codebook first) a depth-1 node's children are codes of one
+level, so W_1 <= K: 21 at 10k items, 118 at 100k, 458 at 1M (scripts/bench_beam_search.py).
+That step cannot cost less than the children it normalises over (an exp and a topk slot
+per child), so depth 1 is the one step that grows with the catalogue until W_1 saturates.
+Below the root the tables stay padded or CSR: a dense (n_1, V) mask would cost
+O(B * W * V) per step, more than B * W * W_1.
 
 Selection is exact and deterministic without sorting all candidates: topk(W + 1) gives the
 W best values; unless the W-th and (W + 1)-th are equal and finite, the chosen set is
@@ -112,24 +114,39 @@ def restrict(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def _restrict_(logits: torch.Tensor, dim: int) -> torch.Tensor:
     """`restrict` in place on a tensor the caller owns. Few passes over the (B, W, W_k)
-    candidates, which dominate a step's cost at depth 1: NaN is looked for with one
-    reduction (a model rarely emits it) and the normaliser is fixed up on the small
-    (B, W, 1) tensor, not with a full-size where. The arithmetic is the same, bit for bit:
-    logit - lse, then (by the caller) + beam score, as the reference computes it."""
-    if bool(logits.isnan().any()):
-        logits.masked_fill_(logits.isnan(), NEG_INF)
+    candidates, which dominate a step's cost at depth 1: NaN is looked for on the small
+    (B, W, 1) normaliser, not the candidates (a slice's log-sum-exp is NaN exactly when
+    the slice holds a NaN: -inf and +inf entries give -inf and +inf), and only then are
+    the candidates fixed and the normaliser redone (a model rarely emits NaN); empty
+    slices are fixed on the normaliser too, not with a full-size where. The arithmetic
+    is the same, bit for bit: logit - lse, then (by the caller) + beam score, as the
+    reference computes it."""
     lse = torch.logsumexp(logits, dim=dim, keepdim=True)
+    if bool(lse.isnan().any()):
+        logits.masked_fill_(logits.isnan(), NEG_INF)
+        lse = torch.logsumexp(logits, dim=dim, keepdim=True)
     # A slice with no valid entry: -inf - 0 stays -inf (-inf - -inf would be NaN).
     return logits.sub_(lse.masked_fill_(torch.isneginf(lse), 0.0))
 
 
 def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
-    """(B, W, V) log-probs, (B, W) beam scores, (B, W, S) child tokens (-1 = padding slot)
-    -> (B, W, S) candidate scores score + log P(token | prefix) restricted to the beam's
-    children, -inf at padding slots."""
-    # Clamped gather: padding slots read token 0 and are masked just below.
-    cand = logp.gather(2, tok.clamp(min=0)).masked_fill_(tok < 0, NEG_INF)
+    """(B, W, V) log-probs whose PAD column is -inf (`_own_scores`), (B, W) beam scores,
+    (B, W, S) child tokens (-1 = padding slot) -> (B, W, S) candidate scores score +
+    log P(token | prefix) restricted to the beam's children, -inf at padding slots."""
+    # Padding slots are clamped to PAD and so read its -inf: no mask pass over the
+    # (B, W, S) candidates, the largest tensor of a depth-1 step at 1M items.
+    cand = logp.gather(2, tok.clamp(min=0))
     return _restrict_(cand, 2).add_(score[:, :, None])
+
+
+def _own_scores(logp: torch.Tensor) -> torch.Tensor:
+    """The step's (B, W, V) scores with column PAD set to -inf, written in place (PAD
+    never follows a prefix, so no valid token's score changes); a tensor whose elements
+    share memory (e.g. expanded from one row) is copied first."""
+    if not logp.is_contiguous():
+        logp = logp.contiguous()
+    logp[:, :, PAD] = NEG_INF
+    return logp
 
 
 def _check_index(index_tensors: object) -> tuple[DeviceIndex, DeviceIndex | None]:
@@ -172,7 +189,10 @@ def constrained_beam_search(
         t = 0 all W beams are the same BOS. Beams that died (fewer valid prefixes than W)
         carry PAD (0) tokens, so embedding lookups stay in range. log_probs: (B, W, V)
         float, V = index vocab_size: log-probs or logits, either way each step renormalises
-        them over the beam's valid next tokens; scores accumulate in its dtype.
+        them over the beam's valid next tokens; scores accumulate in its dtype. The
+        kernel writes -inf into their PAD column after the first step (a contiguous
+        log_probs is written in place: return a fresh tensor, or one whose PAD column may
+        change; a non-contiguous one is copied first).
     index_tensors: DeviceIndex, or a (base, overlay) pair of them (`OverlayIndex`).
     exclude: optional (B, E) int64 item ids to drop per request (e.g. its history), -1
         padding. Excluded leaves are masked at the last step only, so earlier steps may
@@ -251,6 +271,8 @@ def constrained_beam_search(
             )
         last = t == depth - 1
         item = None  # (B, C) item id of every candidate, last step only
+        if t > 0:  # (the root step reads beam 0's row only: an expanded BOS row stays so)
+            logp = _own_scores(logp)
         if t == 0:
             # All beams are the same BOS: expand beam 0 only, over the dense root tables.
             # Candidate j is token j, so positions order candidates by token.

@@ -2,13 +2,16 @@
 
     .venv/bin/python scripts/bench_beam_search.py [--sizes 10000 100000 1000000]
         [--batch 32] [--beam 20] [--top-k 10] [--repeats 20] [--ref-repeats 5]
-        [--overlay 1000] [--threads 1] [--out reports/bench_beam_search.json]
+        [--overlay 1000] [--threads 1] [--levels 3] [--codebook-size 512]
+        [--out reports/bench_beam_search.json]
 
-Catalogues: random unique item rows shaped like real ones (models.tokens.item_tokens on
-random codes: L = 5 code levels + 1 dedup token, K = 256 codes per level, random CF/SEM
-split per item). The model is a cheap fixed table of random log-probs indexed by (position,
-hash of the last token), so the model's cost does not hide the index's; every step_fn call
-is timed, so model time is reported apart from the search's own time.
+Catalogues: random unique item rows in the shipped code shape by default
+(models.tokens.item_tokens on random codes: L = 3 code levels + 1 dedup token, K = 512
+codes per level, a random CF/SEM split per item, the dominant codebook first; `--levels 5
+--codebook-size 256` gives the shape measured before issue 11 changed it). The model is a
+cheap fixed table of random log-probs indexed by (position, hash of the last token), so the
+model's cost does not hide the index's; every step_fn call is timed, so model time is
+reported apart from the search's own time.
 
 Reports, per catalogue size: index build time, per-depth widths, the kernel's time per
 decoding step (measured between one step_fn return and the next call: the selection work
@@ -51,16 +54,18 @@ from models.prefix_index import build_prefix_index  # noqa: E402
 from models.reference_beam_search import reference_beam_search, reference_trie  # noqa: E402
 from models.tokens import TokenLayout, item_tokens  # noqa: E402
 
-LEVELS, K = 5, 256
+# The shipped code shape at 10k+ items: K = suggest_codebook_size(N) (512, its clamp) and
+# the shipped variant's budget L = 3 (training/stages/generator/variants.py).
+SHIPPED_LEVELS, SHIPPED_K = 3, 512
 
 
-def synthetic_catalog(n: int, seed: int) -> tuple[np.ndarray, TokenLayout]:
+def synthetic_catalog(n: int, seed: int, levels: int, k: int) -> tuple[np.ndarray, TokenLayout]:
     rng = np.random.default_rng(seed)
-    layout = TokenLayout(codebook_size=K, n_levels=LEVELS, dedup_size=16)
-    cf = rng.integers(0, K, (n, LEVELS))
-    sem = rng.integers(0, K, (n, LEVELS))
-    n_cf = rng.integers(0, LEVELS + 1, n)
-    return item_tokens(cf, sem, n_cf, LEVELS, layout), layout
+    layout = TokenLayout(codebook_size=k, n_levels=levels, dedup_size=16)
+    cf = rng.integers(0, k, (n, levels))
+    sem = rng.integers(0, k, (n, levels))
+    n_cf = rng.integers(0, levels + 1, n)
+    return item_tokens(cf, sem, n_cf, levels, layout), layout
 
 
 def table_model(depth: int, vocab: int, seed: int, rows: int = 64):
@@ -141,13 +146,15 @@ def main() -> None:
     parser.add_argument("--ref-repeats", type=int, default=5)
     parser.add_argument("--overlay", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--levels", type=int, default=SHIPPED_LEVELS, help="code tokens L")
+    parser.add_argument("--codebook-size", type=int, default=SHIPPED_K, help="codes per level K")
     parser.add_argument("--out", default="reports/bench_beam_search.json")
     args = parser.parse_args()
     args.sizes = sorted(args.sizes)
     torch.set_num_threads(args.threads)
 
     results = {
-        "config": vars(args) | {"levels": LEVELS, "codebook_size": K, "depth": LEVELS + 1},
+        "config": vars(args) | {"depth": args.levels + 1},
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
@@ -158,7 +165,7 @@ def main() -> None:
     }
     cats = []
     for n in args.sizes:
-        rows, layout = synthetic_catalog(n, seed=n)
+        rows, layout = synthetic_catalog(n, n, args.levels, args.codebook_size)
         ids = np.arange(n)
         start = time.perf_counter()
         index = build_prefix_index(rows, ids, layout.vocab_size)

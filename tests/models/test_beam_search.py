@@ -252,6 +252,38 @@ def test_empty_overlay_and_nan_log_probs():
     assert all(torch.equal(a, b) for a, b in zip(got, plain, strict=True))
 
 
+def test_padding_slots_read_pad_without_changing_a_shared_table():
+    """Padding slots read the PAD column, which the kernel sets to -inf: in a fresh score
+    tensor in place, in an expanded view of a caller's table only after a copy. The PAD
+    column's own value (here the likeliest token) must not leak into any score."""
+    rows, ids, vocab = random_catalog(71, n=120)
+    index = build_prefix_index(rows, ids, vocab)
+    gen = torch.Generator().manual_seed(71)
+    table = torch.log_softmax(torch.randn(rows.shape[1], vocab, generator=gen), dim=-1)
+    table[:, 0] = 5.0  # PAD: never a valid token, and larger than any valid one
+    before = table.clone()
+
+    def shared(tokens, state):  # an expanded view: one row for every beam
+        return table[tokens.shape[-1] - 1].expand(*tokens.shape[:2], vocab), state
+
+    def fresh(tokens, state):
+        return table[tokens.shape[-1] - 1].repeat(*tokens.shape[:2], 1), state
+
+    got = constrained_beam_search(shared, index.to_tensors(), 2, 10, 10)
+    assert torch.equal(table, before)
+    again = constrained_beam_search(fresh, index.to_tensors(), 2, 10, 10)
+    assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True))
+    clean = table.clone()
+    clean[:, 0] = float("-inf")
+
+    def without_pad(tokens, state):
+        return clean[tokens.shape[-1] - 1].expand(*tokens.shape[:2], vocab), state
+
+    assert_matches_reference(
+        got, reference_beam_search(without_pad, rows, ids, 2, 10, 10), rows, ids
+    )
+
+
 # ---- the restricted softmax ------------------------------------------------------------
 
 
