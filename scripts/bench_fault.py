@@ -12,8 +12,9 @@ Every response is one of: served (2xx), refused (4xx, or 503 with Retry-After: t
 service said no and when to retry), failed (any other 5xx, a 503 without Retry-After,
 a connection error or a timeout).
 
-The bundle is synthetic (random weights, built here from models/ like the tests' tiny
-bundle); item text goes through a hash stand-in for MiniLM. Only the counts mean
+The bundle is synthetic (scripts/make_large_bundle.py: the shipped shape, random weights,
+dense weight 0.5 so that requests run the beam search too); item text goes through its
+hash stand-in for MiniLM. Only the counts mean
 anything, not the latencies.
 
     .venv/bin/python scripts/bench_fault.py                        # 8 clients, 40 s
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import platform
@@ -39,9 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -49,121 +47,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TEXT_DIM, CF_DIM, N_LEVELS, CODEBOOK = 24, 16, 4, 8
-TEXT_MODEL_ID = "bench-hash-text-encoder"
-# Spare dedup ids per code prefix, room for the items a run adds: the random tokenizer
-# sends up to ~40 % of new items to one code prefix.
-DEDUP_SLACK = 4096
+from scripts.make_large_bundle import LargeBundleShape, make_large_bundle  # noqa: E402
 
-
-# --- the bundle and the text encoder stand-in --------------------------------------------
-
-
-def write_bench_bundle(root: Path, n_items: int, budget: int = 3, seed: int = 0) -> Path:
-    """A small valid bundle from RANDOM seeded modules (every item warm), assembled and
-    written by models.bundle; the recipe of tests/bundle_factory.py, which a script does
-    not import."""
-    import torch
-
-    from models.alignment import AlignmentConfig
-    from models.bundle import assemble_contents, write_bundle
-    from models.cold_start import served_item_features
-    from models.decoding import DecodingConfig
-    from models.dual_tokenizer import DualTokenizer, DualTokenizerConfig
-    from models.generator import Generator, GeneratorConfig
-    from models.router import Router, RouterConfig
-    from models.rqvae import RQVAEConfig
-    from models.tokens import TokenLayout, code_sequences, item_tokens, max_dedup_needed
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    rows = n_items + 1
-    tokenizer = DualTokenizer(
-        DualTokenizerConfig(
-            sem=RQVAEConfig(TEXT_DIM, 8, (16,), N_LEVELS, CODEBOOK),
-            cf=RQVAEConfig(CF_DIM, 8, (16,), N_LEVELS, CODEBOOK),
-            alignment=AlignmentConfig(TEXT_DIM, CF_DIM, proj_dim=8, hidden_dim=16),
-        )
-    ).eval()
-    sem_x, cf_x = torch.randn(rows, TEXT_DIM), torch.randn(rows, CF_DIM)
-    tokenizer.fit_standardisation(sem_x[1:], cf_x[1:])
-    tokenizer.init_codebooks(sem_x[1:], cf_x[1:], generator=torch.Generator().manual_seed(seed))
-    sem_codes = tokenizer.encode_sem(sem_x).numpy().astype(np.int64)
-    cf_codes = tokenizer.encode_cf(cf_x).numpy().astype(np.int64)
-    sem_codes[0] = cf_codes[0] = 0
-    popularity = rng.integers(1, 40, size=rows).astype(np.int64)
-    popularity[0] = 0
-
-    router = Router(RouterConfig(budget=budget)).init_slope(popularity).eval()
-    with torch.no_grad():
-        alpha = router(torch.as_tensor(popularity)).numpy().astype(np.float32)
-        n_cf = router.hard_split(torch.as_tensor(alpha)).numpy()
-    n_cf[0] = 0
-    probe = TokenLayout(CODEBOOK, budget, 1)
-    needed = max(
-        max_dedup_needed(code_sequences(cf_codes[1:], sem_codes[1:], k, budget, probe))
-        for k in range(budget + 1)
-    )
-    layout = TokenLayout(CODEBOOK, budget, needed + DEDUP_SLACK)
-    tokens = np.zeros((rows, budget + 1), dtype=np.int64)
-    tokens[1:] = item_tokens(cf_codes[1:], sem_codes[1:], n_cf[1:], budget, layout)
-
-    generator = Generator(
-        GeneratorConfig(
-            vocab_size=layout.vocab_size,
-            budget=budget,
-            n_ids=rows,
-            code_levels=budget,
-            text_dim=TEXT_DIM,
-            max_len=12,
-            hidden=16,
-            n_heads=2,
-        )
-    ).eval()
-    for p in generator.parameters():  # peaked, distinct scores
-        torch.nn.init.normal_(p, std=0.3)
-    text = sem_x.numpy()
-    text[0] = 0.0
-    features = served_item_features(
-        router, layout, budget, np.arange(rows), cf_codes, sem_codes, alpha, text, "cpu",
-        padding_row=True,
-    )  # fmt: skip
-    with torch.no_grad():
-        item_vectors = generator.item_vectors(features).numpy()
-    item_vectors[0] = 0.0
-    contents = assemble_contents(
-        tokenizer=tokenizer,
-        router=router,
-        generator=generator,
-        layout=layout,
-        decoding=DecodingConfig(beam_width=20, dense_weight=0.5, dense_candidates=20),
-        external_ids=np.array([""] + [f"item-{i}" for i in range(1, rows)]),
-        sem_codes=sem_codes,
-        cf_codes=cf_codes,
-        item_tokens=tokens,
-        n_cf=n_cf,
-        alpha=alpha,
-        popularity=popularity,
-        item_vectors=item_vectors,
-        warm=popularity > 0,
-        text_model_id=TEXT_MODEL_ID,
-        dataset={"name": "bench-fault", "fingerprint": f"seed{seed}", "n_items": n_items},
-    )
-    return write_bundle(root, contents, now=datetime.now(timezone.utc))
-
-
-class HashTextEncoder:
-    """Deterministic unit vectors from a hash of the text, in the bundle's 24-d space."""
-
-    model_id = TEXT_MODEL_ID
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
-        for i, text in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(str(text).encode()).digest()[:8], "little")
-            vec = np.random.default_rng(seed).standard_normal(TEXT_DIM)
-            out[i] = vec / np.linalg.norm(vec)
-        return out
+# Spare dedup ids per code prefix, room for the items a run adds (a prefix whose block is
+# full sends a new item to its next code sequence, `models.placement`; this keeps that rare).
+DEDUP_SLACK = 256
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -175,6 +63,7 @@ def _serve(bundle: str, port: str, redis_url: str, prefix: str) -> None:
 
     import uvicorn
 
+    from scripts.make_large_bundle import HashTextEncoder
     from service.app import create_app
     from service.settings import Settings
 
@@ -519,7 +408,8 @@ def main() -> None:
     redis_proc = RedisProcess(tmp / "redis")
     replicas: list[Replica] = []
     try:
-        bundle = write_bench_bundle(tmp / "bundles", args.items)
+        shape = LargeBundleShape(dedup_slack=DEDUP_SLACK, dense_weight=0.5)
+        bundle = make_large_bundle(tmp / "bundles", args.items, shape=shape)
         print(f"bundle: {bundle.name} ({args.items} items)", flush=True)
         redis_proc.start()
         prefix = "bench-fault"
