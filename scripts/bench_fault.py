@@ -14,8 +14,7 @@ a connection error or a timeout).
 
 The bundle is synthetic (scripts/make_large_bundle.py: the shipped shape, random weights,
 dense weight 0.5 so that requests run the beam search too); item text goes through its
-hash stand-in for MiniLM. Only the counts mean
-anything, not the latencies.
+hash stand-in for MiniLM. Only the counts mean anything, not the latencies.
 
     .venv/bin/python scripts/bench_fault.py                        # 8 clients, 40 s
     .venv/bin/python scripts/bench_fault.py --clients 16 --duration 60 --down 5
@@ -47,7 +46,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.make_large_bundle import LargeBundleShape, make_large_bundle  # noqa: E402
+from scripts.make_large_bundle import (  # noqa: E402
+    HashTextEncoder,
+    LargeBundleShape,
+    make_large_bundle,
+)
 
 # Spare dedup ids per code prefix, room for the items a run adds (a prefix whose block is
 # full sends a new item to its next code sequence, `models.placement`; this keeps that rare).
@@ -63,7 +66,6 @@ def _serve(bundle: str, port: str, redis_url: str, prefix: str) -> None:
 
     import uvicorn
 
-    from scripts.make_large_bundle import HashTextEncoder
     from service.app import create_app
     from service.settings import Settings
 
