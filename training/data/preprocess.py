@@ -148,9 +148,12 @@ class ProcessedDataset:
         offsets = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int64)
         return Sequences(offsets, seq.items[keep])
 
-    def train_sequences(self) -> Sequences:
-        """Training data: everything but the last two items of each user, held-out items removed."""
-        return self._warm_prefix(drop_last=2)
+    def train_sequences(self, held_back: int = 0) -> Sequences:
+        """Training data: everything but the last two items of each user, held-out items
+        removed. held_back: that many more of each user's last items left out, so that a
+        validation history ends with items never trained on in that user's context, as a
+        test history (and a served request) does."""
+        return self._warm_prefix(drop_last=2 + held_back)
 
     def _eval_set(self, drop_last: int, skip_cold_targets: bool) -> EvalSet:
         seq = self.sequences

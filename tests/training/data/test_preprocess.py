@@ -51,6 +51,8 @@ def test_ties_keep_source_order_and_split_is_leave_one_out():
     assert [ids[i] for i in test.history[u1]] == ["a", "b", "c", "d"]
     assert ids[valid.targets[u1]] == "d"
     assert [ids[i] for i in train[u1]] == ["a", "b", "c"]
+    # held back: the validation history then ends with an item training never saw there
+    assert [ids[i] for i in ds.train_sequences(held_back=1)[u1]] == ["a", "b"]
 
 
 def test_ids_are_contiguous_with_zero_as_padding():

@@ -62,6 +62,8 @@ def train_variant(
         train_config = replace(train_config, generative_weight=0.0, dense_weights=(DENSE_ONLY,))
     if spec.id_dropout_tail is not None:
         train_config = replace(train_config, id_dropout_tail=spec.id_dropout_tail)
+    if spec.validation_gap:
+        train_config = replace(train_config, validation_gap=spec.validation_gap)
     tokenizer, codes = load_tokenizer(tokenizer_dir, device)
     levels = int(np.asarray(codes["sem_codes"]).shape[1])
     budget = min(spec.budget, levels)

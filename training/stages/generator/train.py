@@ -77,6 +77,11 @@ class GeneratorTrainConfig(LoopConfig):
     # Spare dedup ids per code prefix beyond what the training catalogue needs, for cold
     # items added at serving time.
     dedup_slack: int = 8
+    # Each user's last training items left out of stage D (0 = none): a validation history
+    # is otherwise the training sequence verbatim, a context the generative head remembers,
+    # which makes validation overrate it (BENCHMARKS.md, "Does the generative head add to
+    # the dense one?"). A variant (`val-gap`), not the default.
+    validation_gap: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,6 +92,7 @@ class GeneratorTrainConfig(LoopConfig):
         check_positive_ints(self, "beam_width", "dense_candidates")
         check_range(self, "eval_users", 1, optional=True, integer=True, hint="(None = all)")
         check_range(self, "dedup_slack", 0, integer=True)
+        check_range(self, "validation_gap", 0, integer=True)
         if not self.dense_weights or not all(0.0 <= w <= 1.0 for w in self.dense_weights):
             raise ValueError(
                 f"dense_weights must be a non-empty grid in [0, 1], got {self.dense_weights}"
@@ -262,7 +268,9 @@ def train_generator(
     step = GeneratorStep(generator, router, inputs, train_config, device)
     if dist_ctx.distributed:
         torch.manual_seed(train_config.seed + dist_ctx.rank)  # same init, own dropout masks
-    windows = training_windows(dataset.train_sequences(), generator_config.max_len)
+    windows = training_windows(
+        dataset.train_sequences(train_config.validation_gap), generator_config.max_len
+    )
     validation = subsample(dataset.validation(), train_config.eval_users, train_config.seed)
     groups = dataset.item_groups()
     decoding = DecodingConfig(

@@ -29,6 +29,7 @@ class Variant:
     # Start the id table from stage A's SASRec item table (the CF embeddings the tokenizer
     # coded) instead of N(0, 0.02): the dense head starts where SASRec ended.
     id_init_from_sasrec: bool = False
+    validation_gap: int = 0  # GeneratorTrainConfig.validation_gap
 
 
 VARIANTS: dict[str, Variant] = {
@@ -53,6 +54,9 @@ VARIANTS: dict[str, Variant] = {
     "layers-2": Variant(n_layers=2),
     # Candidate: the generator's id embeddings warm-started from SASRec's item table.
     "sasrec-id-init": Variant(id_init_from_sasrec=True),
+    # Candidate: validation on contexts the model never trained on (one item per user held
+    # back from stage D), so w and early stopping are chosen as test would choose them.
+    "val-gap": Variant(validation_gap=1),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
