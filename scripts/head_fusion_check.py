@@ -68,7 +68,7 @@ def fuse(family: str, dense: np.ndarray, gen: np.ndarray, p: float) -> np.ndarra
 FAMILIES = ("linear", "probmix", "rrf", "damped")
 
 
-def per_user_ndcg(scores: np.ndarray, eval_set) -> np.ndarray:
+def ndcg_of_scores(scores: np.ndarray, eval_set) -> np.ndarray:
     """(U,) NDCG@10 of each user's target, every history item excluded (ties: lower id
     first, as `training.evaluate.ranks_from_scores`)."""
     import torch
@@ -122,16 +122,16 @@ def measure_seed(dataset, run_dir: Path, seed: int, text) -> dict:
     scores = {name: head_scores(served, es, drop) for name, (es, drop) in splits.items()}
     heads = {
         name: {
-            "dense": float(per_user_ndcg(d, splits[name][0]).mean()),
-            "generative": float(per_user_ndcg(g, splits[name][0]).mean()),
+            "dense": float(ndcg_of_scores(d, splits[name][0]).mean()),
+            "generative": float(ndcg_of_scores(g, splits[name][0]).mean()),
         }
         for name, (d, g) in scores.items()
     }
-    fused, test_dense = {}, per_user_ndcg(scores["test"][0], test)
+    fused, test_dense = {}, ndcg_of_scores(scores["test"][0], test)
     for family in FAMILIES:
-        on_val = [per_user_ndcg(fuse(family, *scores["val"], p), val).mean() for p in GRID]
+        on_val = [ndcg_of_scores(fuse(family, *scores["val"], p), val).mean() for p in GRID]
         p = GRID[int(np.argmax(on_val))]
-        on_test = per_user_ndcg(fuse(family, *scores["test"], p), test)
+        on_test = ndcg_of_scores(fuse(family, *scores["test"], p), test)
         fused[family] = {"p": p, "val": float(max(on_val)), "test_per_user": on_test}
     return {
         "seed": seed,
