@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +72,7 @@ def measure_seed(dataset, run_dir: Path, seed: int, text: np.ndarray | None) -> 
     import torch
 
     from models.decoding import shared_log_softmax
+    from training.data.preprocess import COLD
     from training.evaluate import ranks_from_scores, summarise
     from training.stages.generator.runner import train_variant
     from training.stages.generator.train import GeneratorTrainConfig
@@ -83,7 +83,7 @@ def measure_seed(dataset, run_dir: Path, seed: int, text: np.ndarray | None) -> 
         run_dir,
         "flexcode",
         device,
-        replace(GeneratorTrainConfig(), seed=seed),
+        GeneratorTrainConfig(seed=seed),
         text_embeddings=text,
         progress=False,
     )
@@ -95,7 +95,7 @@ def measure_seed(dataset, run_dir: Path, seed: int, text: np.ndarray | None) -> 
     dead[0] = True
     test, groups = dataset.test(), dataset.item_groups()
     target_groups = groups[test.targets]
-    is_new_target = target_groups == 2
+    is_new_target = target_groups == COLD
     with torch.no_grad():
         rows = torch.as_tensor(test.history.last(served.max_len))
         state = served.generator.user_state(vectors[rows], rows != 0).float()

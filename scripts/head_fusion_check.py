@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +111,7 @@ def measure_seed(dataset, run_dir: Path, seed: int, text) -> dict:
         run_dir,
         "flexcode",
         torch.device("cpu"),
-        replace(GeneratorTrainConfig(), seed=seed),
+        GeneratorTrainConfig(seed=seed),
         text_embeddings=text,
         progress=False,
     )
