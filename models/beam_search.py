@@ -7,8 +7,10 @@ the model's scores at those tokens (padding slots read the PAD column, set to -i
 and NaN scores are invalid too), renormalise them over the valid children (`restrict`: the
 softmax of each step is over the tokens that can follow the prefix, so a finished
 sequence's score is log P(item)), add the beam scores, and keep the best W of the W * W_k
-candidates per request with one topk; only the W picked candidates then have their child
-read (table[row, slot]). The first step runs over the dense (V,) root mask instead. There
+candidates per request (`_select`: one top-k, grouped on wide rows); only the W picked
+candidates then have their child read (table[row, slot]). The first step runs over the
+dense (V,) root mask instead, and a nearly full level (depth 1 of a large catalogue) over
+windows of consecutive tokens (`models.dense_window`: a copy, not a token gather). There
 is no Python loop over requests, beams or items; the only loop is over the L + 1 depths.
 
 Cost per step: O(B * W * W_k) for the token gather, scoring and topk, plus O(B * W) for
@@ -16,15 +18,17 @@ the picked beams: independent of the catalogue size N except through W_k, the la
 branching at that depth, which the token layout bounds: with the shipped shape (K = 512
 codes, L = 3, the dominant codebook first) a depth-1 node's children are codes of one
 level, so W_1 <= K: 21 at 10k items, 118 at 100k, 458 at 1M (scripts/bench_beam_search.py).
-That step cannot cost less than the children it normalises over (an exp and a topk slot
-per child), so depth 1 is the one step that grows with the catalogue until W_1 saturates.
+That step cannot cost less than the children it normalises over (an exp per child, and
+a max per block of them for the selection), so depth 1 is the one step that grows with
+the catalogue until W_1 saturates; it reads them as windows once they are nearly full.
 Below the root the tables stay padded or CSR: a dense (n_1, V) mask would cost
 O(B * W * V) per step, more than B * W * W_1.
 
-Selection is exact and deterministic without sorting all candidates: topk(W + 1) gives the
-W best values; unless the W-th and (W + 1)-th are equal and finite, the chosen set is
-unique and only its W members are sorted by (score, tie key); rows with such a boundary tie
-(e.g. a model with quantised log-probs) fall back to a full stable sort (`_select`).
+Selection is exact and deterministic without sorting all candidates: top-k(W + 1) gives
+the W best values (`_top_k`); unless the W-th and (W + 1)-th are equal and finite, the
+chosen set is unique and only its W members are sorted by (score, tie key); rows with such
+a boundary tie (e.g. a model with quantised log-probs) fall back to a full stable sort
+(`_select`).
 
 With an overlay (items added at serving time, `OverlayIndex.to_tensors`), each beam holds a
 node in both tries (-1 where its prefix is absent from one); a step's valid tokens are the
@@ -63,6 +67,43 @@ def _order_selected(
     return val.gather(1, by_val), idx.gather(1, by_val)
 
 
+# `_top_k` selects through groups of TOPK_GROUP candidates once a row holds at least
+# TOPK_MIN_GROUPS_PER_K * k groups: a depth-1 step at 1M items (20 beams x a 512-token
+# window) and the root step (the vocabulary), not the narrow steps of small catalogues.
+TOPK_GROUP = 16
+TOPK_MIN_GROUPS_PER_K = 4
+
+
+def _top_k(cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cand.topk(k, dim=1, sorted=True)` for (R, C) candidates: the same values (which of
+    equal values' indices comes back is unspecified, as for topk), a NaN ranked first as
+    topk ranks it, only in-range indices; cheaper on wide rows.
+
+    The k best candidates lie in the k groups with the largest maxima, for any partition
+    of a row into groups: a group holding one of them has a maximum at least the k-th
+    best value, and at most k groups do unless that value is tied, when any k of the
+    tied groups hold k values equal to it. The groups here are interleaved, group g =
+    positions g, g + G, g + 2G, ... (G = C / TOPK_GROUP), so their maxima are one
+    elementwise max over TOPK_GROUP rows of the (R, TOPK_GROUP, G) view (vectorised; a
+    max over contiguous blocks reduces along the short axis and was 3x slower). Then a
+    topk over the G maxima and one over the k picked groups' candidates replace a topk
+    over all C, which cost 0.43 ms of a 1.3 ms depth-1 step at 1M items."""
+    rows, n_cand = cand.shape
+    n_groups = -(-n_cand // TOPK_GROUP)
+    if n_groups < TOPK_MIN_GROUPS_PER_K * k:
+        return cand.topk(k, dim=1, largest=True, sorted=True)
+    if n_groups * TOPK_GROUP != n_cand:  # padding slots: -inf, at the row's end
+        cand = torch.nn.functional.pad(cand, (0, n_groups * TOPK_GROUP - n_cand), value=NEG_INF)
+    view = cand.view(rows, TOPK_GROUP, n_groups)  # [r, m, g] = cand[r, g + m * G]
+    best = view.amax(dim=1).topk(k, dim=1, largest=True, sorted=False).indices  # (R, k)
+    picked = view.gather(2, best[:, None, :].expand(rows, TOPK_GROUP, k))  # (R, GROUP, k)
+    val, pos = picked.view(rows, TOPK_GROUP * k).topk(k, dim=1, largest=True, sorted=True)
+    idx = best.gather(1, pos % k) + (pos // k) * n_groups
+    # A padding slot is picked only as one of fewer than k valid candidates (-inf, never
+    # alive): any in-range index will do.
+    return val, idx.clamp_(max=n_cand - 1)
+
+
 def _select(
     cand: torch.Tensor, width: int, key: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,10 +119,10 @@ def _select(
     """
     n_cand = cand.shape[1]
     k = min(width + 1, n_cand)
-    val, idx = cand.topk(k, dim=1, largest=True, sorted=True)
+    val, idx = _top_k(cand, k)
     if bool(val.isnan().any()):  # topk ranks NaN first: make NaN invalid, then redo
         cand = cand.nan_to_num(nan=NEG_INF, posinf=POS_INF, neginf=NEG_INF)
-        val, idx = cand.topk(k, dim=1, largest=True, sorted=True)
+        val, idx = _top_k(cand, k)
     tied = None
     if k > width:
         edge, after = val[:, width - 1], val[:, width]
@@ -113,20 +154,26 @@ def restrict(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def _restrict_(logits: torch.Tensor, dim: int) -> torch.Tensor:
-    """`restrict` in place on a tensor the caller owns. Few passes over the (B, W, W_k)
-    candidates, which dominate a step's cost at depth 1: NaN is looked for on the small
-    (B, W, 1) normaliser, not the candidates (a slice's log-sum-exp is NaN exactly when
-    the slice holds a NaN: -inf and +inf entries give -inf and +inf), and only then are
-    the candidates fixed and the normaliser redone (a model rarely emits NaN); empty
-    slices are fixed on the normaliser too, not with a full-size where. The arithmetic
-    is the same, bit for bit: logit - lse, then (by the caller) + beam score, as the
-    reference computes it."""
-    lse = torch.logsumexp(logits, dim=dim, keepdim=True)
-    if bool(lse.isnan().any()):
+    """`restrict` on a tensor the caller owns (it may be written, and the result may be a
+    new tensor). One fused log_softmax over the (B, W, W_k) candidates, which dominate a
+    step's cost at depth 1 (its exps are vectorised: logsumexp's were 2.4x slower at 1M
+    items), after a max per slice, a small (B, W, 1) tensor that tells the rare cases
+    apart without another pass over the candidates: a slice holds a NaN exactly when its
+    max is NaN (the NaNs are then made invalid, and the max redone), and has no valid
+    entry exactly when its max is -inf (+inf: an entry that swamps the slice; either way
+    the slice's entries are all invalid, -inf, where log_softmax gives NaN). The same
+    arithmetic in every case, so NaN and -inf scores give the same results bit for bit."""
+    if logits.shape[dim] == 0:
+        return logits
+    peak = logits.amax(dim=dim, keepdim=True)
+    if bool(peak.isnan().any()):
         logits.masked_fill_(logits.isnan(), NEG_INF)
-        lse = torch.logsumexp(logits, dim=dim, keepdim=True)
-    # A slice with no valid entry: -inf - 0 stays -inf (-inf - -inf would be NaN).
-    return logits.sub_(lse.masked_fill_(torch.isneginf(lse), 0.0))
+        peak = logits.amax(dim=dim, keepdim=True)
+    out = torch.log_softmax(logits, dim=dim)
+    bad = ~torch.isfinite(peak)
+    if bool(bad.any()):
+        out.masked_fill_(bad, NEG_INF)
+    return out
 
 
 def _score_children(logp: torch.Tensor, score: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
@@ -271,6 +318,21 @@ def constrained_beam_search(
             )
         last = t == depth - 1
         item = None  # (B, C) item id of every candidate, last step only
+        level_b = base.levels[t - 1] if t > 0 else None
+        # Windows serve the unfiltered search (a filter needs the children's tokens); the
+        # last depth's children are items.
+        window = None
+        if level_b is not None and allowed_items is None and not last:
+            window = level_b.window
+        placed = None  # with an overlay: its children's offsets in the base windows
+        if window is not None and over is not None:
+            level_o = over.levels[t - 1]
+            tok_o = level_o.tokens_of(level_o.rows(node_o).view(-1))
+            placed = window.overlay_offsets(
+                level_b.rows(node_b).view(-1), node_b.view(-1) >= 0, tok_o
+            )
+            if placed is None:
+                window = None  # some overlay child has no place: the padded tables
         if t > 0:  # (the root step reads beam 0's row only: an expanded BOS row stays so)
             logp = _own_scores(logp)
         if t == 0:
@@ -280,8 +342,17 @@ def constrained_beam_search(
             if last:
                 item = root_item.expand(n_req, vocab)
             slots, tok = vocab, None
+        elif window is not None:
+            # A nearly full level (depth 1 of a large catalogue): each beam's scores read
+            # as one window of consecutive tokens (`models.dense_window`), an overlay's
+            # children read into their places in it.
+            rows_b = level_b.rows(node_b)
+            if over is not None:
+                rows_o = level_o.rows(node_o)
+            extra = None if placed is None else (tok_o, placed)
+            slots, tok = window.size, None
+            cand = _restrict_(window.scores(logp, rows_b, extra), 2).add_(score[:, :, None])
         elif over is None:
-            level_b = base.levels[t - 1]
             rows_b = level_b.rows(node_b)
             slots = level_b.width
             # (B, W, Wk) child tokens of every beam; missing nodes read the padding row.
@@ -293,7 +364,7 @@ def constrained_beam_search(
             tok = tok.view(n_req, width, slots)
             cand = _score_children(logp, score, tok)
         else:
-            level_b, level_o = base.levels[t - 1], over.levels[t - 1]
+            level_o = over.levels[t - 1]
             rows_b, rows_o = level_b.rows(node_b), level_o.rows(node_o)
             wb, wo = level_b.width, level_o.width
             if last:  # leaf tokens are in one trie only; their children are item ids
@@ -337,8 +408,21 @@ def constrained_beam_search(
             parent = torch.div(pick, slots, rounding_mode="floor")
             slot = pick - parent * slots
             # Token and children of the picked slots only: table[row, slot].
-            new_tok = tok.view(n_req, -1).gather(1, pick)
-            if last:  # item ids, whichever trie holds them
+            new_tok = None if window is not None else tok.view(n_req, -1).gather(1, pick)
+            if window is not None:  # the slot is an offset into the parent's window
+                parent_row = rows_b.gather(1, parent)
+                new_tok = window.token_at(parent_row, slot)
+                base_slot = window.slot_at(parent_row, slot)  # -1: an overlay-only token
+                new_b = level_b.child_at(parent_row, base_slot.clamp(min=0))
+                new_b = torch.where(base_slot >= 0, new_b, -1)
+                new_o = node_o
+                if over is not None:  # the token looked up in the parent's overlay node
+                    _, new_o = lookup_sorted(
+                        *level_o.children_of(rows_o.gather(1, parent).view(-1)),
+                        new_tok.view(-1, 1),
+                    )
+                    new_o = new_o.view(n_req, width)
+            elif last:  # item ids, whichever trie holds them
                 new_b, new_o = item.gather(1, pick), torch.full_like(pick, -1)
             elif over is None:
                 new_b = level_b.child_at(rows_b.gather(1, parent), slot)

@@ -10,6 +10,8 @@ nodes are far from full is CSR instead (narrow integer types, about a sixth of t
 level whose nodes are nearly full (depth 1 of a large catalogue) stays padded, since a
 padded read is one `index_select` and the search spends most of its time there. The
 kernel sees the same (M, W) slices either way (`DeviceLevel.tokens_of`, `children_of`).
+A padded level whose nodes nearly fill runs of consecutive tokens also carries windows
+(`models.dense_window`), which the unfiltered search reads instead of gathering tokens.
 Only the last depth stores its children (item ids): above it a child's local id is its
 edge position (`DeviceLevel`), so storing it would spend a third of the index's bytes
 on an identity.
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from models.dense_window import DenseWindow
 
 PAD_TOKEN = -1  # token of a padding slot
 NO_CHILD = -1  # child of a padding slot; also "no such node" in the decoder
@@ -80,6 +84,9 @@ class DeviceLevel:
     child: torch.Tensor | None
     leaf_ptr: torch.Tensor
     width: int
+    # Above the last depth, a padded level whose nodes nearly fill a run of consecutive
+    # tokens is also read as windows (`models.dense_window`); None otherwise.
+    window: DenseWindow | None = None
 
     @property
     def padded(self) -> bool:
@@ -138,7 +145,8 @@ class DeviceLevel:
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         stored = (self.row_ptr, self.token, self.child, self.leaf_ptr)
-        return tuple(t for t in stored if t is not None)
+        window = () if self.window is None else self.window.tensors()
+        return tuple(t for t in stored if t is not None) + window
 
 
 @dataclass(frozen=True)

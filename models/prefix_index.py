@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from models.arrays import int_array
+from models.dense_window import DenseWindow, window_arrays
 from models.device_index import (
     NO_CHILD,
     PAD_TOKEN,
@@ -184,6 +185,16 @@ class PrefixIndex:
                     self._padded(row_ptr, width, child) if padded else np.append(child, NO_CHILD)
                 )
                 child_t = tensor(child, int(child.max(initial=0)))
+            window = None
+            if padded and not last_depth:
+                arrays = window_arrays(token, self.vocab_size)
+                if arrays is not None:
+                    start, mask, slot = arrays
+                    window = DenseWindow(
+                        start=torch.from_numpy(start).to(device),
+                        mask=torch.from_numpy(mask).to(device),
+                        slot=tensor(slot, width),
+                    )
             row_t = tensor(row_ptr, int(row_ptr[-1]))
             levels.append(
                 DeviceLevel(
@@ -192,6 +203,7 @@ class PrefixIndex:
                     child=child_t,
                     leaf_ptr=row_t if leaf_ptr is row_ptr else tensor(leaf_ptr, n_items),
                     width=width,
+                    window=window,
                 )
             )
         items = self.child_node[first_leaf:]

@@ -86,12 +86,12 @@ def reference_beam_search(
                 # The softmax over the allowed tokens only (NaN = forbidden, like -inf).
                 vals = logp[allowed]
                 vals = vals.masked_fill(vals.isnan(), -np.inf)
-                lse = np.float32(torch.logsumexp(vals, dim=0).item())
-                if lse == -np.inf:
+                if not bool((vals > -np.inf).any()):
                     continue  # every allowed token is forbidden: the beam dies
-                for tok, val in zip(allowed, vals.tolist(), strict=True):
-                    s = np.float32(score + np.float32(np.float32(val) - lse))
-                    if s == -np.inf:
+                log_p = torch.log_softmax(vals, dim=0)  # log P(token | prefix)
+                for tok, val in zip(allowed, log_p.tolist(), strict=True):
+                    s = np.float32(score + np.float32(val))
+                    if not s > -np.inf:  # -inf, or NaN (a +inf score swamped the slice)
                         continue
                     new = [*prefix, tok]
                     if permitted is not None and not _leaves(node_at(new)) & permitted:

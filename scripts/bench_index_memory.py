@@ -71,6 +71,8 @@ def measure(n_items: int, seed: int) -> dict:
             "leaf_ptr": size([lv.leaf_ptr for lv in dev.levels[:-1]]),  # the last is row_ptr
             "leaf_of": size([dev.leaf_of]),
             "root_maps": size([dev.root_mask, dev.root_child]),
+            # depth-1 windows (models.dense_window), where a level's nodes fill them
+            "windows": size([t for lv in dev.levels if lv.window for t in lv.window.tensors()]),
             "dtypes": sorted({str(t.dtype) for lv in dev.levels for t in lv.tensors()}),
         },
         "token_table_bytes_per_item": round(token_table.nbytes * per, 1),

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.beam_search import _select, constrained_beam_search, restrict, sequence_log_probs
+from models.beam_search import (
+    TOPK_GROUP,
+    TOPK_MIN_GROUPS_PER_K,
+    _select,
+    _top_k,
+    constrained_beam_search,
+    restrict,
+    sequence_log_probs,
+)
 from models.overlay_index import OverlayIndex
 from models.prefix_index import build_prefix_index
 from models.reference_beam_search import reference_beam_search
@@ -205,12 +213,18 @@ def test_argument_checks():
         constrained_beam_search(lambda t, s: (torch.zeros(2, 3, vocab + 1), s), dev, 2, 3, 1)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_select_matches_a_full_stable_sort(seed):
-    """topk + boundary-tie fallback = the stable sort the tie rule is defined by."""
+@pytest.mark.parametrize(
+    ("seed", "wide"), [(s, False) for s in range(20)] + [(s, True) for s in range(8)]
+)
+def test_select_matches_a_full_stable_sort(seed, wide):
+    """topk + boundary-tie fallback = the stable sort the tie rule is defined by. Wide
+    rows take the grouped top-k (`_top_k`), odd widths padding; few distinct
+    values (even seeds) tie everywhere, many (odd seeds) rarely at the boundary."""
     gen = torch.Generator().manual_seed(seed)
-    rows, n_cand, width = 6, int(torch.randint(5, 60, (1,), generator=gen)), 5
-    cand = torch.randint(0, 4, (rows, n_cand), generator=gen).float()  # ties everywhere
+    low, high = (TOPK_GROUP * 6 * TOPK_MIN_GROUPS_PER_K, 2000) if wide else (5, 60)
+    rows, n_cand, width = 6, int(torch.randint(low, high, (1,), generator=gen)), 5
+    levels = 1000 if wide and seed % 2 else 4
+    cand = torch.randint(0, levels, (rows, n_cand), generator=gen).float()
     cand[torch.rand(rows, n_cand, generator=gen) < 0.4] = float("-inf")
     cand[0] = float("-inf")  # no valid candidate at all
     cand[1, width:] = float("-inf")  # exactly `width` candidates may be valid
@@ -227,6 +241,24 @@ def test_select_matches_a_full_stable_sort(seed):
         finite = want_val > float("-inf")  # which invalid candidates fill up is free
         assert torch.equal(idx[finite], order[finite])
         assert torch.equal(cand.gather(1, idx), val)
+
+
+@pytest.mark.parametrize("n_cand", [TOPK_GROUP * 11 * TOPK_MIN_GROUPS_PER_K * 3, 1601])
+def test_grouped_top_k_returns_topks_values(n_cand):
+    """The grouped top-k gives topk's values, NaN ranked first as topk ranks it, and only
+    in-range indices that hold those values (where finite)."""
+    gen = torch.Generator().manual_seed(n_cand)
+    cand = torch.randn(5, n_cand, generator=gen)
+    cand[1, 7] = float("nan")
+    cand[2] = float("-inf")
+    cand[3, 3:] = float("-inf")  # fewer valid candidates than k
+    cand[4, ::2] = 0.5  # ties
+    val, idx = _top_k(cand, 11)
+    want = cand.topk(11, dim=1).values
+    assert torch.equal(val.nan_to_num(nan=9.0), want.nan_to_num(nan=9.0))
+    assert ((idx >= 0) & (idx < n_cand)).all()
+    finite = torch.isfinite(val)
+    assert torch.equal(cand.gather(1, idx)[finite], val[finite])
 
 
 def test_empty_overlay_and_nan_log_probs():
