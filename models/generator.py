@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.blocks import BlockConfig, CausalSelfAttentionBlock, causal_mask, init_weights
-from models.config import Config, check_positive_ints
+from models.config import Config, check_positive_ints, check_range
 from models.path_tables import PathTables
 from models.tokens import CF, PAD, SEM, TokenLayout
 
@@ -77,11 +77,17 @@ class GeneratorConfig(Config):
     # a popular item leans on its id, a tail item (whose id was trained on few targets)
     # on its shared codes and text. False: the id enters with weight 1.
     id_gate: bool = False
+    # Dropout on the user state where it enters the generative decoder only (training;
+    # the dense head reads the state undropped): a candidate against the generative head
+    # leaning on remembered contexts (BENCHMARKS "Does the generative head add to the
+    # dense one?"). 0 = off.
+    decoder_state_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive_ints(
             self, "vocab_size", "budget", "n_ids", "code_levels", "max_len", "hidden"
         )
+        check_range(self, "decoder_state_dropout", 0.0, 1.0, high_open=True)
         self.block_config()  # validates ffn and heads
 
     def block_config(self) -> BlockConfig:
@@ -171,6 +177,7 @@ class Generator(nn.Module):
         # IS, an output one what the user wants NEXT at that step of the tree.
         self.token_out = nn.Embedding(config.vocab_size, c)
         self.dropout = nn.Dropout(config.dropout)
+        self.state_dropout = nn.Dropout(config.decoder_state_dropout)
         self.apply(init_weights)
 
     def init_id_embeddings(self, table: np.ndarray | torch.Tensor) -> None:
@@ -195,6 +202,7 @@ class Generator(nn.Module):
         paths: PathTables | None,
         id_keep: torch.Tensor | None = None,
         dense_loss: DenseLoss | None = None,
+        history_keep: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Next-item losses at every history position.
 
@@ -208,9 +216,15 @@ class Generator(nn.Module):
         dense_loss: the dense head's loss from (states (n, C), targets (n,), item vectors
         (R, C)), e.g. `models.sampled_softmax.SampledSoftmax` on large catalogues; None:
         the full softmax over all R rows.
+        history_keep: optional (B, T) float 0/1, training's history masking: a 0 position
+        enters the encoder as a zero item vector (its position embedding only), so no
+        context is seen verbatim twice; its target is still predicted.
         """
         table = self.item_vectors(features, id_keep)  # (R, C)
-        states = self.encode(table[seq], seq != 0)  # (B, T, C)
+        history = table[seq]
+        if history_keep is not None:
+            history = history * history_keep[..., None]
+        states = self.encode(history, seq != 0)  # (B, T, C)
         has_target = targets != 0
         state, target = states[has_target], targets[has_target]  # (n, C), (n,)
         if dense_loss is not None:
@@ -336,6 +350,7 @@ class Generator(nn.Module):
         the dot product with token_out.weight[v], so scoring only a node's children
         needs only their rows."""
         length = prefix.shape[1] + 1
+        state = self.state_dropout(state)
         x = torch.cat([state[:, None], self.token_emb(prefix)], dim=1)  # (N, t + 1, C)
         x = x + self.token_pos(torch.arange(length, device=x.device))[None]
         x = self.dropout(x)

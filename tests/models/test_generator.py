@@ -303,6 +303,47 @@ def test_forward_losses_are_sums_of_the_two_heads():
     assert (log_p.sum(1) <= 1e-6).all()
 
 
+def test_history_keep_masks_input_items_only():
+    """Training's history masking: a kept position is unchanged, a masked one enters the
+    encoder as a zero item vector; targets (hence the number of loss terms) stay."""
+    features, _, _, paths = catalogue()
+    gen = model().eval()
+    seq, targets = sequences(3, 5)
+    plain = gen(seq, targets, features, paths)
+    ones = gen(seq, targets, features, paths, history_keep=torch.ones(seq.shape))
+    assert all(torch.equal(plain[k], ones[k]) for k in plain)
+    keep = torch.ones(seq.shape)
+    keep[1, 2] = 0.0
+    masked = gen(seq, targets, features, paths, history_keep=keep)
+    with torch.no_grad():
+        table = gen.item_vectors(features)
+        history = table[seq]
+        history[1, 2] = 0.0
+        states = gen.encode(history, seq != 0)[targets != 0]
+        dense = Generator.dense_log_probs(states, table)
+        want = -dense.gather(1, targets[targets != 0][:, None]).sum()
+    torch.testing.assert_close(masked["dense"], want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(masked["dense"], plain["dense"])
+
+
+def test_decoder_state_dropout_acts_in_training_only():
+    _, tokens, _, _ = catalogue()
+    state = torch.randn(6, 16)
+    prefix = tokens[1:7, :2]
+    # The blocks' own dropout off, so only the state's can act.
+    plain, dropped = model(dropout=0.0), model(dropout=0.0, decoder_state_dropout=0.5)
+    assert dropped.state_dict().keys() == plain.state_dict().keys()  # no new weights
+    plain.eval(), dropped.eval()
+    want = plain.decode(state, prefix)
+    assert torch.equal(want, dropped.decode(state, prefix))
+    plain.train(), dropped.train()
+    torch.manual_seed(1)
+    assert torch.equal(want, plain.decode(state, prefix))
+    assert not torch.equal(want, dropped.decode(state, prefix))
+    with pytest.raises(ValueError, match="decoder_state_dropout"):
+        model(decoder_state_dropout=1.0)
+
+
 def test_path_log_probs_are_the_restricted_softmax():
     """Scoring only each node's children (path tables) gives what the restricted softmax
     over the prefix index gives from the whole vocabulary's logits."""

@@ -64,6 +64,8 @@ def train_variant(
         train_config = replace(train_config, id_dropout_tail=spec.id_dropout_tail)
     if spec.validation_gap:
         train_config = replace(train_config, validation_gap=spec.validation_gap)
+    if spec.history_mask:
+        train_config = replace(train_config, history_mask=spec.history_mask)
     tokenizer, codes = load_tokenizer(tokenizer_dir, device)
     levels = int(np.asarray(codes["sem_codes"]).shape[1])
     budget = min(spec.budget, levels)
@@ -80,6 +82,10 @@ def train_variant(
         generator_config = replace(generator_config, dropout=spec.dropout)
     if spec.n_layers is not None:
         generator_config = replace(generator_config, n_layers=spec.n_layers)
+    if spec.decoder_state_dropout:
+        generator_config = replace(
+            generator_config, decoder_state_dropout=spec.decoder_state_dropout
+        )
     id_init = None
     if spec.id_init_from_sasrec:
         id_init = np.load(Path(pipeline_dir) / "sasrec" / "cf_embeddings.npy")

@@ -82,6 +82,11 @@ class GeneratorTrainConfig(LoopConfig):
     # which makes validation overrate it (BENCHMARKS.md, "Does the generative head add to
     # the dense one?"). A variant (`val-gap`), not the default.
     validation_gap: int = 0
+    # Share of history input positions masked in a training step (a zero item vector in
+    # place of the item; targets unchanged), so no training context is seen verbatim
+    # twice: a candidate against the generative head remembering contexts. 0 = off; a
+    # variant (`history-mask`), not the default.
+    history_mask: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +98,7 @@ class GeneratorTrainConfig(LoopConfig):
         check_range(self, "eval_users", 1, optional=True, integer=True, hint="(None = all)")
         check_range(self, "dedup_slack", 0, integer=True)
         check_range(self, "validation_gap", 0, integer=True)
+        check_range(self, "history_mask", 0.0, 1.0, high_open=True)
         if not self.dense_weights or not all(0.0 <= w <= 1.0 for w in self.dense_weights):
             raise ValueError(
                 f"dense_weights must be a non-empty grid in [0, 1], got {self.dense_weights}"
@@ -221,8 +227,18 @@ class GeneratorStep(torch.nn.Module):
         alpha = self.router(counts)
         features = self.features.weighted(self.router.code_weights(alpha))
         generative = self.config.generative_weight > 0
+        history_keep = None
+        if self.training and self.config.history_mask > 0:
+            history_keep = torch.rand(seq.shape, device=seq.device) >= self.config.history_mask
+            history_keep = history_keep.float()
         losses = self.generator(
-            seq, targets, features, self.paths if generative else None, keep, self.dense_loss
+            seq,
+            targets,
+            features,
+            self.paths if generative else None,
+            keep,
+            self.dense_loss,
+            history_keep,
         )
         total = losses["dense"]
         if generative:

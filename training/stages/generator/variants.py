@@ -30,6 +30,8 @@ class Variant:
     # coded) instead of N(0, 0.02): the dense head starts where SASRec ended.
     id_init_from_sasrec: bool = False
     validation_gap: int = 0  # GeneratorTrainConfig.validation_gap
+    history_mask: float = 0.0  # GeneratorTrainConfig.history_mask
+    decoder_state_dropout: float = 0.0  # GeneratorConfig.decoder_state_dropout
 
 
 VARIANTS: dict[str, Variant] = {
@@ -58,6 +60,11 @@ VARIANTS: dict[str, Variant] = {
     # stage D), so w and early stopping are chosen as test would choose them: rejected
     # (tail -0.015 over three seeds; validation still chose mixes).
     "val-gap": Variant(validation_gap=1),
+    # Candidates against the generative head remembering training contexts: a fifth of
+    # the history's items masked in each step; or the state dropped out (0.3) where it
+    # enters the generative decoder.
+    "history-mask": Variant(history_mask=0.2),
+    "state-dropout": Variant(decoder_state_dropout=0.3),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
