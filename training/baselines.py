@@ -42,6 +42,7 @@ class RunContext:
     pipeline_dir: Path | None = None  # a `train tokenizer` run: FlexCode variants read it
     generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
     progress: bool = True
+    exact_rows: bool = True  # FlexCode's whole-catalogue rows ("/exact", "/generative-exact")
 
 
 RunOutput = EvalResult | tuple[dict[str, EvalResult], dict]

@@ -98,6 +98,8 @@ def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunCont
         "generator": _loop_settings(context.generator),
         "pipeline_dir": str(context.pipeline_dir),
     }
+    if not context.exact_rows:  # a cell without the /exact rows (kept out at the default)
+        settings["exact_rows"] = False
     if model in VARIANTS:
         # The generator's architecture defaults: a changed default (a third encoder block
         # since the fifth session) must not reuse cells trained with the old one.

@@ -106,6 +106,10 @@ def test_an_interrupted_benchmark_resumes_from_its_cells(tmp_path, monkeypatch):
     other = RunContext(device=torch.device("cpu"), progress=False, sasrec_model={"max_len": 7})
     with pytest.raises(AssertionError, match="trained again"):
         run_benchmark(dataset, plan, other, "test", cells_dir=tmp_path / "cells")
+    # A cell without FlexCode's whole-catalogue rows is not one with them.
+    no_exact = RunContext(device=torch.device("cpu"), progress=False, exact_rows=False)
+    with pytest.raises(AssertionError, match="trained again"):
+        run_benchmark(dataset, plan, no_exact, "test", cells_dir=tmp_path / "cells")
 
 
 def _fake_run(path, rows: dict[str, np.ndarray], summary: dict) -> None:

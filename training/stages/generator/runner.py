@@ -201,6 +201,6 @@ def flexcode_runner(variant: str):
             text_embeddings=text,
             progress=context.progress,
         )
-        return report_on_test_split(result, dataset, context.device)
+        return report_on_test_split(result, dataset, context.device, exact=context.exact_rows)
 
     return run
