@@ -266,7 +266,8 @@ def constrained_beam_search(
 
     Ties: at the last step, equal scores go to the lower item id; at earlier steps to the
     candidate from the better-ranked parent beam, then the base trie's tokens ascending,
-    then the overlay-only tokens ascending (a stable sort over that candidate layout).
+    then the overlay-only tokens ascending (a stable sort over that candidate layout; at a
+    depth read through windows, `models.dense_window`, every token ascending).
     """
     base, over = _check_index(index_tensors)
     if over is not None and over.empty:
@@ -397,7 +398,7 @@ def constrained_beam_search(
             if item is not None:
                 item = torch.nn.functional.pad(item, (0, width - item.shape[1]), value=-1)
         # Ties: lower item id at the last step, else candidate position (= parent rank,
-        # then the base trie's tokens, then the overlay-only tokens).
+        # then the base trie's tokens, then the overlay-only tokens; in a window, tokens).
         score, pick = _select(cand, width, item)
         alive = score > NEG_INF
         if t == 0:
