@@ -8,9 +8,11 @@ scores (a row per start offset, no copy) with one `index_select`; an additive ma
 the node's children, -inf elsewhere) then leaves exactly the padded read's valid scores.
 The padded read instead builds (B, W, W_k) int64 token indices (widened from int16,
 clamped, then gathered at random): at 1M items those passes cost more than the window's
-extra S - W_k slots (scripts/bench_beam_search.py; BENCHMARKS.md, "Depth 1 through
+extra S - W_k slots (scripts/bench_beam_search.py; BENCHMARKS.md, "depth 1 through
 windows"). Candidates keep the padded read's order (a beam's tokens ascending), so ties
-resolve alike.
+resolve alike. Items added at serving time (an overlay trie) are read into their places
+in the base node's window (`overlay_offsets`), so before and after the background merge
+a beam's scores are laid out, and rounded, the same way.
 
 `window_arrays` decides and builds (NumPy, with the index); `DenseWindow` is what the
 kernel reads. A level gets a window only when its nodes fill it (S <= W_k / WINDOW_FILL).
