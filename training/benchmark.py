@@ -75,7 +75,14 @@ def _ranks_key(row: str) -> str:
 # Settings added after cells were first kept: at their defaults they are left out of a
 # cell's key, so those cells stay reusable. (SASRec's eval_users is not among them: its
 # default changed from every user to 5,000, so older cells must not match.)
-_ADDED_LATER = ("loss", "sampled_negatives", "negative_sampler", "ema_epochs", "id_dropout_tail")
+_ADDED_LATER = (
+    "loss",
+    "sampled_negatives",
+    "negative_sampler",
+    "ema_epochs",
+    "id_dropout_tail",
+    "dropout_grid",
+)
 
 
 def _loop_settings(config: LoopConfig) -> dict:

@@ -1,5 +1,7 @@
 """Stage D: inputs, training, evaluation, save/load, and a new item that must be found."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -304,3 +306,40 @@ def test_tail_id_dropout_rates_fall_with_popularity():
     assert (np.diff(rates[np.argsort(counts, kind="stable")]) <= 1e-7).all()  # monotone
     flat = id_drop_rates(counts, GeneratorTrainConfig(id_dropout=0.1))
     assert (flat == np.float32(0.1)).all()
+
+
+@pytest.mark.slow
+def test_dropout_grid_trains_every_rate_and_serves_the_best_on_validation(synthetic):
+    warm = synthetic.train_counts() > 0
+    tokenizer, codes = tiny_tokenizer(synthetic.n_items, warm)
+    inputs = build_item_inputs(synthetic, tokenizer, codes, 3)
+    config = GeneratorTrainConfig(max_epochs=2, eval_users=60, beam_width=20)
+    args = (synthetic, inputs, RouterConfig(budget=3))
+    grid = (0.0, 0.5)
+    chosen = train_generator(*args, small_config(), replace(config, dropout_grid=grid), CPU, False)
+    # Each rate trained exactly as a run at that rate alone (same seed, same data order).
+    alone = {
+        rate: train_generator(*args, small_config(dropout=rate), config, CPU, False)
+        for rate in grid
+    }
+    scores = {str(rate): result.valid_ndcg for rate, result in alone.items()}
+    assert chosen.valid_by_dropout == scores
+    best = max(grid, key=lambda rate: (scores[str(rate)], -grid.index(rate)))
+    assert chosen.generator.config.dropout == best
+    assert [r.generator.config.dropout for r in chosen.unchosen] == [r for r in grid if r != best]
+    np.testing.assert_array_equal(chosen.layout.item_tokens, alone[best].layout.item_tokens)
+    assert chosen.decoding == alone[best].decoding
+
+    results, diagnostics = report_on_test_split(chosen, synthetic, CPU, exact=False)
+    assert {"dropout-0", "dropout-0.5"} <= set(results)
+    assert results[f"dropout-{best:g}"] is results[""]
+    other = next(r for r in grid if r != best)
+    plain, _ = report_on_test_split(alone[other], synthetic, CPU, exact=False)
+    np.testing.assert_array_equal(results[f"dropout-{other:g}"].ranks, plain[""].ranks)
+    assert diagnostics["dropout"] == best and diagnostics["valid_by_dropout"] == scores
+
+
+@pytest.mark.parametrize("grid", [(0.1, 0.1), (1.0,), (-0.1, 0.2)])
+def test_dropout_grid_rejects_repeats_and_rates_outside_0_1(grid):
+    with pytest.raises(ValueError, match="dropout_grid"):
+        GeneratorTrainConfig(dropout_grid=grid)

@@ -66,6 +66,8 @@ def train_variant(
         train_config = replace(train_config, validation_gap=spec.validation_gap)
     if spec.history_mask:
         train_config = replace(train_config, history_mask=spec.history_mask)
+    if spec.dropout_grid:
+        train_config = replace(train_config, dropout_grid=spec.dropout_grid)
     tokenizer, codes = load_tokenizer(tokenizer_dir, device)
     levels = int(np.asarray(codes["sem_codes"]).shape[1])
     budget = min(spec.budget, levels)
@@ -138,6 +140,9 @@ def report_on_test_split(
                   runs no beam search, so "exact" alone cannot show it)
     "share-0.1", "share-0.2"  the served score with that new-item share, when some items
                   have no id (the cold-holdout protocol)
+    "dropout-0.1", ...  with a dropout grid: the model trained at each rate, served at its
+                  own w (one of them is the served model, ""; the others are what the
+                  choice passed over)
     test_users: a fixed random sample of that many test users (None: every user, what
     every benchmark uses). Returns (those results, diagnostics: per-w coverage, tail
     share and short lists)."""
@@ -164,6 +169,14 @@ def report_on_test_split(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
     }
+    if result.valid_by_dropout:
+        diagnostics["valid_by_dropout"] = result.valid_by_dropout
+        diagnostics["dropout"] = result.generator.config.dropout
+        results[dropout_row(result)] = results[""]
+        for other in result.unchosen:
+            w_other = other.decoding.dense_weight
+            found = evaluate_served(other.served(device), test, groups, (w_other,), desc="test")
+            results[dropout_row(other)] = found.results[w_other]
     if exact:
         by_weight = evaluate_exact(served, test, groups, tuple(sorted({w, 0.0})))
         results["exact"], results["generative-exact"] = by_weight[w], by_weight[0.0]
@@ -174,6 +187,10 @@ def report_on_test_split(
             results[share_row(share)] = found.results[w]
             diagnostics[share_row(share)] = found.diagnostics[w]
     return results, diagnostics
+
+
+def dropout_row(result: GeneratorResult) -> str:
+    return f"dropout-{result.generator.config.dropout:g}"
 
 
 def flexcode_runner(variant: str):

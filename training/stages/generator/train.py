@@ -87,6 +87,12 @@ class GeneratorTrainConfig(LoopConfig):
     # twice: a candidate against the generative head remembering contexts. 0 = off; a
     # variant (`history-mask`), not the default.
     history_mask: float = 0.0
+    # Candidate values of the generator's dropout (GeneratorConfig.dropout), each trained
+    # in full from the same seed and chosen on validation NDCG@10, as w is: the rate that
+    # generalises depends on the data (0.1 on ML-100K, 0.2 on the synthetic 10k catalogue;
+    # BENCHMARKS.md). Stage D's cost is multiplied by the grid's length. () = the
+    # generator config's own rate.
+    dropout_grid: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +105,10 @@ class GeneratorTrainConfig(LoopConfig):
         check_range(self, "dedup_slack", 0, integer=True)
         check_range(self, "validation_gap", 0, integer=True)
         check_range(self, "history_mask", 0.0, 1.0, high_open=True)
+        if not all(0.0 <= p < 1.0 for p in self.dropout_grid):
+            raise ValueError(f"dropout_grid values must be in [0, 1), got {self.dropout_grid}")
+        if len(set(self.dropout_grid)) != len(self.dropout_grid):
+            raise ValueError(f"dropout_grid has a repeated value: {self.dropout_grid}")
         if not self.dense_weights or not all(0.0 <= w <= 1.0 for w in self.dense_weights):
             raise ValueError(
                 f"dense_weights must be a non-empty grid in [0, 1], got {self.dense_weights}"
@@ -136,6 +146,14 @@ class GeneratorResult:
     curve: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     generative: bool = True  # False: trained without the generative head (an ablation)
+    # With GeneratorTrainConfig.dropout_grid: the models trained at the other rates (the
+    # chosen one is this result), and validation NDCG@10 by rate.
+    unchosen: list[GeneratorResult] = field(default_factory=list)
+    valid_by_dropout: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def valid_ndcg(self) -> float:
+        return float(self.best_valid["all"]["ndcg@10"])
 
     def served(self, device: torch.device) -> ServedModel:
         return served_model(
@@ -259,10 +277,49 @@ def train_generator(
     id_init: np.ndarray | None = None,
 ) -> GeneratorResult:
     """Train stage D (module docstring); returns the best validation epoch's model with its
-    layout and the dense weight chosen on validation. distributed: see `training.loop.fit`
-    (every rank trains; rank 0 validates; all return the same result). id_init: an
-    (N + 1, hidden) table the id embeddings start from (stage A's item table), instead of
-    the random initialisation."""
+    layout and the dense weight chosen on validation; with a dropout grid, the model of
+    the rate whose best validation NDCG@10 is highest (ties: the first in the grid), the
+    others kept in `unchosen`. distributed: see `training.loop.fit` (every rank trains;
+    rank 0 validates; all return the same result). id_init: an (N + 1, hidden) table the
+    id embeddings start from (stage A's item table), instead of the random
+    initialisation."""
+    args = (dataset, inputs, router_config)
+    kwargs = dict(device=device, progress=progress, distributed=distributed, id_init=id_init)
+    if not train_config.dropout_grid:
+        return _train_one(*args, generator_config, train_config, **kwargs)
+    single = replace(train_config, dropout_grid=())
+    results = []
+    for rate in train_config.dropout_grid:
+        logger.info("generator: dropout %.2f of the grid %s", rate, train_config.dropout_grid)
+        config = replace(generator_config, dropout=rate)
+        results.append(_train_one(*args, config, single, **kwargs))
+    scores = [r.valid_ndcg for r in results]  # the same on every rank (broadcast in fit)
+    best = int(np.argmax(scores))  # the first of equal maxima
+    chosen = results[best]
+    chosen.unchosen = [r for i, r in enumerate(results) if i != best]
+    chosen.valid_by_dropout = {
+        str(rate): score for rate, score in zip(train_config.dropout_grid, scores, strict=True)
+    }
+    logger.info(
+        "generator: dropout %.2f chosen on validation (NDCG@10 by dropout: %s)",
+        train_config.dropout_grid[best],
+        {k: round(v, 4) for k, v in chosen.valid_by_dropout.items()},
+    )
+    return chosen
+
+
+def _train_one(
+    dataset: ProcessedDataset,
+    inputs: ItemInputs,
+    router_config: RouterConfig,
+    generator_config: GeneratorConfig,
+    train_config: GeneratorTrainConfig,
+    device: torch.device,
+    progress: bool,
+    distributed: DistContext | None,
+    id_init: np.ndarray | None,
+) -> GeneratorResult:
+    """One stage D training at the generator config's dropout (train_generator)."""
     dist_ctx = distributed or single_process(device)
     seed_everything(train_config.seed)
     if router_config.budget != inputs.budget:

@@ -32,6 +32,7 @@ class Variant:
     validation_gap: int = 0  # GeneratorTrainConfig.validation_gap
     history_mask: float = 0.0  # GeneratorTrainConfig.history_mask
     decoder_state_dropout: float = 0.0  # GeneratorConfig.decoder_state_dropout
+    dropout_grid: tuple[float, ...] = ()  # GeneratorTrainConfig.dropout_grid
 
 
 VARIANTS: dict[str, Variant] = {
@@ -65,6 +66,9 @@ VARIANTS: dict[str, Variant] = {
     # enters the generative decoder.
     "history-mask": Variant(history_mask=0.2),
     "state-dropout": Variant(decoder_state_dropout=0.3),
+    # Candidate: the dropout chosen on validation from 0.1 and 0.2 (stage D trained twice);
+    # its test report has a row per rate, so one cell also measures both fixed rates.
+    "dropout-choice": Variant(dropout_grid=(0.1, 0.2)),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
