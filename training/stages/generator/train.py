@@ -88,10 +88,11 @@ class GeneratorTrainConfig(LoopConfig):
     # variant (`history-mask`), not the default.
     history_mask: float = 0.0
     # Candidate values of the generator's dropout (GeneratorConfig.dropout), each trained
-    # in full from the same seed and chosen on validation NDCG@10, as w is: the rate that
-    # generalises depends on the data (0.1 on ML-100K, 0.2 on the synthetic 10k catalogue;
-    # BENCHMARKS.md). Stage D's cost is multiplied by the grid's length. () = the
-    # generator config's own rate.
+    # in full from the same seed and chosen on validation NDCG@10, as w is: which rate
+    # generalises changes with the data, the stage A-C run and the seed (0.1 or 0.2 on
+    # the synthetic 10k catalogue, 0.005-0.010 NDCG@10 apart; BENCHMARKS.md, "The dropout
+    # chosen on validation"). Stage D's cost is multiplied by the grid's length. () =
+    # the generator config's own rate (the default; variant `dropout-choice`: 0.1, 0.2).
     dropout_grid: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
