@@ -284,43 +284,27 @@ def train_generator(
     rank 0 validates; all return the same result). id_init: an (N + 1, hidden) table the
     id embeddings start from (stage A's item table), instead of the random
     initialisation."""
-    args = (dataset, inputs, router_config)
-    kwargs = dict(device=device, progress=progress, distributed=distributed, id_init=id_init)
-    if not train_config.dropout_grid:
-        return _train_one(*args, generator_config, train_config, **kwargs)
-    single = replace(train_config, dropout_grid=())
-    results = []
-    for rate in train_config.dropout_grid:
-        logger.info("generator: dropout %.2f of the grid %s", rate, train_config.dropout_grid)
-        config = replace(generator_config, dropout=rate)
-        results.append(_train_one(*args, config, single, **kwargs))
-    scores = [r.valid_ndcg for r in results]  # the same on every rank (broadcast in fit)
-    best = int(np.argmax(scores))  # the first of equal maxima
-    chosen = results[best]
-    chosen.unchosen = [r for i, r in enumerate(results) if i != best]
-    chosen.valid_by_dropout = {
-        str(rate): score for rate, score in zip(train_config.dropout_grid, scores, strict=True)
-    }
-    logger.info(
-        "generator: dropout %.2f chosen on validation (NDCG@10 by dropout: %s)",
-        train_config.dropout_grid[best],
-        {k: round(v, 4) for k, v in chosen.valid_by_dropout.items()},
-    )
-    return chosen
+    if train_config.dropout_grid:
+        single = replace(train_config, dropout_grid=())
+        results = []
+        for rate in train_config.dropout_grid:
+            logger.info("generator: dropout %.2f of the grid %s", rate, train_config.dropout_grid)
+            config = replace(generator_config, dropout=rate)
+            results.append(
+                train_generator(
+                    dataset,
+                    inputs,
+                    router_config,
+                    config,
+                    single,
+                    device,
+                    progress,
+                    distributed,
+                    id_init,
+                )
+            )
+        return _chosen_on_validation(results, train_config.dropout_grid)
 
-
-def _train_one(
-    dataset: ProcessedDataset,
-    inputs: ItemInputs,
-    router_config: RouterConfig,
-    generator_config: GeneratorConfig,
-    train_config: GeneratorTrainConfig,
-    device: torch.device,
-    progress: bool,
-    distributed: DistContext | None,
-    id_init: np.ndarray | None,
-) -> GeneratorResult:
-    """One stage D training at the generator config's dropout (train_generator)."""
     dist_ctx = distributed or single_process(device)
     seed_everything(train_config.seed)
     if router_config.budget != inputs.budget:
@@ -421,3 +405,21 @@ def _train_one(
         seconds=run.seconds,
         generative=train_config.generative_weight > 0,
     )
+
+
+def _chosen_on_validation(
+    results: list[GeneratorResult], grid: tuple[float, ...]
+) -> GeneratorResult:
+    """The model, one per dropout of the grid, whose validation NDCG@10 at its shipped w
+    is highest (the first of equal maxima); the others kept in `unchosen`."""
+    scores = [r.valid_ndcg for r in results]  # the same on every rank (broadcast in fit)
+    best = int(np.argmax(scores))
+    chosen = results[best]
+    chosen.unchosen = [r for i, r in enumerate(results) if i != best]
+    chosen.valid_by_dropout = {str(rate): score for rate, score in zip(grid, scores, strict=True)}
+    logger.info(
+        "generator: dropout %.2f chosen on validation (NDCG@10 by dropout: %s)",
+        grid[best],
+        {k: round(v, 4) for k, v in chosen.valid_by_dropout.items()},
+    )
+    return chosen
