@@ -20,6 +20,8 @@ import torch
 from models.decoding import shared_log_softmax
 from models.sasrec import SASRecConfig
 from training.data.preprocess import ProcessedDataset, Sequences, warm_mask
+from training.data.synthetic import SyntheticConfig
+from training.data.synthetic_law import SyntheticLaw, synthetic_law
 from training.evaluate import NEW_ITEM_SHARES, EvalResult, ScoreFn, evaluate_scores, share_row
 from training.stages.generator import VARIANTS, GeneratorTrainConfig, flexcode_runner
 from training.stages.sasrec import (
@@ -43,6 +45,7 @@ class RunContext:
     generator: GeneratorTrainConfig = field(default_factory=GeneratorTrainConfig)
     progress: bool = True
     exact_rows: bool = True  # FlexCode's whole-catalogue rows ("/exact", "/generative-exact")
+    synthetic: SyntheticConfig | None = None  # the world a synthetic dataset came from
 
 
 RunOutput = EvalResult | tuple[dict[str, EvalResult], dict]
@@ -143,10 +146,71 @@ def run_content_knn(dataset: ProcessedDataset, seed: int, context: RunContext) -
     return evaluate_scores(score, dataset.test(), dataset.item_groups())
 
 
+# What the law knows of a user's topics: the generator's own ("known"), what Bayes' rule
+# infers from the items before the target ("history"), or nothing, every user the
+# population's topic mix ("none": the last item's topic and popularity only).
+LAW_TOPICS = ("known", "history", "none")
+
+
+def synthetic_law_score_fn(
+    law: SyntheticLaw, dataset: ProcessedDataset, topics: str = "known"
+) -> ScoreFn:
+    """Scores = the true P(next item) of the test split's targets (each user's last item):
+    the law at the time of that item, after the item before it, with the user's topics as
+    `topics` (LAW_TOPICS) says. Test split only."""
+    if topics not in LAW_TOPICS:
+        raise ValueError(f"topics must be one of {LAW_TOPICS}, not {topics!r}")
+    seq = dataset.sequences
+    last = seq.offsets[1:] - 1
+    previous = seq.items[np.maximum(last - 1, 0)]
+    when = dataset.timestamps[last] - law.config.start_timestamp
+    generator_item = dataset.item_ids[1:].astype(np.int64)  # internal id i -> [i - 1]
+    generator_user = dataset.user_ids.astype(np.int64)
+
+    def topic_share(users: np.ndarray) -> np.ndarray:
+        if topics == "known":
+            return law.user_topic_share[generator_user[users]]
+        if topics == "history":
+            return law.topic_share_posterior(
+                [generator_item[seq.items[seq.offsets[u] : last[u]] - 1] for u in users]
+            )
+        return np.broadcast_to(law.jump_topic, (len(users), law.n_topics))
+
+    def score(users: np.ndarray, history: Sequences) -> torch.Tensor:
+        del history  # the law reads the whole sequence before the target, held-out items too
+        probabilities = law.next_item_probabilities(
+            topic_share(users), generator_item[previous[users] - 1], when[users]
+        )
+        scores = torch.zeros(len(users), dataset.n_items + 1, dtype=torch.float64)
+        scores[:, 1:] = torch.as_tensor(probabilities[:, generator_item])
+        return scores
+
+    return score
+
+
+def run_oracle(dataset: ProcessedDataset, seed: int, context: RunContext) -> RunOutput:
+    """The synthetic world's true next-item law (training.data.synthetic_law): the
+    ceiling of every model on that data. Row "": the user's topics known; "history":
+    inferred from the history by Bayes' rule. Only for `--dataset synthetic`."""
+    del seed  # nothing is trained
+    if context.synthetic is None:
+        raise ValueError("oracle: the true next-item law is known only for --dataset synthetic")
+    law = synthetic_law(context.synthetic)
+    test, groups = dataset.test(), dataset.item_groups()
+    rows = {
+        part: evaluate_scores(
+            synthetic_law_score_fn(law, dataset, topics), test, groups, desc=f"oracle {topics}"
+        )
+        for part, topics in (("", "known"), ("history", "history"))
+    }
+    return rows, {}
+
+
 MODEL_RUNNERS: dict[str, Runner] = {
     "pop": run_popularity,
     "sasrec": run_sasrec,
     "sasrec-content": run_sasrec_content,
     "content-knn": run_content_knn,
+    "oracle": run_oracle,
     **{variant: flexcode_runner(variant) for variant in VARIANTS},
 }

@@ -356,6 +356,7 @@ def benchmark(
             eval_users=generator_eval_users or None, ema_epochs=ema_epochs
         ),
         exact_rows=exact_rows,
+        synthetic=data.synthetic_config(),
     )
     results, ranks = run_benchmark(
         ds,

@@ -128,6 +128,16 @@ class DataOptions:
             category=self.category_column or None,
         )
 
+    def synthetic_config(self) -> SyntheticConfig | None:
+        """The synthetic world's settings when the dataset is synthetic, else None."""
+        if self.dataset.strip().lower() != "synthetic":
+            return None
+        return SyntheticConfig(
+            n_items=self.synthetic_items,
+            n_interactions=self.synthetic_interactions,
+            seed=self.synthetic_seed,
+        )
+
     def load(self) -> ProcessedDataset:
         """The processed dataset (from the cache when it holds it); a data problem ends
         the command through `fail`."""
@@ -135,11 +145,7 @@ class DataOptions:
             return load_dataset(
                 self.dataset,
                 PreprocessConfig(k_core=self.k_core, cold_item_fraction=self.cold_fraction),
-                SyntheticConfig(
-                    n_items=self.synthetic_items,
-                    n_interactions=self.synthetic_interactions,
-                    seed=self.synthetic_seed,
-                ),
+                self.synthetic_config(),
                 self.cache_dir,
                 self.event_columns(),
                 self.item_table,

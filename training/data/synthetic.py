@@ -208,7 +208,7 @@ def generate_synthetic(config: SyntheticConfig | None = None) -> RawDataset:
     n_users = config.resolved_n_users()
     span = int(config.time_span_seconds)
 
-    world = _build_world(config, n_topics, span, rng)
+    world = build_world(config, n_topics, span, rng)
     logger.info(
         "synthetic: %d items in %d topics built in %.1fs",
         config.n_items,
@@ -245,8 +245,12 @@ def generate_synthetic(config: SyntheticConfig | None = None) -> RawDataset:
 
 
 @dataclass
-class _World:
+class World:
+    """The latent world items and users are drawn from (training.data.synthetic_law
+    replays it to score the true next-item law)."""
+
     topic: np.ndarray  # (n_items,) int32, topic of each item
+    weight: np.ndarray  # (n_items,) float64, popularity of each item (sums to 1)
     introduced: np.ndarray  # (n_items,) int64, seconds from the start of the log
     topic_cum: np.ndarray  # (n_topics,) float64, cumulative topic weights
     sorted_items: np.ndarray  # (n_items,) int32, items by (topic, introduced)
@@ -256,7 +260,7 @@ class _World:
     position: np.ndarray  # (n_items,) int64, position of each item in that order
 
 
-def _build_world(config: SyntheticConfig, n_topics: int, span: int, rng: np.random.Generator):
+def build_world(config: SyntheticConfig, n_topics: int, span: int, rng: np.random.Generator):
     n = config.n_items
     # Popularity: Zipf over a random permutation, mixed with a uniform floor.
     ranks = rng.permutation(n).astype(np.float64) + 1.0
@@ -289,8 +293,9 @@ def _build_world(config: SyntheticConfig, n_topics: int, span: int, rng: np.rand
     position = np.empty(n, dtype=np.int64)
     position[order] = np.arange(n)
     topic_weight = np.bincount(topic, weights=weight, minlength=n_topics)
-    return _World(
+    return World(
         topic=topic,
+        weight=weight,
         introduced=introduced,
         topic_cum=np.cumsum(topic_weight),
         sorted_items=order,
@@ -301,7 +306,7 @@ def _build_world(config: SyntheticConfig, n_topics: int, span: int, rng: np.rand
     )
 
 
-def _sequence_lengths(config: SyntheticConfig, n_users: int, rng: np.random.Generator):
+def sequence_lengths(config: SyntheticConfig, n_users: int, rng: np.random.Generator):
     """Lengths in [min_seq_len, max_seq_len] summing exactly to n_interactions."""
     lo, hi = config.min_seq_len, config.max_seq_len
     target = config.n_interactions - n_users * lo
@@ -332,7 +337,7 @@ def _sequence_lengths(config: SyntheticConfig, n_users: int, rng: np.random.Gene
 
 
 def _sample_items(
-    world: _World,
+    world: World,
     topic: np.ndarray,
     when: np.ndarray,
     previous: np.ndarray,
@@ -359,16 +364,27 @@ def _sample_items(
     return world.sorted_items[pos]
 
 
+def user_topics(
+    world: World, n_users: int, n_topics: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's preferred topics, users in order of decreasing sequence length:
+    (n_pref (U,) in 1..3, prefs (U, 3) int32, the first n_pref of each row in use)."""
+    n_pref = rng.integers(1, 4, n_users)
+    draws = rng.random((n_users, 3)) * world.topic_cum[-1]
+    prefs = np.searchsorted(world.topic_cum, draws, side="right")
+    return n_pref, np.minimum(prefs, n_topics - 1).astype(np.int32)
+
+
 def _simulate(
     config: SyntheticConfig,
-    world: _World,
+    world: World,
     n_users: int,
     n_topics: int,
     span: int,
     rng: np.random.Generator,
 ):
     """Step over sequence positions; returns (user_ids, item_ids, time offsets) user-major."""
-    lengths = _sequence_lengths(config, n_users, rng)
+    lengths = sequence_lengths(config, n_users, rng)
     total = int(lengths.sum())
     row_start = np.cumsum(lengths) - lengths
 
@@ -379,9 +395,7 @@ def _simulate(
     rows = row_start[order]
 
     topic_total = world.topic_cum[-1]
-    n_pref = rng.integers(1, 4, n_users)
-    prefs = np.searchsorted(world.topic_cum, rng.random((n_users, 3)) * topic_total, side="right")
-    prefs = np.minimum(prefs, n_topics - 1).astype(np.int32)
+    n_pref, prefs = user_topics(world, n_users, n_topics, rng)
     gap = config.mean_gap_seconds * rng.lognormal(-0.5, 1.0, n_users)  # mean of factor is 1
     gap = np.minimum(gap, 0.9 * span / sorted_lengths)  # the expected sequence fits the span
     start = rng.random(n_users) * np.maximum(span - sorted_lengths * gap, 1.0)
@@ -449,7 +463,7 @@ def _blank_some(values: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 
 def _item_table(
-    config: SyntheticConfig, world: _World, n_topics: int, rng: np.random.Generator
+    config: SyntheticConfig, world: World, n_topics: int, rng: np.random.Generator
 ) -> pd.DataFrame:
     n = config.n_items
     per_topic = 1 + SUBCATEGORIES_PER_TOPIC + BRANDS_PER_TOPIC + WORDS_PER_TOPIC
