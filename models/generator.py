@@ -82,6 +82,12 @@ class GeneratorConfig(Config):
     # leaning on remembered contexts (BENCHMARKS "Does the generative head add to the
     # dense one?"). 0 = off.
     decoder_state_dropout: float = 0.0
+    # A long-term path beside the attention: the running mean of the history's item
+    # vectors, projected, joins the encoder's output before its final norm. On synthetic
+    # data the next item follows the last item's topic (short term) or one of the user's
+    # preferred topics (long term), and SASRec ranks like a model of the first alone
+    # (BENCHMARKS "How far from the ceiling"). False: attention only.
+    history_profile: bool = False
 
     def __post_init__(self) -> None:
         check_positive_ints(
@@ -153,6 +159,14 @@ class ItemFeatures(NamedTuple):
         return ItemFeatures(*(None if x is None else x[index] for x in self))
 
 
+def running_mean(history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) item vectors, (B, T) valid -> (B, T, C) the mean of the valid vectors up
+    to each position (zero before the first)."""
+    weight = valid.to(history.dtype)[..., None]
+    total = torch.cumsum(history * weight, dim=1)
+    return total / torch.cumsum(weight, dim=1).clamp(min=1.0)
+
+
 class Generator(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -167,6 +181,7 @@ class Generator(nn.Module):
         self.history_blocks = nn.ModuleList(
             CausalSelfAttentionBlock(blocks) for _ in range(config.n_layers)
         )
+        self.profile = nn.Linear(c, c, bias=False) if config.history_profile else None
         self.ln_history = nn.LayerNorm(c)
         self.token_pos = nn.Embedding(config.budget + 1, c)
         self.decoder_blocks = nn.ModuleList(
@@ -332,6 +347,8 @@ class Generator(nn.Module):
         mask = causal_mask(valid)
         for block in self.history_blocks:
             x = block(x, mask)
+        if self.profile is not None:
+            x = x + self.dropout(self.profile(running_mean(history, valid)))
         return self.ln_history(x)
 
     @torch.no_grad()

@@ -30,13 +30,14 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from models.generator import GeneratorConfig
 from training.baselines import MODEL_RUNNERS, RunContext
 from training.data.preprocess import GROUPS, ProcessedDataset
 from training.evaluate import METRICS, EvalResult, summarise
@@ -82,10 +83,11 @@ _ADDED_LATER = (
     "ema_epochs",
     "id_dropout_tail",
     "dropout_grid",
+    "history_profile",
 )
 
 
-def _loop_settings(config: LoopConfig) -> dict:
+def _settings(config: LoopConfig | GeneratorConfig) -> dict:
     settings = config.to_dict()
     for name in _ADDED_LATER:
         if name in settings and settings[name] == getattr(type(config), name):
@@ -100,9 +102,9 @@ def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunCont
         "model": model,
         "seed": seed,
         "dataset": dataset.fingerprint,
-        "sasrec": _loop_settings(context.sasrec),
+        "sasrec": _settings(context.sasrec),
         "sasrec_model": context.sasrec_model,
-        "generator": _loop_settings(context.generator),
+        "generator": _settings(context.generator),
         "pipeline_dir": str(context.pipeline_dir),
     }
     if not context.exact_rows:  # a cell without the /exact rows (kept out at the default)
@@ -110,7 +112,7 @@ def _cell_key(model: str, seed: int, dataset: ProcessedDataset, context: RunCont
     if model in VARIANTS:
         # The generator's architecture defaults: a changed default (a third encoder block
         # since the fifth session) must not reuse cells trained with the old one.
-        settings["generator_model"] = asdict(default_generator_config())
+        settings["generator_model"] = _settings(default_generator_config())
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return f"{model}-seed{seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
 

@@ -8,7 +8,7 @@ import torch
 
 from models.beam_search import constrained_beam_search, sequence_log_probs
 from models.cold_start import served_item_features
-from models.generator import Generator, GeneratorConfig, ItemFeatures
+from models.generator import Generator, GeneratorConfig, ItemFeatures, running_mean
 from models.path_tables import build_path_tables
 from models.prefix_index import build_prefix_index
 from models.router import Router, RouterConfig
@@ -221,6 +221,41 @@ def test_left_padding_does_not_change_the_user_state():
     assert torch.isfinite(gen.user_state(garbage, torch.zeros(1, 3, dtype=torch.bool))).all()
     with pytest.raises(ValueError, match="max_len"):
         gen.user_state(torch.zeros(1, 9, 16), torch.ones(1, 9, dtype=torch.bool))
+
+
+def test_running_mean_averages_the_valid_vectors_so_far():
+    history = torch.tensor([[[9.0], [2.0], [4.0], [6.0]]])
+    valid = torch.tensor([[False, True, True, True]])
+    got = running_mean(history, valid)
+    torch.testing.assert_close(got[0, :, 0], torch.tensor([0.0, 2.0, 3.0, 4.0]))
+
+
+def test_history_profile_joins_the_state_causally_and_ignores_padding():
+    features, _, _, _ = catalogue()
+    plain, profiled = model(), model(history_profile=True)
+    assert set(profiled.state_dict()) - set(plain.state_dict()) == {"profile.weight"}
+    profiled.eval()
+    table = profiled.item_vectors(features).detach()
+    seq = torch.tensor([[4, 6, 1, 9, 3]])
+    with torch.no_grad():
+        states = profiled.encode(table[seq], seq != 0)
+        changed = profiled.encode(table[torch.tensor([[4, 6, 1, 9, 11]])], seq != 0)
+        # The profile path acts: without its weight the state differs.
+        profiled.profile.weight.zero_()
+        no_profile = profiled.encode(table[seq], seq != 0)
+    assert torch.allclose(states[0, :4], changed[0, :4], atol=1e-6)
+    assert not torch.allclose(states, no_profile, atol=1e-3)
+    # Left padding with garbage vectors changes nothing.
+    gen = model(history_profile=True).eval()
+    history = table[seq]
+    garbage = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(0)) * 5
+    valid = torch.cat([torch.zeros(1, 3, dtype=torch.bool), seq != 0], dim=1)
+    torch.testing.assert_close(
+        gen.user_state(torch.cat([garbage, history], dim=1), valid),
+        gen.user_state(history, seq != 0),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 # ---- heads --------------------------------------------------------------------------------

@@ -106,15 +106,11 @@ def test_token_log_probs_match_torch(generator, onnx_gen, batch):
         assert (got[:, :, t] - step).abs().max() <= ONNX_TOLERANCE
 
 
-@pytest.mark.parametrize("ffn", ["swiglu", "gelu"])
-def test_check_and_export_checked(generator, onnx_files, ffn):
+@pytest.mark.parametrize("override", [{}, {"ffn": "gelu"}, {"history_profile": True}])
+def test_check_and_export_checked(generator, onnx_files, override):
     diff = check_onnx_against_torch(generator, onnx_files)
     assert 0 <= diff <= ONNX_TOLERANCE
-    gen = (
-        generator
-        if ffn == "swiglu"
-        else peaked(GeneratorConfig(**{**CONFIG.to_dict(), "ffn": ffn}))
-    )
+    gen = generator if not override else peaked(GeneratorConfig(**{**CONFIG.to_dict(), **override}))
     files, diff2 = export_checked(gen)
     assert set(files) == {"history_encoder", "token_decoder"} and diff2 <= ONNX_TOLERANCE
     assert all(isinstance(b, bytes) and len(b) > 1000 for b in files.values())

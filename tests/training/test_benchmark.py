@@ -1,5 +1,5 @@
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -183,3 +183,12 @@ def test_a_changed_generator_default_does_not_reuse_flexcode_cells(small_dataset
     monkeypatch.setattr(benchmark, "default_generator_config", lambda: two_blocks)
     assert benchmark._cell_key("flexcode", 0, dataset, context) != flexcode
     assert benchmark._cell_key("sasrec", 0, dataset, context) == sasrec
+    # An architecture switch added later (the history profile) moves the key when on,
+    # and at its default leaves the key the cells had before it existed.
+    profiled = replace(default_generator_config(), history_profile=True)
+    monkeypatch.setattr(benchmark, "default_generator_config", lambda: profiled)
+    assert benchmark._cell_key("flexcode", 0, dataset, context) != flexcode
+    monkeypatch.setattr(benchmark, "default_generator_config", default_generator_config)
+    before = {k: v for k, v in asdict(default_generator_config()).items() if k != "history_profile"}
+    settings = benchmark._settings(default_generator_config())
+    assert settings == before

@@ -88,6 +88,8 @@ def train_variant(
         generator_config = replace(
             generator_config, decoder_state_dropout=spec.decoder_state_dropout
         )
+    if spec.history_profile:
+        generator_config = replace(generator_config, history_profile=True)
     id_init = None
     if spec.id_init_from_sasrec:
         id_init = np.load(Path(pipeline_dir) / "sasrec" / "cf_embeddings.npy")

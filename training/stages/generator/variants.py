@@ -33,6 +33,7 @@ class Variant:
     history_mask: float = 0.0  # GeneratorTrainConfig.history_mask
     decoder_state_dropout: float = 0.0  # GeneratorConfig.decoder_state_dropout
     dropout_grid: tuple[float, ...] = ()  # GeneratorTrainConfig.dropout_grid
+    history_profile: bool = False  # GeneratorConfig.history_profile
 
 
 VARIANTS: dict[str, Variant] = {
@@ -69,6 +70,9 @@ VARIANTS: dict[str, Variant] = {
     # Candidate: the dropout chosen on validation from 0.1 and 0.2 (stage D trained twice);
     # its test report has a row per rate, so one cell also measures both fixed rates.
     "dropout-choice": Variant(dropout_grid=(0.1, 0.2)),
+    # Candidate: a long-term path (the running mean of the history's item vectors) beside
+    # the attention, for the preferred-topic half of the synthetic law.
+    "profile": Variant(history_profile=True),
     **{f"full-L{budget}": Variant(budget=budget) for budget in (2, 4, 5)},
 }
 
