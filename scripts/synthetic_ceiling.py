@@ -18,6 +18,12 @@ part of what it knows taken away:
 
 `topics=known, weights=true` is the benchmark's `oracle` row, `history, true` its
 `oracle/history`.
+
+`--ranks REPORT/ranks.npz` (a `flexcode benchmark` run on the same data) splits every
+row's NDCG@10, the law's and the benchmark's models', by the kind of test target: in the
+topic of the item before it ("stay", about 0.7 + of the steps) or in another topic
+("move": one of the user's preferred topics, or an explore jump). What a model gains
+over "the last item's topic, then popularity" can only come from the "move" targets.
 """
 
 from __future__ import annotations
@@ -44,6 +50,32 @@ def count_weights(law, dataset) -> np.ndarray:
     return weight / weight.sum()
 
 
+def stay_targets(law, dataset, test) -> np.ndarray:
+    """(U,) bool per test user: the target is in the topic of the item before it."""
+    seq = dataset.sequences
+    last = seq.offsets[1:][test.users] - 1
+    generator_item = dataset.item_ids.astype(object)
+    target = np.array(generator_item[seq.items[last]], dtype=np.int64)
+    previous = np.array(generator_item[seq.items[last - 1]], dtype=np.int64)
+    return law.topic[target] == law.topic[previous]
+
+
+def by_kind(ranks: np.ndarray, stays: np.ndarray) -> dict:
+    """NDCG@10 over all users and per target kind, (seeds, U) ranks averaged over seeds."""
+    from training.stats import per_user_ndcg
+
+    gain = per_user_ndcg(ranks).mean(axis=0)
+    return {
+        "ndcg@10 all": float(gain.mean()),
+        "ndcg@10 stay": float(gain[stays].mean()),
+        "ndcg@10 move": float(gain[~stays].mean()),
+    }
+
+
+def _line(row: dict) -> str:
+    return "  ".join(f"{k} {row[k]:.4f}" for k in ("ndcg@10 all", "ndcg@10 stay", "ndcg@10 move"))
+
+
 def main() -> None:
     from training.baselines import LAW_TOPICS, synthetic_law_score_fn
     from training.data import load_dataset
@@ -57,6 +89,7 @@ def main() -> None:
         "--synthetic-interactions", type=int, default=SyntheticConfig.n_interactions
     )
     parser.add_argument("--synthetic-seed", type=int, default=SyntheticConfig.seed)
+    parser.add_argument("--ranks", type=Path, help="a benchmark's ranks.npz on the same data")
     parser.add_argument("--out", type=Path, default=Path("reports/synthetic-ceiling.json"))
     args = parser.parse_args()
 
@@ -69,6 +102,8 @@ def main() -> None:
     law = synthetic_law(config)
     laws = {"true": law, "counts": replace(law, weight=count_weights(law, dataset))}
     test, groups = dataset.test(), dataset.item_groups()
+    stays = stay_targets(law, dataset, test)
+    print(f"{stays.mean():.3f} of {len(stays)} test targets stay in the last item's topic")
     rows = []
     for weights, this_law in laws.items():
         for topics in LAW_TOPICS:
@@ -78,13 +113,37 @@ def main() -> None:
                 groups,
                 desc=f"{topics}, {weights}",
             )
-            row = {"topics": topics, "weights": weights, **result.metrics["all"]}
+            row = {
+                "topics": topics,
+                "weights": weights,
+                **result.metrics["all"],
+                **by_kind(result.ranks[None], stays),
+            }
             rows.append(row)
-            print(f"topics {topics:8s} weights {weights:7s} NDCG@10 {row['ndcg@10']:.4f}")
+            print(f"law: topics {topics:8s} weights {weights:7s} {_line(row)}")
+    models = {}
+    if args.ranks is not None:
+        with np.load(args.ranks) as saved:
+            for name in saved.files:
+                ranks = saved[name]
+                if ranks.shape[-1] != len(stays):
+                    raise SystemExit(
+                        f"{args.ranks}: {name} has {ranks.shape[-1]} users, not {len(stays)}"
+                    )
+                models[name.replace("__", "/")] = by_kind(ranks, stays)
+                print(
+                    f"model {name.replace('__', '/'):32s} {_line(models[name.replace('__', '/')])}"
+                )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"dataset": dataset.summary(), "synthetic": config.to_dict(), "rows": rows},
+            {
+                "dataset": dataset.summary(),
+                "synthetic": config.to_dict(),
+                "stay_share": float(stays.mean()),
+                "rows": rows,
+                "models": models,
+            },
             indent=2,
         )
     )
