@@ -93,7 +93,9 @@ class SyntheticLaw:
         best model reading only the history can know of the user's topics.
 
         histories: B arrays of generator item ids, oldest first (the whole sequence from
-        the user's first item: the first topic is always a preferred one).
+        the user's first item: the first topic is always a preferred one). The cost grows
+        as the cube of the topics a history visits (every 1-3-tuple of them is weighed):
+        milliseconds for the 10k catalogue's users, who visit a handful.
         """
         out = np.zeros((len(histories), self.n_topics))
         for row, items in enumerate(histories):
