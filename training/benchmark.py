@@ -73,8 +73,9 @@ def _ranks_key(row: str) -> str:
     return row.replace("/", "__")
 
 
-# Settings added after cells were first kept: at their defaults they are left out of a
-# cell's key, so those cells stay reusable. (SASRec's eval_users is not among them: its
+# Settings (of the training loops and of the generator's architecture) added after
+# cells were first kept: at their defaults they are left out of a cell's key, so those
+# cells stay reusable. (SASRec's eval_users is not among them: its
 # default changed from every user to 5,000, so older cells must not match.)
 _ADDED_LATER = (
     "loss",

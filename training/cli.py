@@ -334,6 +334,9 @@ def benchmark(
         )
     except ValueError as error:
         fail(str(error))
+    if "oracle" in plan.models and data.synthetic_config() is None:
+        # Checked before any cell trains: the law is the synthetic generator's own.
+        fail("model oracle (the true next-item law) exists only for --dataset synthetic")
     ds = data.load()
     out = out or Path("reports") / f"benchmark-{ds.name}"
     context = RunContext(

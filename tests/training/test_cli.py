@@ -80,6 +80,12 @@ def test_unknown_model_and_bad_dataset_are_clear_errors(tmp_path):
     result = runner.invoke(app, ["data", "--dataset", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert "missing" in result.output
+    # The synthetic world's law on other data: refused before anything trains.
+    result = runner.invoke(
+        app, ["benchmark", "--dataset", str(tmp_path / "x"), "--models", "sasrec,oracle"]
+    )
+    assert result.exit_code == 2
+    assert "only for --dataset synthetic" in result.output
 
 
 def test_data_command_prints_summary(tmp_path):
