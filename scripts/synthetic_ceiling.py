@@ -54,9 +54,9 @@ def stay_targets(law, dataset, test) -> np.ndarray:
     """(U,) bool per test user: the target is in the topic of the item before it."""
     seq = dataset.sequences
     last = seq.offsets[1:][test.users] - 1
-    generator_item = dataset.item_ids.astype(object)
-    target = np.array(generator_item[seq.items[last]], dtype=np.int64)
-    previous = np.array(generator_item[seq.items[last - 1]], dtype=np.int64)
+    generator_item = dataset.item_ids[1:].astype(np.int64)  # internal id i -> [i - 1]
+    target = generator_item[seq.items[last] - 1]
+    previous = generator_item[seq.items[last - 1] - 1]
     return law.topic[target] == law.topic[previous]
 
 

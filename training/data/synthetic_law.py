@@ -170,7 +170,7 @@ def synthetic_law(config: SyntheticConfig) -> SyntheticLaw:
     for slot in range(prefs.shape[1]):
         used = slot < n_pref
         np.add.at(share, (order[used], prefs[used, slot]), 1.0 / n_pref[used])
-    topic_weight = np.bincount(world.topic, weights=world.weight, minlength=n_topics)
+    topic_weight = np.diff(world.topic_cum, prepend=0.0)  # the world's own topic weights
     return SyntheticLaw(
         config=config,
         topic=world.topic.astype(np.int64),
