@@ -36,11 +36,8 @@ BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 def priors(dataset: ProcessedDataset) -> dict[str, torch.Tensor]:
     """(N + 1,) per-item priors from the training split only."""
-    seq = dataset.sequences
-    position = np.arange(len(seq.items)) - np.repeat(seq.offsets[:-1], seq.lengths)
-    train = position < np.repeat(np.maximum(seq.lengths - 2, 0), seq.lengths)  # as train_sequences
-    train &= ~dataset.cold_holdout[seq.items]
-    items, times = seq.items[train], dataset.timestamps[train]
+    train = dataset.warm_prefix_mask(drop_last=2)  # the interactions of train_sequences()
+    items, times = dataset.sequences.items[train], dataset.timestamps[train]
     first = np.full(dataset.n_items + 1, times.max())
     np.minimum.at(first, items, times)
     days = np.maximum((times.max() - first) / 86_400.0, 1.0)

@@ -137,13 +137,19 @@ class ProcessedDataset:
         return len(self.sequences.items)
 
     # --- the leave-one-out split -------------------------------------------------
-    def _warm_prefix(self, drop_last: int) -> Sequences:
-        """Each user's sequence without its last `drop_last` items and without held-out items."""
+    def warm_prefix_mask(self, drop_last: int) -> np.ndarray:
+        """(nnz,) bool, aligned with sequences.items (and timestamps): the interactions
+        left once each user's last `drop_last` items and every held-out item are removed."""
         seq = self.sequences
         lengths = np.maximum(seq.lengths - drop_last, 0)
         keep = np.arange(len(seq.items)) - np.repeat(seq.offsets[:-1], seq.lengths)
         keep = keep < np.repeat(lengths, seq.lengths)
-        keep &= ~self.cold_holdout[seq.items]
+        return keep & ~self.cold_holdout[seq.items]
+
+    def _warm_prefix(self, drop_last: int) -> Sequences:
+        """Each user's sequence without its last `drop_last` items and without held-out items."""
+        seq = self.sequences
+        keep = self.warm_prefix_mask(drop_last)
         kept_lengths = np.bincount(seq.row_ids()[keep], minlength=seq.n_users)
         offsets = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int64)
         return Sequences(offsets, seq.items[keep])
